@@ -1,0 +1,1 @@
+//! Shared helpers for Capstan's benchmarks: timing statistics and result files.

@@ -1,0 +1,1 @@
+//! hello-rust: labelled ConfigMaps get a derived annotation.

@@ -1,0 +1,1 @@
+//! The WebAssembly runtime: one engine, plugins, and sandboxed per-call stores.

@@ -1,0 +1,1 @@
+//! Shared helpers for Capstan's integration and component tests.
