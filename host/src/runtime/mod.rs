@@ -1,1 +1,3 @@
 //! The WebAssembly runtime: one engine, plugins, and sandboxed per-call stores.
+
+pub mod bindings;
