@@ -405,28 +405,21 @@ pub fn leaf_paths(v: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPat
 
 /// Renders a set of paths as a fieldsV1 object.
 pub fn to_fields_v1(paths: &BTreeSet<FieldPath>) -> Value {
-    let mut root = Map::new();
-    for p in paths {
-        let mut cur = &mut root;
-        for (i, seg) in p.iter().enumerate() {
-            let entry = cur.entry(seg.clone()).or_insert_with(|| Value::Object(Map::new()));
-            if i + 1 < p.len() {
-                cur = match entry {
-                    Value::Object(m) => m,
-                    _ => unreachable_obj(entry),
-                };
-            }
+    fn insert(m: &mut Map<String, Value>, p: &[String]) {
+        let Some((first, rest)) = p.split_first() else { return };
+        let e = m.entry(first.clone()).or_insert_with(|| Value::Object(Map::new()));
+        if !e.is_object() {
+            *e = Value::Object(Map::new());
+        }
+        if let Value::Object(inner) = e {
+            insert(inner, rest);
         }
     }
-    Value::Object(root)
-}
-
-fn unreachable_obj(v: &mut Value) -> &mut Map<String, Value> {
-    *v = Value::Object(Map::new());
-    match v {
-        Value::Object(m) => m,
-        _ => unreachable!("just set to an object"),
+    let mut root = Map::new();
+    for p in paths {
+        insert(&mut root, p);
     }
+    Value::Object(root)
 }
 
 /// Parses a fieldsV1 object into leaf paths.

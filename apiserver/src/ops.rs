@@ -744,7 +744,7 @@ pub fn commit_update(st: &mut State, rt: &ResourceType, key: &str, new: Value, d
     }
     let table = rt.storage_key();
     if is_deleting(&new) && finalizers(&new).is_empty() {
-        let removed = remove_object(st, &table, key, new);
+        let removed = remove_object(st, &table, key, new.clone());
         if let Some(r) = removed {
             return r;
         }

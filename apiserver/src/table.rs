@@ -68,7 +68,8 @@ pub fn column_definitions(rt: &ResourceType) -> Value {
         columns(rt)
             .iter()
             .map(|c| {
-                let ty = if c.ty == "date" { "string" } else { c.ty.as_str() };
+                // Built-in Age columns are strings (the server renders the age); CRD columns keep their type.
+                let ty = if !rt.custom && c.name == "Age" { "string" } else { c.ty.as_str() };
                 json!({"name": c.name, "type": ty, "format": c.format, "description": c.description, "priority": c.priority})
             })
             .collect(),
@@ -82,7 +83,7 @@ pub fn row(rt: &ResourceType, obj: &Value, include: Include) -> Value {
         .map(|c| {
             let vals = eval(obj, &c.json_path);
             let Some(first) = vals.first() else { return Value::Null };
-            if c.ty == "date" {
+            if c.ty == "date" && (rt.custom || c.name == "Age") {
                 return first.as_str().and_then(meta::age_secs).map(|s| json!(meta::human_duration(s))).unwrap_or(Value::Null);
             }
             if vals.len() > 1 {

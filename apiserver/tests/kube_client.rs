@@ -10,7 +10,7 @@ use capstan_apiserver::Server;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
-use kube::core::{ApiResource, ErrorResponse, GroupVersionKind};
+use kube::core::{ApiResource, GroupVersionKind, Status};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use serde_json::json;
 
@@ -23,7 +23,7 @@ fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
     .unwrap()
 }
 
-fn api_err(e: kube::Error) -> ErrorResponse {
+fn api_err(e: kube::Error) -> Status {
     match e {
         kube::Error::Api(s) => *s,
         other => panic!("expected an API error, got {other:?}"),
@@ -141,7 +141,7 @@ async fn watch_history_bookmarks_and_gone() -> anyhow::Result<()> {
     cms.delete("w0", &DeleteParams::default()).await?;
 
     // Replay from an old resourceVersion.
-    let mut stream = cms.watch(&WatchParams::default().bookmarks(true).timeout(5), &rv0).await?.boxed();
+    let mut stream = cms.watch(&WatchParams::default().timeout(5), &rv0).await?.boxed();
     let mut seen = vec![];
     while let Some(ev) = stream.try_next().await? {
         match ev {
@@ -342,7 +342,7 @@ async fn finalizers_and_garbage_collection() -> anyhow::Result<()> {
     let waiting = cms.get("o3").await?;
     assert_eq!(waiting.metadata.finalizers, Some(vec!["foregroundDeletion".to_string()]));
     assert!(cms.get("d3").await?.metadata.deletion_timestamp.is_some());
-    cms.patch("d3", &PatchParams::default(), &Patch::Json(serde_json::from_value(json!([{"op": "remove", "path": "/metadata/finalizers"}]))?)).await?;
+    cms.patch("d3", &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(json!([{"op": "remove", "path": "/metadata/finalizers"}]))?)).await?;
     assert!(cms.get_opt("d3").await?.is_none() && cms.get_opt("o3").await?.is_none());
 
     // Namespace deletion removes its contents.
@@ -390,8 +390,8 @@ async fn server_side_apply_managers_and_conflicts() -> anyhow::Result<()> {
     cms.patch("ssa-new", &PatchParams::apply("alice"), &Patch::Apply(&fresh)).await?;
     assert_eq!(cms.get("ssa-new").await?.data.unwrap()["x"], "1");
     // Strategic merge and JSON patch on a built-in.
-    cms.patch("ssa-new", &PatchParams::default(), &Patch::Strategic(json!({"metadata": {"labels": {"s": "1"}}}))).await?;
-    let e = api_err(cms.patch("ssa-new", &PatchParams::default(), &Patch::Json(serde_json::from_value(json!([{"op": "test", "path": "/data/x", "value": "2"}]))?)).await.unwrap_err());
+    cms.patch("ssa-new", &PatchParams::default(), &Patch::Strategic::<serde_json::Value>(json!({"metadata": {"labels": {"s": "1"}}}))).await?;
+    let e = api_err(cms.patch("ssa-new", &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(json!([{"op": "test", "path": "/data/x", "value": "2"}]))?)).await.unwrap_err());
     assert_eq!(e.code, 422);
     assert_eq!(cms.get("ssa-new").await?.metadata.labels.unwrap()["s"], "1");
     s.shutdown().await;
