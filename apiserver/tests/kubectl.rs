@@ -162,8 +162,10 @@ async fn kubectl_drives_capi_clusters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_builtins_and_owner_cascade() {
     let (server, k, _dir) = setup().await;
-    k.ok(&["create", "namespace", "work"]).await;
-    k.ok(&["-n", "work", "create", "configmap", "parent", "--from-literal=a=1"]).await;
+    // Manifests, not `kubectl create namespace|configmap` generators: those send protobuf
+    // bodies, which this server does not decode (docs/apiserver.md).
+    k.stdin(&["create", "-f", "-"], "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: work\n").await;
+    k.stdin(&["create", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: parent\n  namespace: work\ndata:\n  a: \"1\"\n").await;
     let uid = k.ok(&["-n", "work", "get", "cm", "parent", "-o", "jsonpath={.metadata.uid}"]).await;
     for child in ["child-1", "child-2"] {
         let manifest = format!(
@@ -172,8 +174,10 @@ async fn kubectl_builtins_and_owner_cascade() {
         k.stdin(&["apply", "-f", "-"], &manifest).await;
     }
     // Client-side apply again uses a strategic merge patch on the built-in kind.
-    let manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: child-1\n  namespace: work\ndata:\n  x: \"2\"\n";
-    let out = k.stdin(&["apply", "-f", "-"], manifest).await;
+    let manifest = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: child-1\n  namespace: work\n  ownerReferences:\n  - apiVersion: v1\n    kind: ConfigMap\n    name: parent\n    uid: {uid}\ndata:\n  x: \"2\"\n"
+    );
+    let out = k.stdin(&["apply", "-f", "-"], &manifest).await;
     assert!(out.contains("configured"), "{out}");
     assert_eq!(k.ok(&["-n", "work", "get", "cm", "child-1", "-o", "jsonpath={.data.x}"]).await, "2");
     k.ok(&["-n", "work", "label", "cm", "child-2", "tier=b"]).await;
@@ -187,7 +191,7 @@ async fn kubectl_builtins_and_owner_cascade() {
     assert!(!out.contains("child-1") && !out.contains("child-2"), "dependents collected: {out}");
 
     // Foreground cascade.
-    k.ok(&["-n", "work", "create", "configmap", "p2"]).await;
+    k.stdin(&["create", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: p2\n  namespace: work\n").await;
     let uid = k.ok(&["-n", "work", "get", "cm", "p2", "-o", "jsonpath={.metadata.uid}"]).await;
     let manifest = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c2\n  namespace: work\n  ownerReferences:\n  - apiVersion: v1\n    kind: ConfigMap\n    name: p2\n    uid: {uid}\n    blockOwnerDeletion: true\n");
     k.stdin(&["apply", "-f", "-"], &manifest).await;
