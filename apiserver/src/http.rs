@@ -525,6 +525,12 @@ impl Ctx<'_> {
         }
     }
 
+    fn strict(&self) -> bool {
+        self.query
+            .get("fieldValidation")
+            .is_some_and(|v| v == "Strict")
+    }
+
     fn dry_run(&self) -> bool {
         self.query.get("dryRun").is_some_and(|v| v == "All")
     }
@@ -687,7 +693,14 @@ impl Ctx<'_> {
 
     fn create(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
         let obj = parse_body(&content_type(self.parts), body)?;
-        let prepared = ops::prepare_create(self.rt, self.ns, obj, &self.manager(), body.len())?;
+        let prepared = ops::prepare_create(
+            self.rt,
+            self.ns,
+            obj,
+            &self.manager(),
+            body.len(),
+            self.strict(),
+        )?;
         let stored = {
             let mut st = self.inner.state.write();
             ops::commit_create(&mut st, self.rt, prepared, self.dry_run())?
@@ -757,7 +770,9 @@ impl Ctx<'_> {
         } else {
             Sub::Main
         };
-        let Some(newv) = ops::prepare_update(self.rt, &oldv, new, s, &self.manager(), true)? else {
+        let Some(newv) =
+            ops::prepare_update(self.rt, &oldv, new, s, &self.manager(), true, self.strict())?
+        else {
             return Ok(self.object_response(200, &old));
         };
         let stored = ops::commit_update(&mut st, self.rt, &key, newv, self.dry_run());
@@ -806,11 +821,18 @@ impl Ctx<'_> {
         }
         let mut newv = oldv.clone();
         set_dotted(&mut newv, &scale.spec_replicas, replicas);
-        let stored =
-            match ops::prepare_update(self.rt, &oldv, newv, Sub::Main, &self.manager(), true)? {
-                Some(n) => ops::commit_update(&mut st, self.rt, &key, n, self.dry_run()),
-                None => old,
-            };
+        let stored = match ops::prepare_update(
+            self.rt,
+            &oldv,
+            newv,
+            Sub::Main,
+            &self.manager(),
+            true,
+            self.strict(),
+        )? {
+            Some(n) => ops::commit_update(&mut st, self.rt, &key, n, self.dry_run()),
+            None => old,
+        };
         Ok(json_response(200, &scale_of(self.rt, &stored.value())))
     }
 
@@ -885,7 +907,14 @@ impl Ctx<'_> {
             let Some(old) = old else {
                 let mut fresh = ops::apply(self.rt, None, applied, &manager, force, s)?;
                 let mf = fresh.pointer("/metadata/managedFields").cloned();
-                fresh = ops::prepare_create(self.rt, self.ns, fresh, &manager, body.len())?;
+                fresh = ops::prepare_create(
+                    self.rt,
+                    self.ns,
+                    fresh,
+                    &manager,
+                    body.len(),
+                    self.strict(),
+                )?;
                 if let Some(mf) = mf {
                     ops::meta_mut(&mut fresh).insert("managedFields".into(), mf);
                 }
@@ -934,7 +963,9 @@ impl Ctx<'_> {
         manager: &str,
         managed: bool,
     ) -> Result<Response<Body>, ApiError> {
-        let Some(n) = ops::prepare_update(self.rt, &oldv, newv, s, manager, managed)? else {
+        let Some(n) =
+            ops::prepare_update(self.rt, &oldv, newv, s, manager, managed, self.strict())?
+        else {
             return Ok(self.object_response(200, old));
         };
         let stored = ops::commit_update(st, self.rt, key, n, self.dry_run());

@@ -107,12 +107,13 @@ pub fn name_errors(rule: NameRule, name: &str) -> Vec<String> {
             if name.len() > 63 {
                 e.push("must be no more than 63 characters".to_string());
             }
-            if !is_label(&name[..name.len().min(63)])
-                || name.len() > 63
-                    && !name
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            {
+            let chars_ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                && !name.starts_with('-')
+                && !name.ends_with('-');
+            if !chars_ok {
                 e.push(LABEL_MSG.to_string());
             }
             e
@@ -289,7 +290,7 @@ impl LabelSelector {
                 ));
             } else if let Some(open) = t.find('(') {
                 let head = t[..open].trim();
-                let close = t.rfind(')').ok_or_else(err)?;
+                let close = t.rfind(')').filter(|c| *c > open).ok_or_else(err)?;
                 let values = t[open + 1..close]
                     .split(',')
                     .map(|v| v.trim())
@@ -548,6 +549,8 @@ mod tests {
         assert!(LabelSelector::parse("app in (").is_err());
         assert!(LabelSelector::parse("a b").is_err());
         assert!(LabelSelector::parse("=x").is_err());
+        assert!(LabelSelector::parse("a in )(").is_err());
+        assert!(!name_errors(NameRule::Label, &"é".repeat(40)).is_empty());
     }
 
     #[test]

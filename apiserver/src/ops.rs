@@ -238,14 +238,27 @@ fn invalid(rt: &ResourceType, obj: &Value, causes: Vec<Cause>) -> ApiError {
 }
 
 /// Kind-specific defaults and schema admission shared by create and update.
-fn admit(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
+fn admit(rt: &ResourceType, obj: &mut Value, strict: bool) -> Result<(), ApiError> {
     let mut causes = vec![];
     validate_meta(rt, obj, &mut causes);
     if !causes.is_empty() {
         return Err(invalid(rt, obj, causes));
     }
     if let Some(schema) = &rt.schema {
-        let causes = schema.admit(obj);
+        let mut unknown = vec![];
+        let causes = schema.admit(obj, &mut unknown);
+        if strict && !unknown.is_empty() {
+            let list: Vec<String> = unknown
+                .iter()
+                .map(|u| format!("unknown field {u:?}"))
+                .collect();
+            return Err(ApiError::bad_request(format!(
+                "{kind} in version {v:?} cannot be handled as a {kind}: strict decoding error: {}",
+                list.join(", "),
+                kind = rt.kind,
+                v = rt.version
+            )));
+        }
         if !causes.is_empty() {
             return Err(invalid(rt, obj, causes));
         }
@@ -329,6 +342,7 @@ pub fn prepare_create(
     mut obj: Value,
     manager: &str,
     raw_len: usize,
+    strict: bool,
 ) -> Result<Value, ApiError> {
     check_type(rt, &obj, raw_len)?;
     check_namespace(rt, ns, &mut obj)?;
@@ -417,7 +431,7 @@ pub fn prepare_create(
         }
         _ => {}
     }
-    admit(rt, &mut obj)?;
+    admit(rt, &mut obj, strict)?;
     set_update_manager(rt, None, &mut obj, manager, None);
     Ok(obj)
 }
@@ -814,6 +828,7 @@ pub fn prepare_update(
     sub: Sub,
     manager: &str,
     managed: bool,
+    strict: bool,
 ) -> Result<Option<Value>, ApiError> {
     if sub == Sub::Status {
         let status = new.get("status").cloned();
@@ -893,7 +908,7 @@ pub fn prepare_update(
     {
         obj_mut(&mut new).insert("spec".into(), s.clone());
     }
-    admit(rt, &mut new)?;
+    admit(rt, &mut new, strict)?;
     if rt.has_generation && spec_view(old) != spec_view(&new) {
         let g = old
             .pointer("/metadata/generation")

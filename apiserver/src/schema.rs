@@ -93,9 +93,9 @@ impl Node {
 
     /// Applies defaults, prunes unknown fields, then validates. `root` nodes keep apiVersion,
     /// kind and metadata. Returns the field causes of a 422.
-    pub fn admit(&self, obj: &mut Value) -> Vec<Cause> {
+    pub fn admit(&self, obj: &mut Value, unknown: &mut Vec<String>) -> Vec<Cause> {
         apply_defaults(self, obj);
-        prune(self, obj, true);
+        prune(self, obj, true, "", unknown);
         let mut causes = Vec::new();
         if let Value::Object(m) = obj {
             for (k, sub) in &self.properties {
@@ -251,44 +251,43 @@ pub fn apply_defaults(n: &Node, v: &mut Value) {
     }
 }
 
-/// Drops fields the structural schema does not know (and nulls of non-nullable fields).
-pub fn prune(n: &Node, v: &mut Value, root: bool) {
+/// Drops fields the structural schema does not know (recording their paths in `unknown`) and
+/// nulls of non-nullable fields.
+pub fn prune(n: &Node, v: &mut Value, root: bool, path: &str, unknown: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
             let keep_unknown = n.preserve_unknown || n.int_or_string;
-            m.retain(|k, val| {
+            let mut dropped = vec![];
+            for (k, val) in m.iter() {
                 if (root || n.embedded) && (k == "apiVersion" || k == "kind" || k == "metadata") {
-                    return true;
+                    continue;
                 }
                 match n.properties.get(k).or(n.additional.as_deref()) {
-                    Some(sub) => !(val.is_null() && !sub.nullable && root),
-                    None => keep_unknown,
+                    Some(sub) if val.is_null() && !sub.nullable => dropped.push(k.clone()),
+                    Some(_) => {}
+                    None if keep_unknown => {}
+                    None => {
+                        unknown.push(child(path, k));
+                        dropped.push(k.clone());
+                    }
                 }
-            });
+            }
+            for k in dropped {
+                m.remove(&k);
+            }
             for (k, val) in m.iter_mut() {
                 if (root || n.embedded) && k == "metadata" {
                     continue;
                 }
                 if let Some(sub) = n.properties.get(k).or(n.additional.as_deref()) {
-                    if val.is_null() && !sub.nullable {
-                        continue;
-                    }
-                    prune(sub, val, false);
+                    prune(sub, val, false, &child(path, k), unknown);
                 }
             }
-            // Nulls of non-nullable properties are pruned below the root as well.
-            m.retain(|k, val| {
-                !(val.is_null()
-                    && n.properties
-                        .get(k)
-                        .or(n.additional.as_deref())
-                        .is_some_and(|s| !s.nullable))
-            });
         }
         Value::Array(a) => {
             if let Some(items) = &n.items {
-                for x in a {
-                    prune(items, x, false);
+                for (i, x) in a.iter_mut().enumerate() {
+                    prune(items, x, false, &format!("{path}[{i}]"), unknown);
                 }
             }
         }
@@ -612,7 +611,9 @@ mod tests {
         let mut o = json!({"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "a", "zz": 1},
             "spec": {"name": "abc", "junk": 1, "free": {"any": {"thing": 2}}, "labels": {"a": "b"}, "port": "http"},
             "extra": true});
-        assert!(s.admit(&mut o).is_empty());
+        let mut unknown = vec![];
+        assert!(s.admit(&mut o, &mut unknown).is_empty());
+        assert_eq!(unknown, vec!["extra".to_string(), "spec.junk".to_string()]);
         assert_eq!(o["spec"]["replicas"], json!(1));
         assert!(o.get("extra").is_none());
         assert!(o["spec"].get("junk").is_none());
@@ -624,7 +625,7 @@ mod tests {
     fn reports_field_paths() {
         let s = schema();
         let mut o = json!({"spec": {"name": "ABCDEFG", "replicas": -1, "mode": "c", "labels": {"a": 1}, "port": 1.5}});
-        let causes = s.admit(&mut o);
+        let causes = s.admit(&mut o, &mut vec![]);
         let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
         assert!(fields.contains(&"spec.name"), "{causes:?}");
         assert!(fields.contains(&"spec.replicas"));
@@ -632,7 +633,7 @@ mod tests {
         assert!(fields.contains(&"spec.labels.a"));
         assert!(fields.contains(&"spec.port"));
         let mut o = json!({"spec": {}});
-        let causes = s.admit(&mut o);
+        let causes = s.admit(&mut o, &mut vec![]);
         assert_eq!(causes[0].field, "spec.name");
         assert_eq!(causes[0].reason, "FieldValueRequired");
     }

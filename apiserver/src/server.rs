@@ -205,12 +205,10 @@ impl ServerBuilder {
                 .cloned()
                 .ok_or_else(|| internal("namespaces type"))?;
             let obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            let prepared =
-                ops::prepare_create(&rt, None, obj, "capstan-apiserver", 0).map_err(|e| {
-                    ServerError::InstallCrd {
-                        name: ns.into(),
-                        source: e,
-                    }
+            let prepared = ops::prepare_create(&rt, None, obj, "capstan-apiserver", 0, false)
+                .map_err(|e| ServerError::InstallCrd {
+                    name: ns.into(),
+                    source: e,
                 })?;
             ops::commit_create(&mut state, &rt, prepared, false).map_err(|e| {
                 ServerError::InstallCrd {
@@ -295,12 +293,13 @@ fn install_crd(state: &mut State, v: Value) -> Result<(), ServerError> {
         .cloned()
         .ok_or_else(|| internal("customresourcedefinitions type"))?;
     let name = ops::name_of(&v).to_string();
-    let prepared = ops::prepare_create(&rt, None, v, "capstan-apiserver", 0).map_err(|source| {
-        ServerError::InstallCrd {
-            name: name.clone(),
-            source,
-        }
-    })?;
+    let prepared =
+        ops::prepare_create(&rt, None, v, "capstan-apiserver", 0, false).map_err(|source| {
+            ServerError::InstallCrd {
+                name: name.clone(),
+                source,
+            }
+        })?;
     ops::commit_create(state, &rt, prepared, false)
         .map_err(|source| ServerError::InstallCrd { name, source })?;
     Ok(())

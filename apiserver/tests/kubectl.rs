@@ -269,6 +269,31 @@ async fn kubectl_drives_capi_clusters() {
     std::fs::write(&bad_path, bad).unwrap();
     let err = k.fails(&["create", "-f", bad_path.to_str().unwrap()]).await;
     assert!(err.contains("is invalid: metadata.name"), "{err}");
+    // kubectl asks for fieldValidation=Strict: unknown fields are a 400, as with kube-apiserver.
+    let typo = std::fs::read_to_string(fixture("cluster.yaml"))
+        .unwrap()
+        .replace("name: demo\n  namespace", "name: typo\n  namespace")
+        .replace(
+            "  clusterNetwork:",
+            "  clusterNetwrok: {}\n  clusterNetwork:",
+        );
+    let typo_path = dir.path().join("typo.yaml");
+    std::fs::write(&typo_path, typo).unwrap();
+    let err = k
+        .fails(&["create", "-f", typo_path.to_str().unwrap()])
+        .await;
+    assert!(
+        err.contains("strict decoding error: unknown field \"spec.clusterNetwrok\""),
+        "{err}"
+    );
+    k.ok(&[
+        "create",
+        "--validate=false",
+        "-f",
+        typo_path.to_str().unwrap(),
+    ])
+    .await;
+    k.ok(&["delete", "cluster", "typo"]).await;
 
     // Delete with a finalizer: the object stays with a deletionTimestamp until it goes.
     k.ok(&[
