@@ -816,3 +816,34 @@ impl RawHttp {
         Ok((code, body.into_bytes(), retry))
     }
 }
+
+#[tokio::test]
+async fn server_set_runs_independent_instances() -> anyhow::Result<()> {
+    let set = capstan_apiserver::ServerSet::new();
+    let a = set
+        .start("wl-a", Server::builder().plain_http(), "127.0.0.1:0")
+        .await?;
+    let b = set.start("wl-b", Server::builder(), "127.0.0.1:0").await?;
+    assert!(
+        set.start("wl-a", Server::builder().plain_http(), "127.0.0.1:0")
+            .await
+            .is_err()
+    );
+    let names: Vec<String> = set.list().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec!["wl-a", "wl-b"]);
+    let ca: Api<ConfigMap> = Api::namespaced(common::client(&a).await?, "default");
+    let cb: Api<ConfigMap> = Api::namespaced(common::client(&b).await?, "default");
+    ca.create(&PostParams::default(), &cm("only-in-a", &[]))
+        .await?;
+    assert!(cb.get_opt("only-in-a").await?.is_none());
+    assert!(set.stop("wl-a").await);
+    assert!(!set.stop("wl-a").await);
+    assert!(
+        ca.get("only-in-a").await.is_err(),
+        "stopped server no longer answers"
+    );
+    assert_eq!(set.list().len(), 1);
+    set.stop_all().await;
+    assert!(set.list().is_empty());
+    Ok(())
+}
