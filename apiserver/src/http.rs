@@ -476,6 +476,12 @@ fn parse_body(ct: &str, body: &[u8]) -> Result<Value, ApiError> {
         "application/json" | "" | "*/*" => parse_json(body),
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}"))),
+        "application/vnd.kubernetes.protobuf" => {
+            crate::protobuf::decode(body).map_err(|e| match e {
+                crate::protobuf::ProtoError::Unsupported(_) => ApiError::unsupported_body(ct),
+                other => ApiError::bad_request(other.to_string()),
+            })
+        }
         other => Err(ApiError::unsupported_body(other)),
     }
 }

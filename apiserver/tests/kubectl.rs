@@ -342,14 +342,40 @@ async fn kubectl_drives_capi_clusters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_builtins_and_owner_cascade() {
     let (server, k, _dir) = setup().await;
-    // Manifests, not `kubectl create namespace|configmap` generators: those send protobuf
-    // bodies, which this server does not decode (docs/apiserver.md).
-    k.stdin(
-        &["create", "-f", "-"],
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: work\n",
-    )
+    // Generators send protobuf bodies (decoded for these kinds).
+    k.ok(&["create", "namespace", "work"]).await;
+    k.ok(&[
+        "-n",
+        "work",
+        "create",
+        "configmap",
+        "parent",
+        "--from-literal=a=1",
+    ])
     .await;
-    k.stdin(&["create", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: parent\n  namespace: work\ndata:\n  a: \"1\"\n").await;
+    k.ok(&[
+        "-n",
+        "work",
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "--from-literal=p=q",
+    ])
+    .await;
+    assert_eq!(
+        k.ok(&[
+            "-n",
+            "work",
+            "get",
+            "secret",
+            "s",
+            "-o",
+            "jsonpath={.data.p}"
+        ])
+        .await,
+        "cQ=="
+    );
     let uid = k
         .ok(&[
             "-n",
