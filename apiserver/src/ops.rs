@@ -522,7 +522,7 @@ pub fn commit_create(
         return Ok(Arc::new(Obj {
             rv: st.rv,
             json: serde_json::to_vec(&obj).unwrap_or_default().into(),
-            labels: Box::new([]),
+            labels: Box::from(""),
         }));
     }
     let is_crd = rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition";
@@ -967,7 +967,7 @@ pub fn commit_update(
         return Arc::new(Obj {
             rv: st.rv,
             json: serde_json::to_vec(&new).unwrap_or_default().into(),
-            labels: Box::new([]),
+            labels: Box::from(""),
         });
     }
     let table = rt.storage_key();

@@ -18,17 +18,20 @@ pub struct Obj {
     pub rv: u64,
     /// The serialized object as served.
     pub json: Bytes,
-    /// Labels, for label selectors without parsing.
-    pub labels: Box<[(Box<str>, Box<str>)]>,
+    /// Labels as `key\0value\0...` in one allocation, for label selectors without parsing.
+    pub labels: Box<str>,
 }
 
 impl Obj {
     /// The value of one label.
     pub fn label(&self, k: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(a, _)| &**a == k)
-            .map(|(_, v)| &**v)
+        let mut parts = self.labels.split('\0');
+        while let (Some(key), Some(value)) = (parts.next(), parts.next()) {
+            if key == k {
+                return Some(value);
+            }
+        }
+        None
     }
 
     /// Parses the stored JSON.
@@ -316,22 +319,26 @@ impl State {
 }
 
 fn make_obj(rv: u64, obj: &Value) -> Obj {
-    let json = Bytes::from(serde_json::to_vec(obj).unwrap_or_default());
-    let labels = obj
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| {
-                    (
-                        Box::from(k.as_str()),
-                        Box::from(v.as_str().unwrap_or_default()),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Obj { rv, json, labels }
+    // Exact-size buffer: to_vec grows by doubling, which would waste up to half the bytes.
+    let json = Bytes::from(
+        serde_json::to_vec(obj)
+            .unwrap_or_default()
+            .into_boxed_slice(),
+    );
+    let mut labels = String::new();
+    if let Some(m) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
+        for (k, v) in m {
+            labels.push_str(k);
+            labels.push('\0');
+            labels.push_str(v.as_str().unwrap_or_default());
+            labels.push('\0');
+        }
+    }
+    Obj {
+        rv,
+        json,
+        labels: labels.into_boxed_str(),
+    }
 }
 
 /// Owner uids in `metadata.ownerReferences`.
