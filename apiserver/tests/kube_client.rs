@@ -305,6 +305,21 @@ async fn watcher_and_reflector_follow_changes() -> anyhow::Result<()> {
     assert!(common::wait_for(|| async { reader.state().len() == 2 }).await);
     assert!(s.metrics().watches >= 1);
     task.abort();
+    // Streaming lists (watch with sendInitialEvents and the initial-events-end bookmark).
+    let (sreader, swriter) = reflector::store::<ConfigMap>();
+    let sstream = watcher(
+        cms.clone(),
+        watcher::Config::default().labels("app=r").streaming_lists(),
+    )
+    .reflect(swriter)
+    .applied_objects();
+    let stask = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(sstream);
+        while stream.next().await.is_some() {}
+    });
+    sreader.wait_until_ready().await?;
+    assert_eq!(sreader.state().len(), 2);
+    stask.abort();
     s.shutdown().await;
     Ok(())
 }
