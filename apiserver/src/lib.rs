@@ -39,6 +39,7 @@ pub mod http;
 pub mod meta;
 pub mod metrics;
 pub mod ops;
+pub mod protobuf;
 pub mod registry;
 pub mod schema;
 pub mod server;
