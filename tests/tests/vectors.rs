@@ -17,7 +17,10 @@ fn snapshot(v: &Value) -> Result<Snapshot> {
             .map(|r| RelatedObjects {
                 relation: r["relation"].as_str().unwrap_or("").to_owned(),
                 synced: r["synced"].as_bool().unwrap_or(true),
-                objects: r["objects"].as_array().map(|os| os.iter().map(Value::to_string).collect()).unwrap_or_default(),
+                objects: r["objects"]
+                    .as_array()
+                    .map(|os| os.iter().map(Value::to_string).collect())
+                    .unwrap_or_default(),
             })
             .collect(),
         now: s["now"].as_str().context("now")?.to_owned(),
@@ -38,7 +41,10 @@ fn outcome_json(o: &Outcome) -> Value {
 
 #[test]
 fn hello_rust_meets_the_hello_vectors() -> Result<()> {
-    let rt = Runtime::new(RuntimeConfig { max_instances: 2, ..RuntimeConfig::default() })?;
+    let rt = Runtime::new(RuntimeConfig {
+        max_instances: 2,
+        ..RuntimeConfig::default()
+    })?;
     let plugin = rt.load_file(guest("hello-rust")?)?;
     let dir = workspace_root().join("tests/vectors/hello");
     let mut n = 0;

@@ -24,9 +24,14 @@ fn workspace() -> PathBuf {
 }
 
 fn guest_path() -> Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), |d| workspace().join(d));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), |d| workspace().join(d));
     let p = target.join("wasm32-wasip2/release/guest_cluster_status.wasm");
-    anyhow::ensure!(p.is_file(), "{} is missing: run `make guests` first", p.display());
+    anyhow::ensure!(
+        p.is_file(),
+        "{} is missing: run `make guests` first",
+        p.display()
+    );
     Ok(p)
 }
 
@@ -49,7 +54,10 @@ fn machine() -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split(':').nth(1))
+        })
         .unwrap_or("unknown")
         .trim()
         .to_owned();
@@ -70,26 +78,39 @@ fn machine() -> serde_json::Value {
 fn main() -> Result<()> {
     let wasm = guest_path()?;
     let snap = read_snapshot(&workspace().join("tests/fixtures/capi/cluster-snapshot.json"))?;
-    let snapshot_bytes: usize = snap.primary.len() + snap.related.iter().flat_map(|r| &r.objects).map(String::len).sum::<usize>();
-    // The same snapshot as the SDK's (guest-side) type, for the native run.
-    let native_snap = capstan_sdk::Snapshot::from_wit(capstan_sdk::bindings::capstan::reconciler::types::Snapshot {
-        primary: snap.primary.clone(),
-        related: snap
+    let snapshot_bytes: usize = snap.primary.len()
+        + snap
             .related
             .iter()
-            .map(|r| capstan_sdk::bindings::capstan::reconciler::types::RelatedObjects {
-                relation: r.relation.clone(),
-                synced: r.synced,
-                objects: r.objects.clone(),
-            })
-            .collect(),
-        now: snap.now.clone(),
-    });
+            .flat_map(|r| &r.objects)
+            .map(String::len)
+            .sum::<usize>();
+    // The same snapshot as the SDK's (guest-side) type, for the native run.
+    let native_snap = capstan_sdk::Snapshot::from_wit(
+        capstan_sdk::bindings::capstan::reconciler::types::Snapshot {
+            primary: snap.primary.clone(),
+            related: snap
+                .related
+                .iter()
+                .map(
+                    |r| capstan_sdk::bindings::capstan::reconciler::types::RelatedObjects {
+                        relation: r.relation.clone(),
+                        synced: r.synced,
+                        objects: r.objects.clone(),
+                    },
+                )
+                .collect(),
+            now: snap.now.clone(),
+        },
+    );
 
     // Cold compile: no artifact cache.
     let mut cold = Vec::new();
     for _ in 0..COLD_COMPILES {
-        let rt = Runtime::new(RuntimeConfig { max_instances: 4, ..RuntimeConfig::default() })?;
+        let rt = Runtime::new(RuntimeConfig {
+            max_instances: 4,
+            ..RuntimeConfig::default()
+        })?;
         let (d, p) = time(|| rt.load_file(&wasm));
         p?;
         cold.push(d);
@@ -110,20 +131,33 @@ fn main() -> Result<()> {
         black_box(p?);
         loads.push(d);
     }
-    anyhow::ensure!(rt.load_stats().compiles == 1, "cached loads compiled: {:?}", rt.load_stats());
+    anyhow::ensure!(
+        rt.load_stats().compiles == 1,
+        "cached loads compiled: {:?}",
+        rt.load_stats()
+    );
 
     // Outputs must agree before timing means anything.
     let host = FakeHost::new();
-    let native_out = host.reconcile::<ClusterStatus>(&native_snap).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let wasm_out = plugin.reconcile("capi-quickstart/prod-eu-1", &snap).context("wasm reconcile")?;
-    anyhow::ensure!(native_out.statuses() == wasm_out.status.as_slice(), "native and wasm outcomes differ");
+    let native_out = host
+        .reconcile::<ClusterStatus>(&native_snap)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let wasm_out = plugin
+        .reconcile("capi-quickstart/prod-eu-1", &snap)
+        .context("wasm reconcile")?;
+    anyhow::ensure!(
+        native_out.statuses() == wasm_out.status.as_slice(),
+        "native and wasm outcomes differ"
+    );
 
     // Interleave native and wasm rounds so drift (other load on the machine)
     // hits both alike.
     let mut native = Vec::with_capacity(RECONCILES);
     let mut wasm_calls = Vec::with_capacity(RECONCILES);
     for i in 0..(RECONCILES + WARMUP) {
-        let (dn, out) = time(|| ClusterStatus::reconcile(&capstan_sdk::Context::new(&host), black_box(&native_snap)));
+        let (dn, out) = time(|| {
+            ClusterStatus::reconcile(&capstan_sdk::Context::new(&host), black_box(&native_snap))
+        });
         black_box(out.map_err(|e| anyhow::anyhow!("{e}"))?);
         let (dw, out) = time(|| plugin.reconcile("capi-quickstart/prod-eu-1", black_box(&snap)));
         black_box(out?);
@@ -134,7 +168,8 @@ fn main() -> Result<()> {
     }
     let native_s = stats(native);
     let wasm_s = stats(wasm_calls);
-    let overhead_p50 = wasm_s["p50_us"].as_f64().unwrap_or(0.0) - native_s["p50_us"].as_f64().unwrap_or(0.0);
+    let overhead_p50 =
+        wasm_s["p50_us"].as_f64().unwrap_or(0.0) - native_s["p50_us"].as_f64().unwrap_or(0.0);
     let cold_s = stats(cold);
     let load_s = stats(loads);
     let command = "make guests && cargo run --release -p capstan-bench --bin runtime";
@@ -155,10 +190,16 @@ fn main() -> Result<()> {
     });
     let out_dir = workspace().join("bench/results");
     std::fs::create_dir_all(&out_dir)?;
-    std::fs::write(out_dir.join("runtime.json"), serde_json::to_string_pretty(&result)? + "\n")?;
+    std::fs::write(
+        out_dir.join("runtime.json"),
+        serde_json::to_string_pretty(&result)? + "\n",
+    )?;
     let m = &result["machine"];
     let row = |name: &str, s: &serde_json::Value| {
-        format!("| {name} | {} | {} | {} | {} |\n", s["p50_us"], s["p99_us"], s["min_us"], s["n"])
+        format!(
+            "| {name} | {} | {} | {} | {} |\n",
+            s["p50_us"], s["p99_us"], s["min_us"], s["n"]
+        )
     };
     let md = format!(
         "# Runtime benchmark\n\n\
@@ -183,7 +224,10 @@ fn main() -> Result<()> {
         os = m["os"].as_str().unwrap_or(""),
         native = row("reconcile, native (same code, direct call)", &native_s),
         wasm = row("reconcile, wasm (fresh instance + call + result)", &wasm_s),
-        load = row("load from artifact cache (deserialize, link, describe, validate)", &load_s),
+        load = row(
+            "load from artifact cache (deserialize, link, describe, validate)",
+            &load_s
+        ),
         cold = row("load with cold compile (Cranelift)", &cold_s),
         overhead = result["wasm_overhead_p50_us"],
         load_p50 = load_s["p50_us"],

@@ -16,7 +16,9 @@ impl Reconciler for BadJson {
     fn reconcile(ctx: &Context<'_>, _snapshot: &Snapshot) -> Result<Outcome, Error> {
         let _ = ctx;
         let mut out = Outcome::new();
-        out.apply_json(r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "#.to_owned());
+        out.apply_json(
+            r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "#.to_owned(),
+        );
         Ok(out)
     }
 }

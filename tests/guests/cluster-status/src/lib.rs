@@ -9,7 +9,8 @@
 use capstan_sdk::conditions::{self, Condition, FALSE, TRUE};
 use capstan_sdk::meta::ObjectMeta;
 use capstan_sdk::{
-    Context, Error, Gvk, KeyMapping, Outcome, PluginInfo, Reconciler, RelationSelector, Snapshot, Verbs,
+    Context, Error, Gvk, KeyMapping, Outcome, PluginInfo, Reconciler, RelationSelector, Snapshot,
+    Verbs,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -138,13 +139,30 @@ impl Reconciler for ClusterStatus {
         let cluster = Gvk::new("cluster.x-k8s.io", "v1beta2", "Cluster");
         let label = || KeyMapping::Label(CLUSTER_NAME_LABEL.to_owned());
         PluginInfo::new("cluster-status", env!("CARGO_PKG_VERSION"), cluster.clone())
-            .watch(Gvk::new("controlplane.cluster.x-k8s.io", "v1beta2", "KubeadmControlPlane"), label())
-            .watch(Gvk::new("infrastructure.cluster.x-k8s.io", "v1beta2", "DevCluster"), label())
+            .watch(
+                Gvk::new(
+                    "controlplane.cluster.x-k8s.io",
+                    "v1beta2",
+                    "KubeadmControlPlane",
+                ),
+                label(),
+            )
+            .watch(
+                Gvk::new("infrastructure.cluster.x-k8s.io", "v1beta2", "DevCluster"),
+                label(),
+            )
             .watch(Gvk::new("cluster.x-k8s.io", "v1beta2", "Machine"), label())
-            .watch(Gvk::new("cluster.x-k8s.io", "v1beta2", "MachineDeployment"), label())
+            .watch(
+                Gvk::new("cluster.x-k8s.io", "v1beta2", "MachineDeployment"),
+                label(),
+            )
             .relation(
                 "control-plane",
-                Gvk::new("controlplane.cluster.x-k8s.io", "v1beta2", "KubeadmControlPlane"),
+                Gvk::new(
+                    "controlplane.cluster.x-k8s.io",
+                    "v1beta2",
+                    "KubeadmControlPlane",
+                ),
                 RelationSelector::FieldRef("spec.controlPlaneRef".to_owned()),
             )
             .relation(
@@ -167,7 +185,12 @@ impl Reconciler for ClusterStatus {
     }
 
     fn reconcile(ctx: &Context<'_>, snap: &Snapshot) -> Result<Outcome, Error> {
-        for rel in ["control-plane", "infrastructure", "machines", "machine-deployments"] {
+        for rel in [
+            "control-plane",
+            "infrastructure",
+            "machines",
+            "machine-deployments",
+        ] {
             if !snap.synced(rel) {
                 return Err(Error::transient(format!("cache for {rel} not synced yet")));
             }
@@ -186,31 +209,60 @@ impl Reconciler for ClusterStatus {
         let mds: Vec<Scalable> = snap.related("machine-deployments")?;
 
         let mut conds = cluster.status.conditions;
-        let set = |conds: &mut Vec<Condition>, t: &str, ok: bool, yes: &str, no: &str, msg: String| {
-            let c = Condition::new(t, if ok { TRUE } else { FALSE }, if ok { yes } else { no })
-                .message(if ok { String::new() } else { msg })
-                .observed_generation(generation);
-            conditions::set(conds, c, now);
-        };
+        let set =
+            |conds: &mut Vec<Condition>, t: &str, ok: bool, yes: &str, no: &str, msg: String| {
+                let c = Condition::new(t, if ok { TRUE } else { FALSE }, if ok { yes } else { no })
+                    .message(if ok { String::new() } else { msg })
+                    .observed_generation(generation);
+                conditions::set(conds, c, now);
+            };
 
         // Infrastructure.
         let infra_ready = infra
             .as_ref()
             .is_some_and(|i| i.status.initialization.provisioned == Some(true));
-        let infra_name = cluster.spec.infrastructure_ref.as_ref().map_or("", |r| r.name.as_str());
-        set(&mut conds, "InfrastructureReady", infra_ready, "Ready", "NotReady",
-            format!("{infra_name} is not provisioned"));
+        let infra_name = cluster
+            .spec
+            .infrastructure_ref
+            .as_ref()
+            .map_or("", |r| r.name.as_str());
+        set(
+            &mut conds,
+            "InfrastructureReady",
+            infra_ready,
+            "Ready",
+            "NotReady",
+            format!("{infra_name} is not provisioned"),
+        );
 
         // Control plane.
         let cp_initialized = kcp
             .as_ref()
             .is_some_and(|k| k.status.initialization.control_plane_initialized == Some(true));
-        let cp_available = kcp.as_ref().is_some_and(|k| conditions::is_true(&k.status.conditions, "Available"));
-        let cp_name = cluster.spec.control_plane_ref.as_ref().map_or("", |r| r.name.as_str());
-        set(&mut conds, "ControlPlaneInitialized", cp_initialized, "Initialized", "NotInitialized",
-            "Control plane not yet initialized".to_owned());
-        set(&mut conds, "ControlPlaneAvailable", cp_available, "Available", "NotAvailable",
-            format!("{cp_name} is not available"));
+        let cp_available = kcp
+            .as_ref()
+            .is_some_and(|k| conditions::is_true(&k.status.conditions, "Available"));
+        let cp_name = cluster
+            .spec
+            .control_plane_ref
+            .as_ref()
+            .map_or("", |r| r.name.as_str());
+        set(
+            &mut conds,
+            "ControlPlaneInitialized",
+            cp_initialized,
+            "Initialized",
+            "NotInitialized",
+            "Control plane not yet initialized".to_owned(),
+        );
+        set(
+            &mut conds,
+            "ControlPlaneAvailable",
+            cp_available,
+            "Available",
+            "NotAvailable",
+            format!("{cp_name} is not available"),
+        );
 
         // Machines, split by role.
         let (cp_machines, worker_machines): (Vec<&Machine>, Vec<&Machine>) = machines
@@ -219,10 +271,22 @@ impl Reconciler for ClusterStatus {
             .partition(|m| m.metadata.labels.contains_key(CONTROL_PLANE_LABEL));
         let (cp_ready, cp_avail, cp_utd, cp_not_ready) = machines_summary(&cp_machines);
         let (w_ready, w_avail, w_utd, w_not_ready) = machines_summary(&worker_machines);
-        set(&mut conds, "ControlPlaneMachinesReady", cp_not_ready.is_empty(), "Ready", "NotReady",
-            format!("not ready: {}", cp_not_ready.join(", ")));
-        set(&mut conds, "WorkerMachinesReady", w_not_ready.is_empty(), "Ready", "NotReady",
-            format!("not ready: {}", w_not_ready.join(", ")));
+        set(
+            &mut conds,
+            "ControlPlaneMachinesReady",
+            cp_not_ready.is_empty(),
+            "Ready",
+            "NotReady",
+            format!("not ready: {}", cp_not_ready.join(", ")),
+        );
+        set(
+            &mut conds,
+            "WorkerMachinesReady",
+            w_not_ready.is_empty(),
+            "Ready",
+            "NotReady",
+            format!("not ready: {}", w_not_ready.join(", ")),
+        );
 
         // Workers: MachineDeployments' desired vs available.
         let desired_workers: i32 = mds.iter().map(|m| m.spec.replicas.unwrap_or(1)).sum();
@@ -234,12 +298,24 @@ impl Reconciler for ClusterStatus {
             .filter(|m| !conditions::is_true(&m.status.conditions, "Available"))
             .map(|m| m.metadata.name.as_str())
             .collect();
-        set(&mut conds, "WorkersAvailable", workers_available, "Available", "NotAvailable",
-            format!("not available: {}", unavailable.join(", ")));
+        set(
+            &mut conds,
+            "WorkersAvailable",
+            workers_available,
+            "Available",
+            "NotAvailable",
+            format!("not available: {}", unavailable.join(", ")),
+        );
 
         let available = infra_ready && cp_available && workers_available;
-        set(&mut conds, "Available", available, "Available", "NotAvailable",
-            "see InfrastructureReady, ControlPlaneAvailable and WorkersAvailable".to_owned());
+        set(
+            &mut conds,
+            "Available",
+            available,
+            "Available",
+            "NotAvailable",
+            "see InfrastructureReady, ControlPlaneAvailable and WorkersAvailable".to_owned(),
+        );
 
         let phase = if cluster.metadata.is_deleting() {
             "Deleting"

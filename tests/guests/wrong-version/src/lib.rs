@@ -15,4 +15,9 @@ impl bindings::Guest for WrongVersion {
     }
 }
 
-bindings::export!(WrongVersion with_types_in bindings);
+// The generated canonical-ABI exports are `unsafe extern` functions.
+#[allow(unsafe_code)]
+mod export {
+    use super::{WrongVersion, bindings};
+    bindings::export!(WrongVersion with_types_in bindings);
+}
