@@ -10,7 +10,9 @@ fn workspace() -> PathBuf {
 fn hello() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace().join("target"), |d| workspace().join(d));
-    let p = target.join("wasm32-wasip2/release/hello_rust.wasm");
+    let dir = std::env::var_os("CAPSTAN_GUEST_DIR")
+        .map_or_else(|| target.join("wasm32-wasip2/release"), PathBuf::from);
+    let p = dir.join("hello_rust.wasm");
     assert!(
         p.is_file(),
         "{} is missing: run `make guests` first",

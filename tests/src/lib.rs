@@ -18,11 +18,18 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// The directory of built guest components: `CAPSTAN_GUEST_DIR` when set,
+/// else `<target>/wasm32-wasip2/release`.
+pub fn guest_dir() -> PathBuf {
+    std::env::var_os("CAPSTAN_GUEST_DIR")
+        .map_or_else(|| target_dir().join("wasm32-wasip2/release"), PathBuf::from)
+}
+
 /// The built component of guest crate `crate_name` (release, wasm32-wasip2).
 /// Fails with a message naming `make guests` when it has not been built.
 pub fn guest(crate_name: &str) -> anyhow::Result<PathBuf> {
     let file = format!("{}.wasm", crate_name.replace('-', "_"));
-    let path = target_dir().join("wasm32-wasip2/release").join(file);
+    let path = guest_dir().join(file);
     if !path.is_file() {
         anyhow::bail!(
             "guest component {} is missing: run `make guests` first (it builds every guest crate for wasm32-wasip2)",

@@ -26,7 +26,9 @@ fn workspace() -> PathBuf {
 fn guest_path() -> Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace().join("target"), |d| workspace().join(d));
-    let p = target.join("wasm32-wasip2/release/guest_cluster_status.wasm");
+    let dir = std::env::var_os("CAPSTAN_GUEST_DIR")
+        .map_or_else(|| target.join("wasm32-wasip2/release"), PathBuf::from);
+    let p = dir.join("guest_cluster_status.wasm");
     anyhow::ensure!(
         p.is_file(),
         "{} is missing: run `make guests` first",
