@@ -124,7 +124,11 @@ mod tests {
     #[test]
     fn relations_parse_by_name_and_report_sync() {
         let s = Snapshot::new(&json!({"metadata": {"name": "c"}}), "2026-01-01T00:00:00Z")
-            .with_related("machines", true, &[json!({"metadata": {"name": "m1"}, "extra": [1, 2]})])
+            .with_related(
+                "machines",
+                true,
+                &[json!({"metadata": {"name": "m1"}, "extra": [1, 2]})],
+            )
             .with_related("infra", false, &[]);
         let ms: Vec<Named> = s.related("machines").expect("parses");
         assert_eq!(ms[0].metadata.name, "m1");
