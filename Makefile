@@ -3,17 +3,22 @@
 
 CARGO        ?= cargo
 GUEST_TARGET := wasm32-wasip2
-GUEST_DIR    := target/$(GUEST_TARGET)/release
+TARGET_DIR   := $(or $(CARGO_TARGET_DIR),target)
+GUEST_DIR    := $(TARGET_DIR)/$(GUEST_TARGET)/release
 # Guest crates built to components (cdylib -> .wasm component via wasm-component-ld).
-GUESTS       := hello-rust
+GUESTS       := hello-rust guest-cluster-status guest-trap guest-panic guest-loop guest-alloc guest-bad-json guest-big-outcome guest-memo guest-wrong-version
 
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: demo test tools guests fmt-check clippy unit
 
-## demo: the main job on its embedded default (no cluster needed).
+## demo: the main job on its embedded default (no cluster needed). Until
+## `capstan simulate` exists: inspect the hello plugin, then run one
+## reconcile of a sample snapshot through the runtime and print the outcome.
 demo: tools guests
-	$(CARGO) run --release -p capstan -- demo --plugins $(GUEST_DIR)
+	$(CARGO) build -p capstan
+	$(TARGET_DIR)/debug/capstan plugin inspect $(GUEST_DIR)/hello_rust.wasm
+	$(TARGET_DIR)/debug/capstan plugin run $(GUEST_DIR)/hello_rust.wasm --snapshot examples/hello-rust/snapshot.json
 
 ## test: everything CI checks.
 test: tools guests fmt-check clippy unit

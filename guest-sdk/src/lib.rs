@@ -116,6 +116,8 @@ pub trait Reconciler {
 macro_rules! export {
     ($ty:ty) => {
         #[cfg(target_arch = "wasm32")]
+        // The generated canonical-ABI exports are `unsafe extern` functions.
+        #[allow(unsafe_code)]
         const _: () = {
             struct CapstanExport;
             impl $crate::bindings::Guest for CapstanExport {
@@ -131,7 +133,7 @@ macro_rules! export {
                     $crate::__run::<$ty>(snapshot)
                 }
             }
-            $crate::bindings::__export_reconciler!(CapstanExport with_types_in $crate::bindings);
+    $crate::bindings::__export_reconciler!(CapstanExport with_types_in $crate::bindings);
         };
     };
 }

@@ -17,7 +17,8 @@ pub struct Outcome {
 }
 
 fn to_json(obj: &impl Serialize) -> Result<String, Error> {
-    serde_json::to_string(obj).map_err(|e| Error::terminal(format!("object does not serialize: {e}")))
+    serde_json::to_string(obj)
+        .map_err(|e| Error::terminal(format!("object does not serialize: {e}")))
 }
 
 impl Outcome {
@@ -31,6 +32,12 @@ impl Outcome {
     pub fn apply(&mut self, object: &impl Serialize) -> Result<&mut Self, Error> {
         self.apply.push(to_json(object)?);
         Ok(self)
+    }
+
+    /// Desire an object given as JSON text, as is (the host validates it).
+    pub fn apply_json(&mut self, object: String) -> &mut Self {
+        self.apply.push(object);
+        self
     }
 
     /// Desire this status: an object with apiVersion, kind, metadata.name and

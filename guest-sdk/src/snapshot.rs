@@ -110,3 +110,35 @@ impl Snapshot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(serde::Deserialize)]
+    struct Named {
+        metadata: crate::meta::ObjectMeta,
+    }
+
+    #[test]
+    fn relations_parse_by_name_and_report_sync() {
+        let s = Snapshot::new(&json!({"metadata": {"name": "c"}}), "2026-01-01T00:00:00Z")
+            .with_related(
+                "machines",
+                true,
+                &[json!({"metadata": {"name": "m1"}, "extra": [1, 2]})],
+            )
+            .with_related("infra", false, &[]);
+        let ms: Vec<Named> = s.related("machines").expect("parses");
+        assert_eq!(ms[0].metadata.name, "m1");
+        assert!(s.synced("machines"));
+        assert!(!s.synced("infra"));
+        assert!(!s.synced("undeclared"));
+        assert!(s.related::<Named>("undeclared").expect("empty").is_empty());
+        assert!(s.related_one::<Named>("infra").expect("none").is_none());
+        assert_eq!(s.primary::<Named>().expect("parses").metadata.name, "c");
+        let bad = Snapshot::new(&json!({"metadata": 5}), "t");
+        assert!(matches!(bad.primary::<Named>(), Err(Error::Terminal(_))));
+    }
+}

@@ -100,7 +100,7 @@ impl ArtifactCache {
         self.counters.compiles.fetch_add(1, Ordering::Relaxed);
         store(&path, &serialized)?;
         // Load what was just written, so the first load and a restart run the
-        // same code path and the same mmap-backed image.
+        // same code path.
         deserialize(engine, &path).map_err(|e| RuntimeError::Cache {
             path: path.clone(),
             reason: format!("cannot load the artifact just written: {e}"),
@@ -108,7 +108,8 @@ impl ArtifactCache {
     }
 
     fn compile(&self, engine: &Engine, bytes: &[u8]) -> Result<Component, RuntimeError> {
-        let c = Component::new(engine, bytes).map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
+        let c =
+            Component::new(engine, bytes).map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
         self.counters.compiles.fetch_add(1, Ordering::Relaxed);
         Ok(c)
     }
@@ -130,12 +131,17 @@ fn store(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
 
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, path: &Path) -> Result<Component, String> {
-    // SAFETY: `deserialize_file` runs native code from the file, so the file
-    // must have been produced by `Engine::precompile_component` of a
-    // compatible engine. It is: only `store` above writes this directory,
-    // named by the component's sha256 and this engine's compatibility key,
-    // and wasmtime itself checks the artifact's version and engine settings
-    // (returning an error, not UB, on mismatch). The cache directory is
-    // documented as trusted like the binary (`RuntimeConfig::cache_dir`).
-    unsafe { Component::deserialize_file(engine, path) }.map_err(|e| format!("{e:#}"))
+    // Read into memory rather than `deserialize_file` (mmap): a cache file
+    // truncated or rewritten in place while mapped would kill the whole host
+    // with SIGBUS. The copy costs well under a millisecond.
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    // SAFETY: `deserialize` runs native code from these bytes, so they must
+    // have been produced by `Engine::precompile_component` of a compatible
+    // engine. They were: only `store` above writes this directory, naming
+    // each file by the component's sha256 and this engine's compatibility
+    // key, and wasmtime itself checks the artifact's header, version and
+    // engine settings (an error, not UB, on mismatch or truncation). The cache
+    // directory is documented as trusted like the binary
+    // (`RuntimeConfig::cache_dir`).
+    unsafe { Component::deserialize(engine, &bytes) }.map_err(|e| format!("{e:#}"))
 }

@@ -54,9 +54,17 @@ impl EpochTicker {
         let thread = std::thread::Builder::new()
             .name("capstan-epoch".into())
             .spawn(move || {
+                // Tick by elapsed wall time, not by wake-ups: on a busy machine
+                // a sleep overshoots, and deadlines must not stretch with it.
+                let start = std::time::Instant::now();
+                let mut ticked: u128 = 0;
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(tick);
-                    engine.increment_epoch();
+                    let due = start.elapsed().as_nanos() / tick.as_nanos().max(1);
+                    while ticked < due {
+                        engine.increment_epoch();
+                        ticked += 1;
+                    }
                 }
             })
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?;
