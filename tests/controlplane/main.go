@@ -18,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -98,14 +99,20 @@ func startEtcd(dir, logLevel string, timeout time.Duration) (*embed.Etcd, string
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, "", err
 	}
-	loopback := url.URL{Scheme: "http", Host: "127.0.0.1:0"}
+	// The client port is probed here rather than left to etcd (port 0): etcd's own gateway
+	// dials its configured address, which must be the real one. Peers: a single member never
+	// dials them, and envtest passes --listen-peer-urls=http://localhost:0 for the same
+	// reason (the default 2380 would collide between parallel test processes).
+	port, err := freePort()
+	if err != nil {
+		return nil, "", err
+	}
+	client := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", port)}
 	cfg := embed.NewConfig()
 	cfg.Dir = dir
-	cfg.ListenClientUrls = []url.URL{loopback}
-	cfg.AdvertiseClientUrls = []url.URL{loopback}
-	// A single member never dials its peers; envtest passes --listen-peer-urls=http://localhost:0
-	// for the same reason: the default 2380 would collide between parallel test processes.
-	cfg.ListenPeerUrls = []url.URL{loopback}
+	cfg.ListenClientUrls = []url.URL{client}
+	cfg.AdvertiseClientUrls = []url.URL{client}
+	cfg.ListenPeerUrls = []url.URL{{Scheme: "http", Host: "127.0.0.1:0"}}
 	cfg.UnsafeNoFsync = true // test data in a temporary folder; durability is not wanted
 	cfg.LogLevel = logLevel
 	cfg.LogOutputs = []string{"stderr"}
@@ -129,6 +136,16 @@ func startEtcd(dir, logLevel string, timeout time.Duration) (*embed.Etcd, string
 		return nil, "", fmt.Errorf("no client listener")
 	}
 	return e, "http://" + e.Clients[0].Addr().String(), nil
+}
+
+// freePort returns a loopback TCP port that nothing listens on right now.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // shutdown asks kube-apiserver to stop the way an operator would: SIGTERM, which its own
