@@ -121,7 +121,11 @@ pub fn binary_path() -> PathBuf {
             return candidate;
         }
     }
-    in_target(&Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"))
+    in_target(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target"),
+    )
 }
 
 /// Whether a missing binary must fail the test rather than skip it.
@@ -171,7 +175,9 @@ impl ControlPlane {
             return Ok(None);
         };
         let cp = SHARED
-            .get_or_init(|| async move { Self::start_with(&binary).await.map_err(|e| e.to_string()) })
+            .get_or_init(
+                || async move { Self::start_with(&binary).await.map_err(|e| e.to_string()) },
+            )
             .await;
         match cp {
             Ok(cp) => Ok(Some(cp)),
@@ -194,9 +200,7 @@ impl ControlPlane {
         for _ in 0..START_ATTEMPTS {
             match Self::start_once(binary).await {
                 Ok(cp) => return Ok(cp),
-                Err(Error::Exited { status, log })
-                    if log.contains("address already in use") =>
-                {
+                Err(Error::Exited { status, log }) if log.contains("address already in use") => {
                     last = Some(Error::Exited { status, log });
                 }
                 Err(e) => return Err(e),
@@ -222,14 +226,17 @@ impl ControlPlane {
         let log_err = log_file.try_clone().map_err(io_err("cloning log file"))?;
 
         let mut cmd = Command::new(binary);
-        cmd.arg(format!("--etcd-data-dir={}", dir.path().join("etcd").display()))
-            .arg("--exit-on-stdin-close")
-            .arg(format!("--remove-on-exit={}", dir.path().display()))
-            .arg("--")
-            .args(apiserver_flags(port, &files))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::from(log_file))
-            .stderr(Stdio::from(log_err));
+        cmd.arg(format!(
+            "--etcd-data-dir={}",
+            dir.path().join("etcd").display()
+        ))
+        .arg("--exit-on-stdin-close")
+        .arg(format!("--remove-on-exit={}", dir.path().display()))
+        .arg("--")
+        .args(apiserver_flags(port, &files))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(log_file))
+        .stderr(Stdio::from(log_err));
         // Its own process group: a Ctrl-C meant for the test runner reaches it through the
         // closed pipe, in order, rather than racing the runner's own cleanup.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -253,7 +260,7 @@ impl ControlPlane {
     async fn wait_ready(&mut self) -> Result<(), Error> {
         let client = self.client().await?;
         let deadline = Instant::now() + READY_TIMEOUT;
-        let mut last = String::from("no answer yet");
+        let mut last;
         loop {
             if let Some(status) = self.child.try_wait().map_err(io_err("polling process"))? {
                 return Err(Error::Exited {
@@ -281,8 +288,7 @@ impl ControlPlane {
         }
         // /readyz does not cover the bootstrap controller's system namespaces; tests expect
         // "default" to exist as it does on every cluster.
-        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
-            kube::Api::all(client);
+        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
         while namespaces.get_opt("default").await.ok().flatten().is_none() {
             if Instant::now() >= deadline {
                 return Err(Error::NotReady {
@@ -362,7 +368,9 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, Error> 
 /// A loopback port nobody listens on right now.
 fn free_port() -> Result<u16, Error> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(io_err("probing a free port"))?;
-    Ok(l.local_addr().map_err(io_err("probing a free port"))?.port())
+    Ok(l.local_addr()
+        .map_err(io_err("probing a free port"))?
+        .port())
 }
 
 /// kube-apiserver's flags, after envtest's defaults (controller-runtime
@@ -423,8 +431,13 @@ impl Files {
         serving
             .subject_alt_names
             .push(SanType::IpAddress([127, 0, 0, 1].into()));
-        serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
-        serving.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        serving
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
+        serving.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let serving_cert = serving.signed_by(&serving_key, &serving_issuer)?;
 
@@ -436,7 +449,9 @@ impl Files {
         let client_issuer = Issuer::from_params(&client_ca_params, &client_ca_key);
         let admin_key = KeyPair::generate()?;
         let mut admin = CertificateParams::new(Vec::<String>::new())?;
-        admin.distinguished_name.push(DnType::CommonName, "capstan-admin");
+        admin
+            .distinguished_name
+            .push(DnType::CommonName, "capstan-admin");
         admin
             .distinguished_name
             .push(DnType::OrganizationName, "system:masters");

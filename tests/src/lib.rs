@@ -1,5 +1,5 @@
 //! Shared helpers for Capstan's integration and component tests.
 
 pub mod controlplane;
-pub mod transcript;
 pub mod script;
+pub mod transcript;

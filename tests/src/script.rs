@@ -102,8 +102,17 @@ fn cm(name: &str, labels: Value, data: Value) -> Value {
 }
 impl Script {
     /// A watch that must replay `want` events within ten seconds.
-    async fn watch(&mut self, name: &str, path: &str, want: usize, sort: bool) -> Result<(), Error> {
-        let events = self.rec.watch(name, path, want, Duration::from_secs(10), sort).await?;
+    async fn watch(
+        &mut self,
+        name: &str,
+        path: &str,
+        want: usize,
+        sort: bool,
+    ) -> Result<(), Error> {
+        let events = self
+            .rec
+            .watch(name, path, want, Duration::from_secs(10), sort)
+            .await?;
         if events.len() < want && self.strict {
             return Err(Error::WatchShort {
                 step: name.into(),
@@ -116,7 +125,13 @@ impl Script {
 
     /// A string the script needs from a response; outside strict mode a missing one becomes
     /// empty (later steps then differ, which the comparison reports).
-    fn field(&self, step: &str, v: &Value, pointer: &str, what: &'static str) -> Result<String, Error> {
+    fn field(
+        &self,
+        step: &str,
+        v: &Value,
+        pointer: &str,
+        what: &'static str,
+    ) -> Result<String, Error> {
         match v.pointer(pointer).and_then(Value::as_str) {
             Some(s) => Ok(s.to_string()),
             None if !self.strict => Ok(String::new()),
@@ -147,35 +162,86 @@ pub async fn run(rec: Recorder, strict: bool) -> Result<Recorder, Error> {
     .await?;
 
     // --- create, get, update with optimistic concurrency
-    let a = cm("cm-a", json!({"app": "web", "tier": "front"}), json!({"a": "1"}));
+    let a = cm(
+        "cm-a",
+        json!({"app": "web", "tier": "front"}),
+        json!({"a": "1"}),
+    );
     let created = s
         .expect(201, "create", post.clone(), &cms(), json, Some(a.clone()))
         .await?;
-    let rv1 = s.field("create", &created, "/metadata/resourceVersion", "resourceVersion")?;
-    s.expect(409, "create.duplicate", post.clone(), &cms(), json, Some(a.clone()))
-        .await?;
+    let rv1 = s.field(
+        "create",
+        &created,
+        "/metadata/resourceVersion",
+        "resourceVersion",
+    )?;
+    s.expect(
+        409,
+        "create.duplicate",
+        post.clone(),
+        &cms(),
+        json,
+        Some(a.clone()),
+    )
+    .await?;
     s.expect(200, "get", Method::GET, &cm_path("cm-a"), None, None)
         .await?;
-    s.expect(404, "get.missing", Method::GET, &cm_path("cm-nope"), None, None)
-        .await?;
+    s.expect(
+        404,
+        "get.missing",
+        Method::GET,
+        &cm_path("cm-nope"),
+        None,
+        None,
+    )
+    .await?;
     let mut update = created.clone();
     update["data"] = json!({"a": "2"});
-    s.expect(200, "update", Method::PUT, &cm_path("cm-a"), json, Some(update.clone()))
-        .await?;
+    s.expect(
+        200,
+        "update",
+        Method::PUT,
+        &cm_path("cm-a"),
+        json,
+        Some(update.clone()),
+    )
+    .await?;
     // Same resourceVersion again: it is stale now.
     update["data"] = json!({"a": "3"});
-    s.expect(409, "update.stale", Method::PUT, &cm_path("cm-a"), json, Some(update.clone()))
-        .await?;
+    s.expect(
+        409,
+        "update.stale",
+        Method::PUT,
+        &cm_path("cm-a"),
+        json,
+        Some(update.clone()),
+    )
+    .await?;
     // ConfigMaps allow unconditional updates (no resourceVersion).
     if let Some(m) = update["metadata"].as_object_mut() {
         m.remove("resourceVersion");
     }
-    s.expect(200, "update.unconditional", Method::PUT, &cm_path("cm-a"), json, Some(update.clone()))
-        .await?;
+    s.expect(
+        200,
+        "update.unconditional",
+        Method::PUT,
+        &cm_path("cm-a"),
+        json,
+        Some(update.clone()),
+    )
+    .await?;
     let mut renamed = update.clone();
     renamed["metadata"]["name"] = json!("cm-other");
-    s.expect(400, "update.name-mismatch", Method::PUT, &cm_path("cm-a"), json, Some(renamed))
-        .await?;
+    s.expect(
+        400,
+        "update.name-mismatch",
+        Method::PUT,
+        &cm_path("cm-a"),
+        json,
+        Some(renamed),
+    )
+    .await?;
 
     // --- merge patch
     s.expect(
@@ -259,8 +325,15 @@ pub async fn run(rec: Recorder, strict: bool) -> Result<Recorder, Error> {
     });
     let deploys = format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments");
     let web = format!("{deploys}/web");
-    s.expect(201, "deployment.create", post.clone(), &deploys, json, Some(deploy))
-        .await?;
+    s.expect(
+        201,
+        "deployment.create",
+        post.clone(),
+        &deploys,
+        json,
+        Some(deploy),
+    )
+    .await?;
     s.expect(
         200,
         "patch.strategic",
@@ -304,19 +377,54 @@ pub async fn run(rec: Recorder, strict: bool) -> Result<Recorder, Error> {
     };
     let ssa = |data: Value| cm("cm-ssa", json!({"app": "ssa"}), data);
     let apply_ct = Some(content::APPLY);
-    s.expect(201, "apply.create", Method::PATCH, &apply("alice", false), apply_ct, Some(ssa(json!({"x": "1", "y": "1"}))))
-        .await?;
-    s.expect(200, "apply.same-manager", Method::PATCH, &apply("alice", false), apply_ct, Some(ssa(json!({"x": "1", "y": "2"}))))
-        .await?;
-    s.expect(409, "apply.conflict", Method::PATCH, &apply("bob", false), apply_ct, Some(ssa(json!({"x": "2"}))))
-        .await?;
-    s.expect(200, "apply.force", Method::PATCH, &apply("bob", true), apply_ct, Some(ssa(json!({"x": "2"}))))
-        .await?;
-    // Alice stops applying x (bob owns it now) and y: y is released and removed, x stays.
-    s.expect(200, "apply.release", Method::PATCH, &apply("alice", false), apply_ct, Some(ssa(json!({}))))
-        .await?;
     s.expect(
-        400,
+        201,
+        "apply.create",
+        Method::PATCH,
+        &apply("alice", false),
+        apply_ct,
+        Some(ssa(json!({"x": "1", "y": "1"}))),
+    )
+    .await?;
+    s.expect(
+        200,
+        "apply.same-manager",
+        Method::PATCH,
+        &apply("alice", false),
+        apply_ct,
+        Some(ssa(json!({"x": "1", "y": "2"}))),
+    )
+    .await?;
+    s.expect(
+        409,
+        "apply.conflict",
+        Method::PATCH,
+        &apply("bob", false),
+        apply_ct,
+        Some(ssa(json!({"x": "2"}))),
+    )
+    .await?;
+    s.expect(
+        200,
+        "apply.force",
+        Method::PATCH,
+        &apply("bob", true),
+        apply_ct,
+        Some(ssa(json!({"x": "2"}))),
+    )
+    .await?;
+    // Alice stops applying x (bob owns it now) and y: y is released and removed, x stays.
+    s.expect(
+        200,
+        "apply.release",
+        Method::PATCH,
+        &apply("alice", false),
+        apply_ct,
+        Some(ssa(json!({}))),
+    )
+    .await?;
+    s.expect(
+        422,
         "apply.no-field-manager",
         Method::PATCH,
         &cm_path("cm-ssa"),
@@ -341,14 +449,33 @@ pub async fn run(rec: Recorder, strict: bool) -> Result<Recorder, Error> {
         ("cm-l2", json!({"app": "list", "idx": "2"})),
         ("cm-l3", json!({"app": "list", "idx": "3", "env": "prod"})),
     ] {
-        s.expect(201, &format!("list.setup.{name}"), post.clone(), &cms(), json, Some(cm(name, labels, json!({}))))
-            .await?;
+        s.expect(
+            201,
+            &format!("list.setup.{name}"),
+            post.clone(),
+            &cms(),
+            json,
+            Some(cm(name, labels, json!({}))),
+        )
+        .await?;
     }
     let list = |q: &str| format!("{}?{q}", cms());
     let listed = s
-        .expect(200, "list.equality", Method::GET, &list("labelSelector=app%3Dlist"), None, None)
+        .expect(
+            200,
+            "list.equality",
+            Method::GET,
+            &list("labelSelector=app%3Dlist"),
+            None,
+            None,
+        )
         .await?;
-    let list_rv = s.field("list.equality", &listed, "/metadata/resourceVersion", "list resourceVersion")?;
+    let list_rv = s.field(
+        "list.equality",
+        &listed,
+        "/metadata/resourceVersion",
+        "list resourceVersion",
+    )?;
     for (name, query) in [
         ("list.set", "labelSelector=idx%20in%20(1,3)"),
         ("list.notin", "labelSelector=app%3Dlist,idx%20notin%20(1)"),
@@ -357,12 +484,27 @@ pub async fn run(rec: Recorder, strict: bool) -> Result<Recorder, Error> {
         ("list.inequality", "labelSelector=app%3Dlist,idx!%3D2"),
         ("list.field-selector", "fieldSelector=metadata.name%3Dcm-l2"),
     ] {
-        s.expect(200, name, Method::GET, &list(query), None, None).await?;
+        s.expect(200, name, Method::GET, &list(query), None, None)
+            .await?;
     }
-    s.expect(400, "list.bad-selector", Method::GET, &list("labelSelector=app%3D(%3D"), None, None)
-        .await?;
+    s.expect(
+        400,
+        "list.bad-selector",
+        Method::GET,
+        &list("labelSelector=app%3D(%3D"),
+        None,
+        None,
+    )
+    .await?;
     let page1 = s
-        .expect(200, "list.page1", Method::GET, &list("labelSelector=app%3Dlist&limit=2"), None, None)
+        .expect(
+            200,
+            "list.page1",
+            Method::GET,
+            &list("labelSelector=app%3Dlist&limit=2"),
+            None,
+            None,
+        )
         .await?;
     let cont = s.field("list.page1", &page1, "/metadata/continue", "continue token")?;
     s.expect(
@@ -385,18 +527,49 @@ pub async fn run(rec: Recorder, strict: bool) -> Result<Recorder, Error> {
     .await?;
 
     // --- watch from a resourceVersion: changes made after the list, replayed in order
-    s.expect(200, "watch.setup.update", Method::PATCH, &cm_path("cm-l1"), Some(content::MERGE), Some(json!({"data": {"v": "2"}})))
-        .await?;
-    s.expect(200, "watch.setup.delete", Method::DELETE, &cm_path("cm-l2"), None, None)
-        .await?;
-    s.expect(201, "watch.setup.create", post.clone(), &cms(), json, Some(cm("cm-l4", json!({"app": "list", "idx": "4"}), json!({}))))
-        .await?;
+    s.expect(
+        200,
+        "watch.setup.update",
+        Method::PATCH,
+        &cm_path("cm-l1"),
+        Some(content::MERGE),
+        Some(json!({"data": {"v": "2"}})),
+    )
+    .await?;
+    s.expect(
+        200,
+        "watch.setup.delete",
+        Method::DELETE,
+        &cm_path("cm-l2"),
+        None,
+        None,
+    )
+    .await?;
+    s.expect(
+        201,
+        "watch.setup.create",
+        post.clone(),
+        &cms(),
+        json,
+        Some(cm("cm-l4", json!({"app": "list", "idx": "4"}), json!({}))),
+    )
+    .await?;
     // A change outside the selector must not appear.
-    s.expect(200, "watch.setup.unrelated", Method::PATCH, &cm_path("cm-a"), Some(content::MERGE), Some(json!({"data": {"z": "1"}})))
-        .await?;
+    s.expect(
+        200,
+        "watch.setup.unrelated",
+        Method::PATCH,
+        &cm_path("cm-a"),
+        Some(content::MERGE),
+        Some(json!({"data": {"z": "1"}})),
+    )
+    .await?;
     s.watch(
         "watch.from-resource-version",
-        &format!("{}&watch=true&resourceVersion={list_rv}&timeoutSeconds=10", list("labelSelector=app%3Dlist")),
+        &format!(
+            "{}&watch=true&resourceVersion={list_rv}&timeoutSeconds=10",
+            list("labelSelector=app%3Dlist")
+        ),
         3,
         false,
     )
@@ -404,7 +577,10 @@ pub async fn run(rec: Recorder, strict: bool) -> Result<Recorder, Error> {
     // resourceVersion=0: the current state as synthetic ADDED events (order unspecified).
     s.watch(
         "watch.from-zero",
-        &format!("{}&watch=true&resourceVersion=0&timeoutSeconds=10", list("labelSelector=app%3Dlist")),
+        &format!(
+            "{}&watch=true&resourceVersion=0&timeoutSeconds=10",
+            list("labelSelector=app%3Dlist")
+        ),
         3,
         true,
     )
@@ -413,14 +589,42 @@ pub async fn run(rec: Recorder, strict: bool) -> Result<Recorder, Error> {
     // --- delete with finalizers
     let mut fin = cm("cm-fin", json!({"app": "fin"}), json!({}));
     fin["metadata"]["finalizers"] = json!(["capstan.dev/hold"]);
-    s.expect(201, "finalizer.create", post.clone(), &cms(), json, Some(fin))
-        .await?;
-    s.expect(200, "finalizer.delete", Method::DELETE, &cm_path("cm-fin"), None, None)
-        .await?;
-    s.expect(200, "finalizer.get-terminating", Method::GET, &cm_path("cm-fin"), None, None)
-        .await?;
-    s.expect(200, "finalizer.delete-again", Method::DELETE, &cm_path("cm-fin"), None, None)
-        .await?;
+    s.expect(
+        201,
+        "finalizer.create",
+        post.clone(),
+        &cms(),
+        json,
+        Some(fin),
+    )
+    .await?;
+    s.expect(
+        200,
+        "finalizer.delete",
+        Method::DELETE,
+        &cm_path("cm-fin"),
+        None,
+        None,
+    )
+    .await?;
+    s.expect(
+        200,
+        "finalizer.get-terminating",
+        Method::GET,
+        &cm_path("cm-fin"),
+        None,
+        None,
+    )
+    .await?;
+    s.expect(
+        200,
+        "finalizer.delete-again",
+        Method::DELETE,
+        &cm_path("cm-fin"),
+        None,
+        None,
+    )
+    .await?;
     s.expect(
         422,
         "finalizer.add-while-deleting",
@@ -439,10 +643,24 @@ pub async fn run(rec: Recorder, strict: bool) -> Result<Recorder, Error> {
         Some(json!({"metadata": {"finalizers": null}})),
     )
     .await?;
-    s.expect(404, "finalizer.gone", Method::GET, &cm_path("cm-fin"), None, None)
-        .await?;
-    s.expect(404, "delete.missing", Method::DELETE, &cm_path("cm-nope"), None, None)
-        .await?;
+    s.expect(
+        404,
+        "finalizer.gone",
+        Method::GET,
+        &cm_path("cm-fin"),
+        None,
+        None,
+    )
+    .await?;
+    s.expect(
+        404,
+        "delete.missing",
+        Method::DELETE,
+        &cm_path("cm-nope"),
+        None,
+        None,
+    )
+    .await?;
     s.expect(
         409,
         "delete.precondition-uid",
@@ -458,7 +676,14 @@ pub async fn run(rec: Recorder, strict: bool) -> Result<Recorder, Error> {
         let lower = policy.to_lowercase();
         let owner_name = format!("owner-{lower}");
         let owner = s
-            .expect(201, &format!("owner.{lower}.create"), post.clone(), &cms(), json, Some(cm(&owner_name, json!({"app": "gc"}), json!({}))))
+            .expect(
+                201,
+                &format!("owner.{lower}.create"),
+                post.clone(),
+                &cms(),
+                json,
+                Some(cm(&owner_name, json!({"app": "gc"}), json!({}))),
+            )
             .await?;
         let uid = s.field("owner.create", &owner, "/metadata/uid", "uid")?;
         let mut child = cm(&format!("child-{lower}"), json!({"app": "gc"}), json!({}));
@@ -466,8 +691,15 @@ pub async fn run(rec: Recorder, strict: bool) -> Result<Recorder, Error> {
             "apiVersion": "v1", "kind": "ConfigMap", "name": owner_name, "uid": uid,
             "controller": true, "blockOwnerDeletion": true,
         }]);
-        s.expect(201, &format!("owner.{lower}.child-create"), post.clone(), &cms(), json, Some(child))
-            .await?;
+        s.expect(
+            201,
+            &format!("owner.{lower}.child-create"),
+            post.clone(),
+            &cms(),
+            json,
+            Some(child),
+        )
+        .await?;
         s.expect(
             200,
             &format!("owner.{lower}.delete"),
@@ -481,16 +713,36 @@ pub async fn run(rec: Recorder, strict: bool) -> Result<Recorder, Error> {
     // What is left a moment later: on kube-apiserver without kube-controller-manager, owners
     // deleted in Foreground/Orphan mode wait for the garbage collector, and every child stays.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    s.expect(200, "owner.remaining", Method::GET, &list("labelSelector=app%3Dgc"), None, None)
-        .await?;
+    s.expect(
+        200,
+        "owner.remaining",
+        Method::GET,
+        &list("labelSelector=app%3Dgc"),
+        None,
+        None,
+    )
+    .await?;
 
     // --- namespace deletion (needs kube-controller-manager's namespace controller to finish)
-    s.expect(200, "namespace.delete", Method::DELETE, &format!("/api/v1/namespaces/{NAMESPACE}"), None, None)
-        .await?;
+    s.expect(
+        200,
+        "namespace.delete",
+        Method::DELETE,
+        &format!("/api/v1/namespaces/{NAMESPACE}"),
+        None,
+        None,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, _) = s
         .rec
-        .call("namespace.after-delete", Method::GET, &format!("/api/v1/namespaces/{NAMESPACE}"), None, None)
+        .call(
+            "namespace.after-delete",
+            Method::GET,
+            &format!("/api/v1/namespaces/{NAMESPACE}"),
+            None,
+            None,
+        )
         .await?;
     Ok(s.rec)
 }

@@ -57,10 +57,17 @@ pub struct Transcript {
 }
 
 /// Sends requests for a script and records their responses.
-#[derive(Debug)]
 pub struct Recorder {
     client: kube::Client,
     transcript: Transcript,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("steps", &self.transcript.steps.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Content types of the four patch kinds and of plain JSON.
@@ -344,7 +351,11 @@ fn diff_values(
         (a, b) if a == b => {}
         (a, b) => out.push(Difference {
             step: step.into(),
-            path: if path.is_empty() { "/".into() } else { path.into() },
+            path: if path.is_empty() {
+                "/".into()
+            } else {
+                path.into()
+            },
             left: show(a),
             right: show(b),
         }),
@@ -379,30 +390,57 @@ mod tests {
     fn uids_and_versions_compare_by_first_appearance() {
         let a = Transcript {
             steps: vec![
-                step("create", 201, json!({"metadata": {"uid": "u-1", "resourceVersion": "17"}})),
-                step("child", 201, json!({"metadata": {"ownerReferences": [{"uid": "u-1"}], "resourceVersion": "18"}})),
+                step(
+                    "create",
+                    201,
+                    json!({"metadata": {"uid": "u-1", "resourceVersion": "17"}}),
+                ),
+                step(
+                    "child",
+                    201,
+                    json!({"metadata": {"ownerReferences": [{"uid": "u-1"}], "resourceVersion": "18"}}),
+                ),
             ],
         };
         let b = Transcript {
             steps: vec![
-                step("create", 201, json!({"metadata": {"uid": "x", "resourceVersion": "2"}})),
-                step("child", 201, json!({"metadata": {"ownerReferences": [{"uid": "x"}], "resourceVersion": "2"}})),
+                step(
+                    "create",
+                    201,
+                    json!({"metadata": {"uid": "x", "resourceVersion": "2"}}),
+                ),
+                step(
+                    "child",
+                    201,
+                    json!({"metadata": {"ownerReferences": [{"uid": "x"}], "resourceVersion": "2"}}),
+                ),
             ],
         };
         let d = diff(&a, &b);
         // The owner uid matches structurally; the second server reused a resourceVersion.
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].path, "/metadata/resourceVersion");
-        assert_eq!((d[0].left.as_str(), d[0].right.as_str()), ("\"<rv-2>\"", "\"<rv-1>\""));
+        assert_eq!(
+            (d[0].left.as_str(), d[0].right.as_str()),
+            ("\"<rv-2>\"", "\"<rv-1>\"")
+        );
     }
 
     #[test]
     fn status_timestamps_and_missing_fields() {
         let a = Transcript {
-            steps: vec![step("get", 200, json!({"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}, "data": {"a": "1"}}))],
+            steps: vec![step(
+                "get",
+                200,
+                json!({"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}, "data": {"a": "1"}}),
+            )],
         };
         let b = Transcript {
-            steps: vec![step("get", 404, json!({"metadata": {"creationTimestamp": "2027-01-01T00:00:00Z"}}))],
+            steps: vec![step(
+                "get",
+                404,
+                json!({"metadata": {"creationTimestamp": "2027-01-01T00:00:00Z"}}),
+            )],
         };
         let d: Vec<String> = diff(&a, &b).iter().map(|d| d.path.clone()).collect();
         assert_eq!(d, vec!["status", "/data"]);

@@ -82,7 +82,10 @@ async fn script_passes_on_kube_apiserver() -> Result<()> {
     let Some(ns) = step("namespace.after-delete") else {
         bail!("no namespace.after-delete step");
     };
-    assert_eq!(ns.status, 200, "namespace deletion completes only with kube-controller-manager");
+    assert_eq!(
+        ns.status, 200,
+        "namespace deletion completes only with kube-controller-manager"
+    );
     assert_eq!(ns.body["status"]["phase"], "Terminating");
     Ok(())
 }
@@ -94,7 +97,10 @@ fn report(diffs: &[Difference]) -> Result<()> {
     }
     let (unknown, stale) = check_known(diffs);
     for k in &stale {
-        eprintln!("listed difference no longer occurs: {} {} ({})", k.step, k.path, k.reason);
+        eprintln!(
+            "listed difference no longer occurs: {} {} ({})",
+            k.step, k.path, k.reason
+        );
     }
     if !unknown.is_empty() || !stale.is_empty() {
         bail!(

@@ -20,11 +20,18 @@ async fn launcher_starts_serves_and_stops() -> Result<()> {
     };
     let client = cp.client().await?;
     let version = client.apiserver_version().await?;
-    ensure!(version.git_version.starts_with("v1.34."), "unexpected version {version:?}");
+    ensure!(
+        version.git_version.starts_with("v1.34."),
+        "unexpected version {version:?}"
+    );
 
     // The kubeconfig is usable as a file (the way kubectl and `capstan run` use it).
     let text = std::fs::read_to_string(cp.kubeconfig_path())?;
-    ensure!(text.contains(cp.url()), "kubeconfig does not name {}", cp.url());
+    ensure!(
+        text.contains(cp.url()),
+        "kubeconfig does not name {}",
+        cp.url()
+    );
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     ensure!(namespaces.get_opt("default").await?.is_some());
@@ -54,7 +61,11 @@ async fn launcher_starts_serves_and_stops() -> Result<()> {
     drop(cp);
     // Drop waited for the process; the binary removed its own folder on the way out.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    ensure!(!dir.exists(), "{} still exists after shutdown", dir.display());
+    ensure!(
+        !dir.exists(),
+        "{} still exists after shutdown",
+        dir.display()
+    );
     Ok(())
 }
 
@@ -77,7 +88,8 @@ async fn install_crds(client: &kube::Client, dir: &Path) -> Result<Vec<String>> 
     files.sort();
     for file in files {
         let text = std::fs::read_to_string(&file)?;
-        let value: Value = serde_yaml::from_str(&text).with_context(|| file.display().to_string())?;
+        let value: Value =
+            serde_yaml::from_str(&text).with_context(|| file.display().to_string())?;
         let obj: DynamicObject = serde_json::from_value(value)?;
         let created = crds
             .create(&PostParams::default(), &obj)
@@ -91,11 +103,17 @@ async fn install_crds(client: &kube::Client, dir: &Path) -> Result<Vec<String>> 
             let crd = crds.get(name).await?;
             let established = crd.data["status"]["conditions"]
                 .as_array()
-                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Established" && c["status"] == "True"));
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Established" && c["status"] == "True")
+                });
             if established {
                 break;
             }
-            ensure!(tokio::time::Instant::now() < deadline, "CRD {name} never became Established");
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "CRD {name} never became Established"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -111,18 +129,27 @@ async fn capi_crds_install_and_validate_v1beta2() -> Result<()> {
     };
     let client = cp.client().await?;
     let names = install_crds(&client, &crd_dir()).await?;
-    ensure!(names.len() == 14, "expected 14 CAPI CRDs, installed {names:?}");
+    ensure!(
+        names.len() == 14,
+        "expected 14 CAPI CRDs, installed {names:?}"
+    );
     ensure!(names.iter().any(|n| n == "clusters.cluster.x-k8s.io"));
 
     let ns = "capi-real";
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}}))?)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+        )
         .await?;
 
     let gvk = GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta2", "Cluster");
-    let clusters: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk_with_plural(&gvk, "clusters"));
+    let clusters: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource::from_gvk_with_plural(&gvk, "clusters"),
+    );
     let cluster = |name: &str, kind: &str| -> Result<DynamicObject> {
         Ok(serde_json::from_value(json!({
             "apiVersion": "cluster.x-k8s.io/v1beta2",
@@ -137,10 +164,18 @@ async fn capi_crds_install_and_validate_v1beta2() -> Result<()> {
         }))?)
     };
     let created = clusters
-        .create(&PostParams::default(), &cluster("c1", "KubeadmControlPlane")?)
+        .create(
+            &PostParams::default(),
+            &cluster("c1", "KubeadmControlPlane")?,
+        )
         .await
         .context("creating a valid v1beta2 Cluster")?;
-    ensure!(created.types.as_ref().is_some_and(|t| t.api_version == "cluster.x-k8s.io/v1beta2"));
+    ensure!(
+        created
+            .types
+            .as_ref()
+            .is_some_and(|t| t.api_version == "cluster.x-k8s.io/v1beta2")
+    );
     ensure!(
         created.data["spec"].get("unknownField").is_none(),
         "unknown field was not pruned: {}",
@@ -157,17 +192,27 @@ async fn capi_crds_install_and_validate_v1beta2() -> Result<()> {
     ensure!(old.get("c1").await?.metadata.uid == created.metadata.uid);
 
     // Invalid: kind must match ^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$.
-    match clusters.create(&PostParams::default(), &cluster("c2", "not a kind!")?).await {
+    match clusters
+        .create(&PostParams::default(), &cluster("c2", "not a kind!")?)
+        .await
+    {
         Err(kube::Error::Api(s)) if s.code == 422 => {
-            ensure!(s.message.contains("spec.controlPlaneRef.kind"), "422 without the field path: {}", s.message);
+            ensure!(
+                s.message.contains("spec.controlPlaneRef.kind"),
+                "422 without the field path: {}",
+                s.message
+            );
         }
         other => bail!("expected 422 for an invalid controlPlaneRef.kind, got {other:?}"),
     }
 
     // A DevCluster (in-memory backend) and a KubeadmControlPlane referenced by the Cluster.
     let dev_gvk = GroupVersionKind::gvk("infrastructure.cluster.x-k8s.io", "v1beta2", "DevCluster");
-    let dev: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk_with_plural(&dev_gvk, "devclusters"));
+    let dev: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource::from_gvk_with_plural(&dev_gvk, "devclusters"),
+    );
     dev.create(
         &PostParams::default(),
         &serde_json::from_value(json!({
@@ -184,7 +229,11 @@ async fn capi_crds_install_and_validate_v1beta2() -> Result<()> {
     // /status it sticks.
     let status_patch = json!({"status": {"initialization": {"infrastructureProvisioned": true}}});
     let patched = clusters
-        .patch_status("c1", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&status_patch))
+        .patch_status(
+            "c1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&status_patch),
+        )
         .await
         .context("patching Cluster status")?;
     ensure!(patched.data["status"]["initialization"]["infrastructureProvisioned"] == true);
