@@ -1,5 +1,7 @@
 // Command capstan-controlplane runs one real Kubernetes control plane for Capstan's tests:
-// an embedded etcd server and kube-apiserver, in one process.
+// an embedded etcd server and kube-apiserver, in one process, and optionally (with
+// --controllers-kubeconfig) kube-controller-manager's garbage collector and namespace
+// controller (controllers.go).
 //
 // Usage:
 //
@@ -15,6 +17,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -48,6 +51,8 @@ func run(args []string) int {
 	stdinClose := fs.Bool("exit-on-stdin-close", false, "shut down when standard input reaches end of file")
 	cleanupDir := fs.String("remove-on-exit", "", "directory to remove after shutdown (the launcher's temporary folder)")
 	etcdURLFile := fs.String("etcd-url-file", "", "write the etcd client URL to this file once etcd serves")
+	controllersKubeconfig := fs.String("controllers-kubeconfig", "",
+		"run kube-controller-manager's garbage collector and namespace controller with this kubeconfig")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -85,6 +90,17 @@ func run(args []string) int {
 			_, _ = io.Copy(io.Discard, os.Stdin)
 			fmt.Fprintln(os.Stderr, "capstan-controlplane: standard input closed, shutting down")
 			shutdown()
+		}()
+	}
+
+	if *controllersKubeconfig != "" {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() {
+			if err := runControllers(ctx, *controllersKubeconfig); err != nil && ctx.Err() == nil {
+				fmt.Fprintf(os.Stderr, "capstan-controlplane: controllers: %v\n", err)
+				shutdown()
+			}
 		}()
 	}
 

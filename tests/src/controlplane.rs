@@ -7,6 +7,11 @@
 //! service-account signing key), starts the binary with envtest's flags, waits for `/readyz`
 //! and writes a kubeconfig. Everything lives in one temporary folder.
 //!
+//! Unlike envtest, the binary also runs kube-controller-manager's garbage collector and
+//! namespace controller (given the admin kubeconfig), so owner references, propagation
+//! policies and namespace deletion behave as on a real cluster. Nothing else of
+//! kube-controller-manager runs: no ReplicaSets for Deployments, no service-account tokens.
+//!
 //! Shutdown: dropping a [`ControlPlane`] closes the binary's standard input (its signal to shut
 //! down gracefully), waits briefly, then kills it. Because the binary also stops when its
 //! standard input closes, a test process that dies without running destructors (abort,
@@ -232,6 +237,10 @@ impl ControlPlane {
         ))
         .arg("--exit-on-stdin-close")
         .arg(format!("--remove-on-exit={}", dir.path().display()))
+        .arg(format!(
+            "--controllers-kubeconfig={}",
+            files.kubeconfig.display()
+        ))
         .arg("--")
         .args(apiserver_flags(port, &files))
         .stdin(Stdio::piped())

@@ -15,6 +15,9 @@ use crate::transcript::{Recorder, content};
 /// Namespace the script works in (the servers are fresh, so a fixed name is safe).
 pub const NAMESPACE: &str = "capstan-diff";
 
+/// How long garbage collection and namespace deletion may take.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Errors of the script.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -42,6 +45,14 @@ pub enum Error {
         got: usize,
         /// Events expected.
         want: usize,
+    },
+    /// Garbage collection or namespace deletion did not finish in time.
+    #[error("step {step}: server did not settle within the timeout; last state: {last}")]
+    NotSettled {
+        /// The step's name.
+        step: String,
+        /// The last body seen.
+        last: Value,
     },
     /// A response lacked a value the script needs for a later step.
     #[error("step {step}: response has no {what}")]
@@ -121,6 +132,58 @@ impl Script {
             });
         }
         Ok(())
+    }
+
+    /// Polls `path` (unrecorded) until `done` holds for its body. In strict mode, not
+    /// settling within [`SETTLE_TIMEOUT`] is an error; otherwise the next recorded step shows
+    /// the state reached.
+    async fn settle(
+        &self,
+        step: &str,
+        path: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let last = self.rec.peek(path).await;
+            if last
+                .as_ref()
+                .is_some_and(|(code, body)| *code == 200 && done(body))
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                if self.strict {
+                    return Err(Error::NotSettled {
+                        step: step.into(),
+                        last: last.map(|(_, b)| b).unwrap_or(Value::Null),
+                    });
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls `path` (unrecorded) until it answers `want`; see [`Script::settle`].
+    async fn settle_status(&self, step: &str, path: &str, want: u16) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let last = self.rec.peek(path).await;
+            if last.as_ref().is_some_and(|(code, _)| *code == want) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                if self.strict {
+                    return Err(Error::NotSettled {
+                        step: step.into(),
+                        last: last.map(|(_, b)| b).unwrap_or(Value::Null),
+                    });
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A string the script needs from a response; outside strict mode a missing one becomes
@@ -710,39 +773,32 @@ pub async fn run(rec: Recorder, strict: bool) -> Result<Recorder, Error> {
         )
         .await?;
     }
-    // What is left a moment later: on kube-apiserver without kube-controller-manager, owners
-    // deleted in Foreground/Orphan mode wait for the garbage collector, and every child stays.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    s.expect(
-        200,
-        "owner.remaining",
-        Method::GET,
-        &list("labelSelector=app%3Dgc"),
-        None,
-        None,
-    )
-    .await?;
+    // Garbage collection (kube-controller-manager's collector on the real control plane):
+    // Background and Foreground delete the children, Orphan strips their ownerReferences.
+    let gc_list = list("labelSelector=app%3Dgc");
+    let settled = |v: &Value| {
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        items.len() == 1
+            && items[0]["metadata"]["name"] == "child-orphan"
+            && items[0]["metadata"].get("ownerReferences").is_none()
+    };
+    s.settle("owner.remaining", &gc_list, settled).await?;
+    s.expect(200, "owner.remaining", Method::GET, &gc_list, None, None)
+        .await?;
 
-    // --- namespace deletion (needs kube-controller-manager's namespace controller to finish)
+    // --- namespace deletion: Terminating, contents removed, then the namespace itself
+    let ns_path = format!("/api/v1/namespaces/{NAMESPACE}");
     s.expect(
         200,
         "namespace.delete",
         Method::DELETE,
-        &format!("/api/v1/namespaces/{NAMESPACE}"),
+        &ns_path,
         None,
         None,
     )
     .await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let (_, _) = s
-        .rec
-        .call(
-            "namespace.after-delete",
-            Method::GET,
-            &format!("/api/v1/namespaces/{NAMESPACE}"),
-            None,
-            None,
-        )
+    s.settle_status("namespace.gone", &ns_path, 404).await?;
+    s.expect(404, "namespace.gone", Method::GET, &ns_path, None, None)
         .await?;
     Ok(s.rec)
 }

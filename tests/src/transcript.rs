@@ -139,6 +139,19 @@ impl Recorder {
         Ok((status, value))
     }
 
+    /// A GET that is not recorded (for polling until a server has settled); `None` when the
+    /// request fails below HTTP or the body is not JSON.
+    pub async fn peek(&self, path: &str) -> Option<(u16, Value)> {
+        let req = http::Request::get(path)
+            .header(http::header::ACCEPT, content::JSON)
+            .body(kube::client::Body::from(Vec::new()))
+            .ok()?;
+        let res = self.client.send(req).await.ok()?;
+        let status = res.status().as_u16();
+        let bytes = res.into_body().collect_bytes().await.ok()?;
+        Some((status, serde_json::from_slice(&bytes).ok()?))
+    }
+
     /// Opens a watch (`path` must carry `watch=true` and its parameters), reads up to `want`
     /// events within `deadline` (fewer if the deadline or the stream's end comes first), and
     /// records them as a JSON array (sorted by object name when

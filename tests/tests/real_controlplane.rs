@@ -121,7 +121,8 @@ async fn install_crds(client: &kube::Client, dir: &Path) -> Result<Vec<String>> 
 }
 
 /// Cluster API's CRDs install on kube-apiserver and a v1beta2 Cluster (with its referenced
-/// DevCluster) passes real validation; an invalid one is refused with the field path.
+/// DevCluster) passes real validation; an invalid one is refused with the field path; the
+/// status subresource and garbage collection work on the custom resources.
 #[tokio::test]
 async fn capi_crds_install_and_validate_v1beta2() -> Result<()> {
     let Some(cp) = ControlPlane::shared().await? else {
@@ -218,7 +219,14 @@ async fn capi_crds_install_and_validate_v1beta2() -> Result<()> {
         &serde_json::from_value(json!({
             "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta2",
             "kind": "DevCluster",
-            "metadata": {"name": "c1", "namespace": ns},
+            "metadata": {
+                "name": "c1",
+                "namespace": ns,
+                "ownerReferences": [{
+                    "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster", "name": "c1",
+                    "uid": created.metadata.uid.clone().unwrap_or_default(),
+                }],
+            },
             "spec": {"backend": {"inMemory": {}}},
         }))?,
     )
@@ -237,5 +245,19 @@ async fn capi_crds_install_and_validate_v1beta2() -> Result<()> {
         .await
         .context("patching Cluster status")?;
     ensure!(patched.data["status"]["initialization"]["infrastructureProvisioned"] == true);
+
+    // Garbage collection reaches custom resources: deleting the Cluster removes the
+    // DevCluster it owns (the collector learns CRDs from discovery every few seconds).
+    clusters
+        .delete("c1", &kube::api::DeleteParams::background())
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while dev.get_opt("c1").await?.is_some() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "owned DevCluster not collected"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }
