@@ -55,7 +55,7 @@ CONTROLPLANE_LDFLAGS := -s -w \
 ## controlplane: build the real control plane binary (needs Go; cold: module downloads + ~N min).
 controlplane: $(CONTROLPLANE_BIN)
 
-$(CONTROLPLANE_BIN): tests/controlplane/go.mod tests/controlplane/go.sum tests/controlplane/main.go
+$(CONTROLPLANE_BIN): tests/controlplane/go.mod tests/controlplane/go.sum $(wildcard tests/controlplane/*.go)
 	@mkdir -p $(dir $@)
 	cd tests/controlplane && CGO_ENABLED=0 $(GO) build -trimpath -ldflags='$(CONTROLPLANE_LDFLAGS)' -o $@.tmp . && mv $@.tmp $@
 

@@ -2,4 +2,5 @@
 
 pub mod controlplane;
 pub mod script;
+pub mod server;
 pub mod transcript;

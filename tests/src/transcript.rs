@@ -3,9 +3,9 @@
 //! The differential tests run one scripted request sequence against two API servers (the real
 //! kube-apiserver and capstan-apiserver) through a [`Recorder`] each, then compare the two
 //! [`Transcript`]s step by step. Values that legitimately differ between servers are replaced
-//! before comparing: object uids and resourceVersions by their order of first appearance in
-//! the transcript (so "the same uid as the owner" or "a newer resourceVersion than before"
-//! still compare), timestamps and continue tokens by placeholders.
+//! before comparing: object uids by the name of the object they belong to (so an owner
+//! reference still names its owner, and a managedFields key `k:{"uid":..}` compares too),
+//! resourceVersions, timestamps and continue tokens by placeholders.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -217,64 +217,88 @@ impl Recorder {
 /// Replaces server-specific values (see the module documentation) throughout a transcript.
 pub fn normalise(t: &Transcript) -> Transcript {
     let mut ids = Ids::default();
+    for s in &t.steps {
+        ids.collect(&s.body);
+    }
     Transcript {
         steps: t
             .steps
             .iter()
-            .map(|s| {
-                let mut body = s.body.clone();
-                ids.walk(&mut body, None);
-                Step { body, ..s.clone() }
+            .map(|s| Step {
+                body: ids.rewrite(&s.body, None),
+                ..s.clone()
             })
             .collect(),
     }
 }
 
+/// Object uids of one transcript, by the object they belong to.
 #[derive(Default)]
 struct Ids {
-    uids: BTreeMap<String, usize>,
-    rvs: BTreeMap<String, usize>,
+    names: BTreeMap<String, String>,
 }
 
 impl Ids {
-    fn walk(&mut self, v: &mut Value, key: Option<&str>) {
+    /// Learns `uid -> <uid:namespace/name>` from every object's metadata.
+    fn collect(&mut self, v: &Value) {
         match v {
             Value::Object(map) => {
-                for (k, child) in map.iter_mut() {
-                    self.walk(child, Some(k.as_str()));
+                if let Some(meta) = map.get("metadata")
+                    && let (Some(uid), Some(name)) = (
+                        meta.get("uid").and_then(Value::as_str),
+                        meta.get("name").and_then(Value::as_str),
+                    )
+                {
+                    let ns = meta.get("namespace").and_then(Value::as_str).unwrap_or("");
+                    self.names
+                        .insert(uid.to_string(), format!("<uid:{ns}/{name}>"));
                 }
+                map.values().for_each(|c| self.collect(c));
             }
-            Value::Array(items) => {
-                for child in items {
-                    self.walk(child, key);
-                }
-            }
-            Value::String(s) => {
-                let replacement = match key {
-                    Some("uid") => Some(numbered(&mut self.uids, s, "uid")),
-                    Some("resourceVersion") if !s.is_empty() => {
-                        Some(numbered(&mut self.rvs, s, "rv"))
-                    }
-                    Some(
-                        "creationTimestamp" | "deletionTimestamp" | "time" | "lastTransitionTime"
-                        | "lastUpdateTime",
-                    ) => Some("<time>".to_string()),
-                    Some("continue") if !s.is_empty() => Some("<continue>".to_string()),
-                    _ => None,
-                };
-                if let Some(r) = replacement {
-                    *s = r;
-                }
-            }
+            Value::Array(items) => items.iter().for_each(|c| self.collect(c)),
             _ => {}
         }
     }
-}
 
-fn numbered(seen: &mut BTreeMap<String, usize>, value: &str, prefix: &str) -> String {
-    let next = seen.len() + 1;
-    let n = *seen.entry(value.to_string()).or_insert(next);
-    format!("<{prefix}-{n}>")
+    /// Replaces uids anywhere in a string (also inside managedFields keys such as
+    /// `k:{"uid":"..."}`).
+    fn replace_uids(&self, s: &str) -> String {
+        let mut out = s.to_string();
+        for (uid, name) in &self.names {
+            if out.contains(uid.as_str()) {
+                out = out.replace(uid.as_str(), name);
+            }
+        }
+        out
+    }
+
+    fn rewrite(&self, v: &Value, key: Option<&str>) -> Value {
+        match v {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, c)| (self.replace_uids(k), self.rewrite(c, Some(k.as_str()))))
+                    .collect(),
+            ),
+            Value::Array(items) => {
+                Value::Array(items.iter().map(|c| self.rewrite(c, key)).collect())
+            }
+            Value::String(s) => Value::String(match key {
+                Some("uid") => self
+                    .names
+                    .get(s)
+                    .cloned()
+                    .unwrap_or_else(|| "<uid:unknown>".to_string()),
+                Some("resourceVersion") if !s.is_empty() => "<rv>".to_string(),
+                Some(
+                    "creationTimestamp" | "deletionTimestamp" | "time" | "lastTransitionTime"
+                    | "lastUpdateTime",
+                ) => "<time>".to_string(),
+                Some("continue") if !s.is_empty() => "<continue>".to_string(),
+                _ => self.replace_uids(s),
+            }),
+            other => other.clone(),
+        }
+    }
 }
 
 /// One difference between two normalised transcripts.
@@ -400,18 +424,18 @@ mod tests {
     }
 
     #[test]
-    fn uids_and_versions_compare_by_first_appearance() {
+    fn uids_compare_by_object_name() {
         let a = Transcript {
             steps: vec![
                 step(
                     "create",
                     201,
-                    json!({"metadata": {"uid": "u-1", "resourceVersion": "17"}}),
+                    json!({"metadata": {"name": "o", "uid": "u-1", "resourceVersion": "17"}}),
                 ),
                 step(
                     "child",
                     201,
-                    json!({"metadata": {"ownerReferences": [{"uid": "u-1"}], "resourceVersion": "18"}}),
+                    json!({"metadata": {"name": "c", "uid": "u-2", "ownerReferences": [{"uid": "u-1"}], "managedFields": [{"fieldsV1": {"k:{\"uid\":\"u-1\"}": {}}}]}}),
                 ),
             ],
         };
@@ -420,22 +444,22 @@ mod tests {
                 step(
                     "create",
                     201,
-                    json!({"metadata": {"uid": "x", "resourceVersion": "2"}}),
+                    json!({"metadata": {"name": "o", "uid": "x", "resourceVersion": "2"}}),
                 ),
                 step(
                     "child",
                     201,
-                    json!({"metadata": {"ownerReferences": [{"uid": "x"}], "resourceVersion": "2"}}),
+                    json!({"metadata": {"name": "c", "uid": "y", "ownerReferences": [{"uid": "y"}], "managedFields": [{"fieldsV1": {"k:{\"uid\":\"x\"}": {}}}]}}),
                 ),
             ],
         };
         let d = diff(&a, &b);
-        // The owner uid matches structurally; the second server reused a resourceVersion.
+        // The second server's child names itself as owner: the only difference.
         assert_eq!(d.len(), 1, "{d:?}");
-        assert_eq!(d[0].path, "/metadata/resourceVersion");
+        assert_eq!(d[0].path, "/metadata/ownerReferences/0/uid");
         assert_eq!(
             (d[0].left.as_str(), d[0].right.as_str()),
-            ("\"<rv-2>\"", "\"<rv-1>\"")
+            ("\"<uid:/o>\"", "\"<uid:/c>\"")
         );
     }
 

@@ -47,7 +47,7 @@ pub enum TestServer {
         /// Its kubeconfig, written to a file for tools that need one.
         kubeconfig: PathBuf,
         /// Holds the kubeconfig's folder.
-        dir: tempfile::TempDir,
+        _dir: tempfile::TempDir,
     },
     /// The process-wide real control plane (tests share it; use your own namespace).
     Real(&'static ControlPlane),
@@ -62,7 +62,9 @@ impl TestServer {
     }
 
     /// A fresh capstan-apiserver from a builder (CRDs, latency, rate limits ...).
-    pub async fn memory_with(builder: capstan_apiserver::ServerBuilder) -> Result<TestServer, Error> {
+    pub async fn memory_with(
+        builder: capstan_apiserver::ServerBuilder,
+    ) -> Result<TestServer, Error> {
         let server = builder.start("127.0.0.1:0").await?;
         let dir = tempfile::Builder::new()
             .prefix("capstan-memory-")
@@ -76,7 +78,7 @@ impl TestServer {
         Ok(TestServer::Memory {
             server,
             kubeconfig,
-            dir,
+            _dir: dir,
         })
     }
 
@@ -97,13 +99,6 @@ impl TestServer {
             TestServer::Memory { .. } => ServerKind::Memory,
             TestServer::Real(_) | TestServer::RealOwned(_) => ServerKind::Real,
         }
-    }
-
-    /// Whether deleting an owner removes its dependents and a deleted namespace's contents.
-    /// The real control plane runs kube-apiserver only: garbage collection and namespace
-    /// deletion are kube-controller-manager's, which it does not run (as envtest).
-    pub fn collects_garbage(&self) -> bool {
-        self.kind() == ServerKind::Memory
     }
 
     /// A new admin client. Make one per tokio runtime.
