@@ -15,6 +15,9 @@ use crate::transcript::{Recorder, content};
 /// Namespace the script works in (the servers are fresh, so a fixed name is safe).
 pub const NAMESPACE: &str = "capstan-diff";
 
+/// Cluster API's Cluster CRD (v1beta1 and v1beta2), from the test fixtures.
+const CLUSTER_CRD: &str = include_str!("../fixtures/capi-crds/cluster.x-k8s.io_clusters.yaml");
+
 /// How long garbage collection and namespace deletion may take.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -54,6 +57,9 @@ pub enum Error {
         /// The last body seen.
         last: Value,
     },
+    /// A fixture could not be parsed.
+    #[error("fixture: {0}")]
+    Fixture(String),
     /// A response lacked a value the script needs for a later step.
     #[error("step {step}: response has no {what}")]
     Missing {
@@ -112,6 +118,26 @@ fn cm(name: &str, labels: Value, data: Value) -> Value {
     })
 }
 impl Script {
+    /// Like [`Script::expect`], but records only the status code (for responses as large and
+    /// server-specific as a CRD with its schema).
+    async fn expect_status_only(
+        &mut self,
+        want: u16,
+        name: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(), Error> {
+        let value = self
+            .expect(want, name, method, path, Some(content::JSON), body)
+            .await?;
+        if let Some(last) = self.rec.last_mut() {
+            last.body =
+                json!({"kind": value["kind"], "metadata": {"name": value["metadata"]["name"]}});
+        }
+        Ok(())
+    }
+
     /// A watch that must replay `want` events within ten seconds.
     async fn watch(
         &mut self,
@@ -785,6 +811,79 @@ pub async fn run(rec: Recorder, strict: bool) -> Result<Recorder, Error> {
     s.settle("owner.remaining", &gc_list, settled).await?;
     s.expect(200, "owner.remaining", Method::GET, &gc_list, None, None)
         .await?;
+
+    // --- a CustomResourceDefinition (Cluster API's Cluster): served after creation, structural
+    // pruning, OpenAPI validation, status subresource, a second served version.
+    let crd: Value =
+        serde_yaml::from_str(CLUSTER_CRD).map_err(|e| Error::Fixture(e.to_string()))?;
+    s.expect_status_only(
+        201,
+        "crd.create",
+        post.clone(),
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        Some(crd),
+    )
+    .await?;
+    let clusters = format!("/apis/cluster.x-k8s.io/v1beta2/namespaces/{NAMESPACE}/clusters");
+    s.settle_status("crd.served", &clusters, 200).await?;
+    let cluster = |name: &str, kind: &str| {
+        json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2",
+            "kind": "Cluster",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {
+                "clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}},
+                "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io", "kind": kind, "name": "cp"},
+                "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DevCluster", "name": name},
+                "unknownField": "pruned",
+            },
+        })
+    };
+    s.expect(
+        201,
+        "cr.create",
+        post.clone(),
+        &clusters,
+        json,
+        Some(cluster("c1", "KubeadmControlPlane")),
+    )
+    .await?;
+    s.expect(
+        422,
+        "cr.invalid",
+        post.clone(),
+        &clusters,
+        json,
+        Some(cluster("c2", "not a kind!")),
+    )
+    .await?;
+    s.expect(
+        200,
+        "cr.status-through-main",
+        Method::PATCH,
+        &format!("{clusters}/c1"),
+        Some(content::MERGE),
+        Some(json!({"status": {"phase": "Provisioned"}, "metadata": {"labels": {"x": "y"}}})),
+    )
+    .await?;
+    s.expect(
+        200,
+        "cr.status-subresource",
+        Method::PATCH,
+        &format!("{clusters}/c1/status"),
+        Some(content::MERGE),
+        Some(json!({"status": {"phase": "Provisioned"}, "metadata": {"labels": {"ignored": "y"}}})),
+    )
+    .await?;
+    s.expect(
+        200,
+        "cr.get-v1beta1",
+        Method::GET,
+        &format!("/apis/cluster.x-k8s.io/v1beta1/namespaces/{NAMESPACE}/clusters/c1"),
+        None,
+        None,
+    )
+    .await?;
 
     // --- namespace deletion: Terminating, contents removed, then the namespace itself
     let ns_path = format!("/api/v1/namespaces/{NAMESPACE}");

@@ -93,6 +93,11 @@ impl Recorder {
         }
     }
 
+    /// The last recorded step, to trim what it keeps.
+    pub fn last_mut(&mut self) -> Option<&mut Step> {
+        self.transcript.steps.last_mut()
+    }
+
     /// The transcript so far.
     pub fn into_transcript(self) -> Transcript {
         self.transcript

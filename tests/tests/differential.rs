@@ -130,6 +130,16 @@ const KNOWN: &[Known] = &[
         path: "*",
         reason: "Orphan propagation: capstan-apiserver orphans the dependents at once and answers Status Success; kube-apiserver answers the owner with the orphan finalizer and lets the garbage collector finish (the final state agrees: owner.remaining)",
     },
+    Known {
+        step: "cr.*",
+        path: "/metadata/managedFields/1/fieldsV1/f:metadata",
+        reason: "a custom resource's /status subresource: both apply the metadata.labels change sent with it, but only kube-apiserver records the manager's ownership of it in managedFields",
+    },
+    Known {
+        step: "cr.get-v1beta1",
+        path: "/spec/*Ref/apiGroup",
+        reason: "reading a CR at another served version (conversion None): kube-apiserver prunes the stored object with that version's schema (v1beta1 refs have no apiGroup); capstan-apiserver only rewrites apiVersion",
+    },
 ];
 
 /// The script's transcript on a fresh real control plane (strict: every status must be the
