@@ -62,6 +62,7 @@ func run(args []string) int {
 		return 2
 	}
 	if *cleanupDir != "" {
+		onExit = append(onExit, func() { removeDir(*cleanupDir) })
 		defer removeDir(*cleanupDir)
 	}
 
@@ -96,6 +97,8 @@ func run(args []string) int {
 	if *controllersKubeconfig != "" {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
+		// Their watches must not hold up kube-apiserver's graceful shutdown.
+		onShutdown = append(onShutdown, cancel)
 		go func() {
 			if err := runControllers(ctx, *controllersKubeconfig); err != nil && ctx.Err() == nil {
 				fmt.Fprintf(os.Stderr, "capstan-controlplane: controllers: %v\n", err)
@@ -164,14 +167,27 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// shutdown asks kube-apiserver to stop the way an operator would: SIGTERM, which its own
-// signal handler turns into a graceful shutdown. A second SIGTERM makes it exit at once.
+// onShutdown runs when a shutdown is requested; onExit also when it has to be cut short.
+var onShutdown, onExit []func()
+
+// stopGrace bounds a graceful shutdown; a test control plane holds nothing worth waiting for.
+const stopGrace = 5 * time.Second
+
+// shutdown stops the in-process controllers, then asks kube-apiserver to stop the way an
+// operator would: SIGTERM, which its own signal handler turns into a graceful shutdown. If
+// that takes longer than stopGrace, the process cleans up and exits anyway.
 func shutdown() {
+	for _, f := range onShutdown {
+		f()
+	}
 	_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
 	go func() {
-		time.Sleep(20 * time.Second)
-		fmt.Fprintln(os.Stderr, "capstan-controlplane: graceful shutdown took over 20s, exiting")
-		os.Exit(1)
+		time.Sleep(stopGrace)
+		fmt.Fprintf(os.Stderr, "capstan-controlplane: graceful shutdown took over %s, exiting\n", stopGrace)
+		for _, f := range onExit {
+			f()
+		}
+		os.Exit(0)
 	}()
 }
 

@@ -44,7 +44,7 @@ pub const REQUIRE_ENV: &str = "CAPSTAN_REQUIRE_CONTROLPLANE";
 /// How long kube-apiserver may take to report ready (a loaded 2-core CI machine is slow).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a graceful shutdown may take before the process is killed.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Attempts at starting, each on a fresh port (another process may take a port we probed).
 const START_ATTEMPTS: usize = 3;
 /// How much of the control plane's log an error message quotes.
