@@ -57,7 +57,7 @@ controlplane: $(CONTROLPLANE_BIN)
 
 $(CONTROLPLANE_BIN): tests/controlplane/go.mod tests/controlplane/go.sum $(wildcard tests/controlplane/*.go)
 	@mkdir -p $(dir $@)
-	cd tests/controlplane && CGO_ENABLED=0 $(GO) build -trimpath -ldflags='$(CONTROLPLANE_LDFLAGS)' -o $@.tmp . && mv $@.tmp $@
+	cd tests/controlplane && CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='$(CONTROLPLANE_LDFLAGS)' -o $@.tmp . && mv $@.tmp $@
 
 # The real tier runs whenever Go is installed, and then must not skip (tests fail if the
 # binary is missing); without Go the tests print that they skipped it.
