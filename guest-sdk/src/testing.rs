@@ -48,9 +48,7 @@ impl Host for FakeHost {
     }
 
     fn memo_set(&self, key: &str, value: &[u8]) {
-        self.memo
-            .borrow_mut()
-            .insert(key.to_owned(), value.to_vec());
+        self.memo.borrow_mut().insert(key.to_owned(), value.to_vec());
     }
 
     fn memo_remove(&self, key: &str) {
