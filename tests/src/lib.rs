@@ -1,5 +1,10 @@
 //! Shared helpers for Capstan's integration and component tests.
 
+pub mod controlplane;
+pub mod script;
+pub mod server;
+pub mod transcript;
+
 use std::path::{Path, PathBuf};
 
 /// The workspace root.
