@@ -25,6 +25,7 @@ tools:
 ## guests: every Rust guest component, release mode (guests need opt-level 3).
 guests: tools
 	$(CARGO) build --release --target $(GUEST_TARGET) $(addprefix -p ,$(GUESTS))
+	@$(MAKE) --no-print-directory components
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -34,3 +35,47 @@ clippy:
 
 unit:
 	$(CARGO) test --workspace
+
+# --- Guest components of every language, collected in $(COMPONENTS_DIR) for the
+# conformance tests (tests/vectors/), benches and `capstan run`. Python and JS
+# tools install from PyPI and npm only, pinned by lock files, into project-local
+# folders (.cache/venv, examples/hello-js/node_modules); nothing else is fetched.
+TARGET_DIR      ?= $(or $(CARGO_TARGET_DIR),target)
+COMPONENTS_DIR  := $(TARGET_DIR)/guests
+VENV            := .cache/venv
+COMPONENTIZE_PY := $(VENV)/bin/componentize-py
+JS_TOOLS        := examples/hello-js/node_modules/.package-lock.json
+WIT_FILES       := $(wildcard wit/*.wit)
+COMPONENTS      := $(addprefix $(COMPONENTS_DIR)/,hello-rust.wasm hello-python.wasm hello-js.wasm)
+
+.PHONY: components py-tools js-tools
+
+## components: every hello component (Rust, Python, JS) in $(COMPONENTS_DIR).
+components: $(COMPONENTS)
+
+py-tools: $(COMPONENTIZE_PY)
+js-tools: $(JS_TOOLS)
+
+$(COMPONENTIZE_PY): examples/hello-python/requirements.txt
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r $<
+	@touch $@
+
+$(JS_TOOLS): examples/hello-js/package-lock.json
+	cd examples/hello-js && npm ci --ignore-scripts --no-audit --no-fund
+
+$(COMPONENTS_DIR)/hello-rust.wasm: $(TARGET_DIR)/$(GUEST_TARGET)/release/hello_rust.wasm
+	@mkdir -p $(@D)
+	cp $< $@
+
+$(COMPONENTS_DIR)/hello-python.wasm: $(COMPONENTIZE_PY) examples/hello-python/app.py $(wildcard guest-sdk/python/capstan_sdk/*.py) $(WIT_FILES)
+	@mkdir -p $(@D)
+	$(COMPONENTIZE_PY) --quiet -d wit -w reconciler componentize --stub-wasi \
+		-p examples/hello-python -p guest-sdk/python app -o $@
+
+# componentize-js resolves relative imports inside its working directory only,
+# so it runs from the repository root (hello.js imports ../../guest-sdk/js).
+$(COMPONENTS_DIR)/hello-js.wasm: $(JS_TOOLS) examples/hello-js/hello.js guest-sdk/js/capstan-sdk.js $(WIT_FILES)
+	@mkdir -p $(@D)
+	examples/hello-js/node_modules/.bin/componentize-js examples/hello-js/hello.js --wit wit \
+		--world-name reconciler --disable stdio random clocks http fetch-event --out $@
