@@ -16,7 +16,7 @@ demo: tools guests
 	$(CARGO) run --release -p capstan -- demo --plugins $(GUEST_DIR)
 
 ## test: everything CI checks.
-test: tools guests fmt-check clippy unit
+test: tools guests fmt-check clippy unit guest-helpers-test
 
 ## tools: toolchain pieces a fresh machine lacks (idempotent).
 tools:
@@ -48,7 +48,7 @@ JS_TOOLS        := examples/hello-js/node_modules/.package-lock.json
 WIT_FILES       := $(wildcard wit/*.wit)
 COMPONENTS      := $(addprefix $(COMPONENTS_DIR)/,hello-rust.wasm hello-python.wasm hello-js.wasm)
 
-.PHONY: components py-tools js-tools
+.PHONY: components py-tools js-tools guest-helpers-test
 
 ## components: every hello component (Rust, Python, JS) in $(COMPONENTS_DIR).
 components: $(COMPONENTS)
@@ -79,3 +79,8 @@ $(COMPONENTS_DIR)/hello-js.wasm: $(JS_TOOLS) examples/hello-js/hello.js guest-sd
 	@mkdir -p $(@D)
 	examples/hello-js/node_modules/.bin/componentize-js examples/hello-js/hello.js --wit wit \
 		--world-name reconciler --disable stdio random clocks http fetch-event --out $@
+
+## guest-helpers-test: native tests of the Python and JS guest helpers (no Wasm).
+guest-helpers-test:
+	python3 -m unittest discover -s guest-sdk/python/tests
+	node --test guest-sdk/js/test/

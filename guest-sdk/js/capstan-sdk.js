@@ -9,6 +9,8 @@
 
 import { log as hostLog } from 'capstan:reconciler/log@0.1.0';
 
+export { findCondition, setCondition } from './conditions.js';
+
 /** The reconcile failed for a reason that may pass: retried with backoff. */
 export class TransientError extends Error {}
 
@@ -167,32 +169,6 @@ export function pluginInfo(name, version, primary, opts = {}) {
     concurrency: opts.concurrency,
     resyncSeconds: opts.resyncSeconds,
   };
-}
-
-/** The condition of this type in a metav1.Condition list, or undefined. */
-export function findCondition(conditions, type) {
-  return conditions.find((c) => c.type === type);
-}
-
-/**
- * Set a metav1.Condition in place; lastTransitionTime changes only when
- * status changes. Returns whether anything changed.
- */
-export function setCondition(conditions, { type, status, reason, message, observedGeneration }, now) {
-  const next = { type, status, reason, message };
-  if (observedGeneration !== undefined) next.observedGeneration = observedGeneration;
-  const old = findCondition(conditions, type);
-  if (old === undefined) {
-    conditions.push({ ...next, lastTransitionTime: now });
-    return true;
-  }
-  next.lastTransitionTime = old.status === status ? (old.lastTransitionTime ?? now) : now;
-  const same =
-    Object.keys(next).length === Object.keys(old).length && Object.keys(next).every((k) => old[k] === next[k]);
-  if (same) return false;
-  for (const k of Object.keys(old)) delete old[k];
-  Object.assign(old, next);
-  return true;
 }
 
 /** Structured logging into the host's log stream (tagged with plugin and key). */

@@ -6,3 +6,5 @@
 //! 1. [`runtime`]: the wasmtime engine, plugins (component + pre-instantiated
 //!    linker + digest + validated `describe()`), per-call stores with limits.
 pub mod runtime;
+/// `capstan plugin new`: scaffold a reconciler in Rust, Python or JavaScript.
+pub mod scaffold;

@@ -150,6 +150,7 @@ fn files(lang: Lang, name: &str, sdk: Option<&Path>) -> Result<Vec<(&'static str
         Lang::Python => vec![
             ("app.py", r(include_str!("../templates/python/app.py"))),
             ("capstan_sdk/__init__.py", include_str!("../../guest-sdk/python/capstan_sdk/__init__.py").to_owned()),
+            ("capstan_sdk/conditions.py", include_str!("../../guest-sdk/python/capstan_sdk/conditions.py").to_owned()),
             ("requirements.txt", include_str!("../../examples/hello-python/requirements.txt").to_owned()),
             ("build.sh", r(include_str!("../templates/python/build.sh"))),
             ("README.md", r(include_str!("../templates/python/README.md"))),
@@ -167,6 +168,7 @@ fn files(lang: Lang, name: &str, sdk: Option<&Path>) -> Result<Vec<(&'static str
             vec![
                 ("plugin.js", r(include_str!("../templates/js/plugin.js"))),
                 ("lib/capstan-sdk.js", include_str!("../../guest-sdk/js/capstan-sdk.js").to_owned()),
+                ("lib/conditions.js", include_str!("../../guest-sdk/js/conditions.js").to_owned()),
                 ("package.json", r(include_str!("../templates/js/package.json"))),
                 ("package-lock.json", lock),
                 ("README.md", r(include_str!("../templates/js/README.md"))),

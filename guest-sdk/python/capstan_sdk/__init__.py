@@ -17,6 +17,8 @@ from componentize_py_types import Err
 from wit_world.imports import log as _log
 from wit_world.imports import types
 
+from .conditions import find_condition, set_condition
+
 __all__ = [
     "TransientError",
     "TerminalError",
@@ -207,43 +209,6 @@ def plugin_info(
         concurrency=concurrency,
         resync_seconds=resync_seconds,
     )
-
-
-def find_condition(conditions: List[Dict[str, Any]], type_: str) -> Optional[Dict[str, Any]]:
-    """The condition of this type in a metav1.Condition list, or None."""
-    for c in conditions:
-        if c.get("type") == type_:
-            return c
-    return None
-
-
-def set_condition(
-    conditions: List[Dict[str, Any]],
-    type_: str,
-    status: str,
-    reason: str,
-    message: str,
-    now: str,
-    observed_generation: Optional[int] = None,
-) -> bool:
-    """Set a metav1.Condition in place; lastTransitionTime changes only when status changes.
-
-    Returns whether anything changed.
-    """
-    new = {"type": type_, "status": status, "reason": reason, "message": message}
-    if observed_generation is not None:
-        new["observedGeneration"] = observed_generation
-    old = find_condition(conditions, type_)
-    if old is None:
-        new["lastTransitionTime"] = now
-        conditions.append(new)
-        return True
-    new["lastTransitionTime"] = old.get("lastTransitionTime", now) if old.get("status") == status else now
-    if old == new:
-        return False
-    old.clear()
-    old.update(new)
-    return True
 
 
 class _Log:
