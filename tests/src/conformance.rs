@@ -9,7 +9,7 @@
 //! real host runtime and compare JSON values, never bytes.
 
 use anyhow::{Context as _, bail, ensure};
-use capstan::runtime::bindings::capstan::reconciler::types as wit;
+use capstan::runtime::{self as rt, CallError, Plugin, Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
@@ -226,81 +226,19 @@ pub fn describe_named(suite: &Suite, name: &str) -> Value {
     d
 }
 
-fn gvk_json(g: &wit::Gvk) -> Value {
-    json!({"group": g.group, "version": g.version, "kind": g.kind})
-}
-
-/// A WIT `plugin-info` as the JSON of `describe.json` (see tests/vectors/README.md).
-pub fn describe_json(info: &wit::PluginInfo) -> Value {
-    let watches: Vec<Value> = info
-        .watches
-        .iter()
-        .map(|w| {
-            let mapping = match &w.mapping {
-                wit::KeyMapping::ControllerOwner => json!({"controller-owner": null}),
-                wit::KeyMapping::Label(l) => json!({"label": l}),
-                wit::KeyMapping::Field(f) => json!({"field": f}),
-            };
-            json!({"kind": gvk_json(&w.kind), "mapping": mapping})
-        })
-        .collect();
-    let relations: Vec<Value> = info
-        .relations
-        .iter()
-        .map(|r| {
-            let selector = match &r.selector {
-                wit::RelationSelector::Owned => json!({"owned": null}),
-                wit::RelationSelector::Label(l) => json!({"label": l}),
-                wit::RelationSelector::FieldRef(f) => json!({"field-ref": f}),
-                wit::RelationSelector::ControllerOwner => json!({"controller-owner": null}),
-                wit::RelationSelector::ByLabelValue(l) => json!({"by-label-value": l}),
-            };
-            json!({"name": r.name, "kind": gvk_json(&r.kind), "selector": selector})
-        })
-        .collect();
-    let permissions: Vec<Value> = info
-        .permissions
-        .iter()
-        .map(|p| {
-            let verbs: Vec<&str> = [
-                (wit::Verbs::CREATE, "create"),
-                (wit::Verbs::PATCH, "patch"),
-                (wit::Verbs::PATCH_STATUS, "patch-status"),
-                (wit::Verbs::DELETE, "delete"),
-            ]
-            .into_iter()
-            .filter(|(flag, _)| p.verbs.contains(*flag))
-            .map(|(_, name)| name)
-            .collect();
-            json!({"kind": gvk_json(&p.kind), "verbs": verbs})
-        })
-        .collect();
-    json!({
-        "name": info.name,
-        "version": info.version,
-        "primary": gvk_json(&info.primary),
-        "watches": watches,
-        "relations": relations,
-        "permissions": permissions,
-        "finalizer": info.finalizer,
-        "concurrency": info.concurrency,
-        "resync_seconds": info.resync_seconds,
-    })
-}
-
-fn object_ref_json(r: &wit::ObjectRef) -> Value {
+fn object_ref_json(r: &rt::ObjectRef) -> Value {
     json!({"api_version": r.api_version, "kind": r.kind, "namespace": r.namespace, "name": r.name})
 }
 
 /// A WIT `outcome` normalised for comparison (see [`Answer::Ok`]).
-pub fn outcome_json(o: &wit::Outcome) -> Value {
+pub fn outcome_json(o: &rt::Outcome) -> Value {
     let events: Vec<Value> = o
         .events
         .iter()
         .map(|e| {
             let kind = match e.event_type {
-                wit::EventType::Normal => "normal",
-                wit::EventType::Warning => "warning",
+                rt::EventType::Normal => "normal",
+                rt::EventType::Warning => "warning",
             };
             json!({"regarding": object_ref_json(&e.regarding), "event_type": kind, "reason": e.reason, "message": e.message})
         })
@@ -315,13 +253,13 @@ pub fn outcome_json(o: &wit::Outcome) -> Value {
 }
 
 /// The WIT snapshot of a vector.
-pub fn snapshot_wit(s: &SnapshotIn) -> wit::Snapshot {
-    wit::Snapshot {
+pub fn snapshot_wit(s: &SnapshotIn) -> rt::Snapshot {
+    rt::Snapshot {
         primary: s.primary.clone(),
         related: s
             .related
             .iter()
-            .map(|(relation, synced, objects)| wit::RelatedObjects {
+            .map(|(relation, synced, objects)| rt::RelatedObjects {
                 relation: relation.clone(),
                 synced: *synced,
                 objects: objects.clone(),
@@ -329,6 +267,58 @@ pub fn snapshot_wit(s: &SnapshotIn) -> wit::Snapshot {
             .collect(),
         now: s.now.clone(),
     }
+}
+
+/// A runtime for conformance runs: default limits, compiled artifacts cached
+/// in `<target>/capstan-test-cache` so a second run does not compile again.
+pub fn test_runtime() -> anyhow::Result<Runtime> {
+    let cache = target_dir().join("capstan-test-cache");
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let config = RuntimeConfig {
+        cache_dir: Some(cache),
+        // Interpreted guests (Python, JS) parse and run far slower than Rust
+        // in a debug-built host; the deadline is not what these tests check.
+        deadline: std::time::Duration::from_secs(30),
+        ..RuntimeConfig::default()
+    };
+    Ok(Runtime::new(config)?)
+}
+
+/// The answer of a plugin to a vector through the real runtime. Traps,
+/// deadlines and invalid outcomes are failures of the plugin, not answers.
+pub fn answer(plugin: &Plugin, vector: &Vector) -> Result<Answer, String> {
+    match plugin.reconcile("conformance/vector", &snapshot_wit(&vector.snapshot)) {
+        Ok(outcome) => Ok(Answer::Ok(outcome_json(&outcome))),
+        Err(CallError::Transient { message, .. }) => Ok(Answer::Error { kind: "transient".into(), message }),
+        Err(CallError::Terminal { message, .. }) => Ok(Answer::Error { kind: "terminal".into(), message }),
+        Err(other) => Err(format!(
+            "{}: {other}",
+            vector.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        )),
+    }
+}
+
+/// Load `component` and hold it to `suite`: `describe()` must equal
+/// `describe.json` (with `name` replaced by `expected_name`), and every vector
+/// must be answered as expected. Returns every failure, not just the first.
+pub fn run_suite(runtime: &Runtime, suite: &Suite, component: &Path, expected_name: &str) -> Vec<String> {
+    let plugin = match runtime.load_file(component) {
+        Ok(p) => p,
+        Err(e) => return vec![format!("{}: cannot load: {e}", component.display())],
+    };
+    let mut failures = Vec::new();
+    let got = rt::info_to_json(plugin.info());
+    let want = describe_named(suite, expected_name);
+    if got != want {
+        failures.push(format!("{}: describe()\n  expected {want}\n  got      {got}", component.display()));
+    }
+    for vector in &suite.vectors {
+        let result = answer(&plugin, vector).and_then(|a| check(vector, &a));
+        if let Err(why) = result {
+            failures.push(format!("{}: {why}", component.display()));
+        }
+    }
+    failures
 }
 
 #[cfg(test)]
