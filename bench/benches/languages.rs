@@ -24,7 +24,11 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const LANGUAGES: [(&str, &str); 3] = [("rust", "hello-rust"), ("python", "hello-python"), ("js", "hello-js")];
+const LANGUAGES: [(&str, &str); 3] = [
+    ("rust", "hello-rust"),
+    ("python", "hello-python"),
+    ("js", "hello-js"),
+];
 /// Instances kept alive at once to measure resident memory per instance.
 const LIVE_INSTANCES: usize = 16;
 
@@ -74,31 +78,54 @@ fn snapshot_from_json(v: &Value) -> anyhow::Result<Snapshot> {
                 .map(|r| types::RelatedObjects {
                     relation: r["relation"].as_str().unwrap_or_default().to_owned(),
                     synced: r["synced"].as_bool().unwrap_or(true),
-                    objects: r["objects"].as_array().map_or_else(Vec::new, |os| os.iter().map(Value::to_string).collect()),
+                    objects: r["objects"]
+                        .as_array()
+                        .map_or_else(Vec::new, |os| os.iter().map(Value::to_string).collect()),
                 })
                 .collect()
         })
         .unwrap_or_default();
     Ok(Snapshot {
-        primary: v.get("primary").context("snapshot without primary")?.to_string(),
+        primary: v
+            .get("primary")
+            .context("snapshot without primary")?
+            .to_string(),
         related,
-        now: v["now"].as_str().unwrap_or("2026-03-01T12:00:00Z").to_owned(),
+        now: v["now"]
+            .as_str()
+            .unwrap_or("2026-03-01T12:00:00Z")
+            .to_owned(),
     })
 }
 
 /// A labelled ConfigMap with ~15 KB of data: hello's real work (digest + apply).
 fn configmap_snapshot() -> Snapshot {
-    let data: serde_json::Map<String, Value> =
-        (0..100).map(|i| (format!("key-{i:03}"), json!(format!("{i:03}-{}", "v".repeat(140))))).collect();
+    let data: serde_json::Map<String, Value> = (0..100)
+        .map(|i| {
+            (
+                format!("key-{i:03}"),
+                json!(format!("{i:03}-{}", "v".repeat(140))),
+            )
+        })
+        .collect();
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "web", "namespace": "default", "resourceVersion": "7",
             "labels": {"capstan.dev/hello": "true"}},
         "data": data});
-    Snapshot { primary: cm.to_string(), related: Vec::new(), now: "2026-03-01T12:00:00Z".into() }
+    Snapshot {
+        primary: cm.to_string(),
+        related: Vec::new(),
+        now: "2026-03-01T12:00:00Z".into(),
+    }
 }
 
 fn snapshot_bytes(s: &Snapshot) -> usize {
-    s.primary.len() + s.related.iter().flat_map(|r| &r.objects).map(String::len).sum::<usize>()
+    s.primary.len()
+        + s.related
+            .iter()
+            .flat_map(|r| &r.objects)
+            .map(String::len)
+            .sum::<usize>()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -114,10 +141,19 @@ fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
         let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
         samples[i].as_secs_f64() * 1e6
     };
-    Percentiles { p50_us: at(0.50), p99_us: at(0.99), n: samples.len() }
+    Percentiles {
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+        n: samples.len(),
+    }
 }
 
-fn time_reconciles(plugin: &Plugin, snapshot: &Snapshot, budget: Duration, max: usize) -> anyhow::Result<Percentiles> {
+fn time_reconciles(
+    plugin: &Plugin,
+    snapshot: &Snapshot,
+    budget: Duration,
+    max: usize,
+) -> anyhow::Result<Percentiles> {
     for _ in 0..5 {
         plugin.reconcile("bench/warmup", snapshot)?;
     }
@@ -147,10 +183,20 @@ struct MemLimiter {
 }
 
 impl wasmtime::ResourceLimiter for MemLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         // A new memory starts at current == 0; a growing one is the last
         // memory with this current size.
-        match self.memories.iter_mut().rev().find(|m| **m == current && current != 0) {
+        match self
+            .memories
+            .iter_mut()
+            .rev()
+            .find(|m| **m == current && current != 0)
+        {
             Some(m) => *m = desired,
             None => self.memories.push(desired),
         }
@@ -164,7 +210,10 @@ impl wasmtime::ResourceLimiter for MemLimiter {
 
 impl wasmtime_wasi::WasiView for MemHost {
     fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
-        wasmtime_wasi::WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -185,7 +234,11 @@ impl types::Host for MemHost {}
 fn rss_bytes() -> usize {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<usize>().ok())
+        })
         .map_or(0, |pages| pages * 4096)
 }
 
@@ -223,7 +276,10 @@ fn memory(path: &Path, snapshot: &Snapshot) -> anyhow::Result<Memory> {
     }
     let after = rss_bytes();
     drop(live);
-    Ok(Memory { linear_bytes: linear, rss_per_instance_bytes: after.saturating_sub(before) / LIVE_INSTANCES })
+    Ok(Memory {
+        linear_bytes: linear,
+        rss_per_instance_bytes: after.saturating_sub(before) / LIVE_INSTANCES,
+    })
 }
 
 struct Row {
@@ -237,11 +293,24 @@ struct Row {
     memory: Memory,
 }
 
-fn measure(lang: &'static str, path: &Path, fixture: &Snapshot, cm: &Snapshot) -> anyhow::Result<Row> {
-    let size_bytes = std::fs::metadata(path).with_context(|| format!("{}: run `make components`", path.display()))?.len();
-    let config = RuntimeConfig { deadline: Duration::from_secs(30), ..RuntimeConfig::default() };
+fn measure(
+    lang: &'static str,
+    path: &Path,
+    fixture: &Snapshot,
+    cm: &Snapshot,
+) -> anyhow::Result<Row> {
+    let size_bytes = std::fs::metadata(path)
+        .with_context(|| format!("{}: run `make components`", path.display()))?
+        .len();
+    let config = RuntimeConfig {
+        deadline: Duration::from_secs(30),
+        ..RuntimeConfig::default()
+    };
 
-    let cold = Runtime::new(RuntimeConfig { cache_dir: None, ..config.clone() })?;
+    let cold = Runtime::new(RuntimeConfig {
+        cache_dir: None,
+        ..config.clone()
+    })?;
     let t = Instant::now();
     let plugin = cold.load_file(path)?;
     let cold_load_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -249,13 +318,19 @@ fn measure(lang: &'static str, path: &Path, fixture: &Snapshot, cm: &Snapshot) -
     drop(cold);
 
     let cache = tempfile::tempdir()?;
-    let cached_config = RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..config };
+    let cached_config = RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..config
+    };
     Runtime::new(cached_config.clone())?.load_file(path)?;
     let runtime = Runtime::new(cached_config)?;
     let t = Instant::now();
     let plugin = runtime.load_file(path)?;
     let cached_load_ms = t.elapsed().as_secs_f64() * 1e3;
-    ensure!(runtime.load_stats().compiled == 0, "{lang}: the second load compiled again");
+    ensure!(
+        runtime.load_stats().compiled == 0,
+        "{lang}: the second load compiled again"
+    );
 
     let budget = Duration::from_secs(8);
     let fixture_p = time_reconciles(&plugin, fixture, budget, 5000)?;
@@ -282,14 +357,27 @@ fn measure(lang: &'static str, path: &Path, fixture: &Snapshot, cm: &Snapshot) -
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok())))
+        .and_then(|s| {
+            s.lines().next().and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|k| k.parse::<f64>().ok())
+            })
+        })
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
-    format!("{cpu}, {cores} cores, {mem_gib:.0} GiB, {}", std::env::consts::OS)
+    format!(
+        "{cpu}, {cores} cores, {mem_gib:.0} GiB, {}",
+        std::env::consts::OS
+    )
 }
 
 fn main() -> anyhow::Result<()> {
@@ -299,9 +387,17 @@ fn main() -> anyhow::Result<()> {
     let dir = components_dir();
     let mut rows = Vec::new();
     for (lang, name) in LANGUAGES {
-        rows.push(measure(lang, &dir.join(format!("{name}.wasm")), &fixture, &cm)?);
+        rows.push(measure(
+            lang,
+            &dir.join(format!("{name}.wasm")),
+            &fixture,
+            &cm,
+        )?);
     }
-    let rust = rows.iter().find(|r| r.lang == "rust").context("no rust row")?;
+    let rust = rows
+        .iter()
+        .find(|r| r.lang == "rust")
+        .context("no rust row")?;
     let ratio = |f: fn(&Row) -> f64, r: &Row| f(r) / f(rust);
     let metrics: [(&str, fn(&Row) -> f64); 7] = [
         ("size", |r| r.size_bytes as f64),
@@ -310,7 +406,9 @@ fn main() -> anyhow::Result<()> {
         ("fixture p50", |r| r.fixture.p50_us),
         ("configmap p50", |r| r.configmap.p50_us),
         ("linear memory", |r| r.memory.linear_bytes as f64),
-        ("rss per instance", |r| r.memory.rss_per_instance_bytes as f64),
+        ("rss per instance", |r| {
+            r.memory.rss_per_instance_bytes as f64
+        }),
     ];
 
     let json = json!({
@@ -334,7 +432,10 @@ fn main() -> anyhow::Result<()> {
     });
     let out = workspace().join("bench/results");
     std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("languages.json"), serde_json::to_string_pretty(&json)? + "\n")?;
+    std::fs::write(
+        out.join("languages.json"),
+        serde_json::to_string_pretty(&json)? + "\n",
+    )?;
 
     let mut md = String::new();
     md.push_str("# Reconciler cost per guest language\n\n");
@@ -382,7 +483,9 @@ fn main() -> anyhow::Result<()> {
         }
         md.push('\n');
     }
-    md.push_str(&std::fs::read_to_string(workspace().join("bench/languages-notes.md")).unwrap_or_default());
+    md.push_str(
+        &std::fs::read_to_string(workspace().join("bench/languages-notes.md")).unwrap_or_default(),
+    );
     std::fs::write(out.join("languages.md"), md)?;
     eprintln!("wrote {}", out.join("languages.md").display());
     Ok(())

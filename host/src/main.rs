@@ -42,9 +42,22 @@ enum PluginCommand {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Plugin { command: PluginCommand::New { lang, name, dir, sdk_path } } => {
+        Command::Plugin {
+            command:
+                PluginCommand::New {
+                    lang,
+                    name,
+                    dir,
+                    sdk_path,
+                },
+        } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            let made = scaffold::scaffold(&scaffold::Options { lang, name, dir, sdk_path })?;
+            let made = scaffold::scaffold(&scaffold::Options {
+                lang,
+                name,
+                dir,
+                sdk_path,
+            })?;
             println!("created {lang} plugin in {}", made.dir.display());
             println!("build it with:");
             println!("  cd {}", made.dir.display());

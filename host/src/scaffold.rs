@@ -120,16 +120,23 @@ pub fn valid_name(name: &str) -> bool {
         && b.len() <= 63
         && b[0].is_ascii_lowercase()
         && b[b.len() - 1] != b'-'
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 /// Fill `{{key}}` placeholders.
 fn render(template: &str, vars: &[(&str, &str)]) -> String {
-    vars.iter().fold(template.to_owned(), |s, (k, v)| s.replace(&format!("{{{{{k}}}}}"), v))
+    vars.iter().fold(template.to_owned(), |s, (k, v)| {
+        s.replace(&format!("{{{{{k}}}}}"), v)
+    })
 }
 
 /// The files of a project in `lang` named `name`, with their contents.
-fn files(lang: Lang, name: &str, sdk: Option<&Path>) -> Result<Vec<(&'static str, String)>, ScaffoldError> {
+fn files(
+    lang: Lang,
+    name: &str,
+    sdk: Option<&Path>,
+) -> Result<Vec<(&'static str, String)>, ScaffoldError> {
     let crate_name = name.replace('-', "_");
     let vars = [("name", name), ("crate", crate_name.as_str())];
     let r = |t: &str| render(t, &vars);
@@ -137,11 +144,21 @@ fn files(lang: Lang, name: &str, sdk: Option<&Path>) -> Result<Vec<(&'static str
         Lang::Rust => {
             let sdk = sdk.ok_or_else(|| ScaffoldError::NoSdk(name.to_owned()))?;
             // TOML basic strings need backslashes and quotes escaped.
-            let sdk = sdk.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
-            let cargo = render(include_str!("../templates/rust/Cargo.toml"), &[("name", name), ("sdk_path", &sdk)]);
+            let sdk = sdk
+                .display()
+                .to_string()
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"");
+            let cargo = render(
+                include_str!("../templates/rust/Cargo.toml"),
+                &[("name", name), ("sdk_path", &sdk)],
+            );
             vec![
                 ("Cargo.toml", cargo),
-                ("src/lib.rs", r(include_str!("../templates/rust/src/lib.rs"))),
+                (
+                    "src/lib.rs",
+                    r(include_str!("../templates/rust/src/lib.rs")),
+                ),
                 ("README.md", r(include_str!("../templates/rust/README.md"))),
                 ("rust-toolchain.toml", RUST_TOOLCHAIN.to_owned()),
                 (".gitignore", "target/\n".to_owned()),
@@ -149,13 +166,28 @@ fn files(lang: Lang, name: &str, sdk: Option<&Path>) -> Result<Vec<(&'static str
         }
         Lang::Python => vec![
             ("app.py", r(include_str!("../templates/python/app.py"))),
-            ("capstan_sdk/__init__.py", include_str!("../../guest-sdk/python/capstan_sdk/__init__.py").to_owned()),
-            ("capstan_sdk/conditions.py", include_str!("../../guest-sdk/python/capstan_sdk/conditions.py").to_owned()),
-            ("requirements.txt", include_str!("../../examples/hello-python/requirements.txt").to_owned()),
+            (
+                "capstan_sdk/__init__.py",
+                include_str!("../../guest-sdk/python/capstan_sdk/__init__.py").to_owned(),
+            ),
+            (
+                "capstan_sdk/conditions.py",
+                include_str!("../../guest-sdk/python/capstan_sdk/conditions.py").to_owned(),
+            ),
+            (
+                "requirements.txt",
+                include_str!("../../examples/hello-python/requirements.txt").to_owned(),
+            ),
             ("build.sh", r(include_str!("../templates/python/build.sh"))),
-            ("README.md", r(include_str!("../templates/python/README.md"))),
+            (
+                "README.md",
+                r(include_str!("../templates/python/README.md")),
+            ),
             ("wit/reconciler.wit", WIT.to_owned()),
-            (".gitignore", include_str!("../templates/python/gitignore").to_owned()),
+            (
+                ".gitignore",
+                include_str!("../templates/python/gitignore").to_owned(),
+            ),
         ],
         Lang::Js => {
             // The example's lock file pins the same tools; only the root
@@ -167,13 +199,25 @@ fn files(lang: Lang, name: &str, sdk: Option<&Path>) -> Result<Vec<(&'static str
             );
             vec![
                 ("plugin.js", r(include_str!("../templates/js/plugin.js"))),
-                ("lib/capstan-sdk.js", include_str!("../../guest-sdk/js/capstan-sdk.js").to_owned()),
-                ("lib/conditions.js", include_str!("../../guest-sdk/js/conditions.js").to_owned()),
-                ("package.json", r(include_str!("../templates/js/package.json"))),
+                (
+                    "lib/capstan-sdk.js",
+                    include_str!("../../guest-sdk/js/capstan-sdk.js").to_owned(),
+                ),
+                (
+                    "lib/conditions.js",
+                    include_str!("../../guest-sdk/js/conditions.js").to_owned(),
+                ),
+                (
+                    "package.json",
+                    r(include_str!("../templates/js/package.json")),
+                ),
                 ("package-lock.json", lock),
                 ("README.md", r(include_str!("../templates/js/README.md"))),
                 ("wit/reconciler.wit", WIT.to_owned()),
-                (".gitignore", include_str!("../templates/js/gitignore").to_owned()),
+                (
+                    ".gitignore",
+                    include_str!("../templates/js/gitignore").to_owned(),
+                ),
             ]
         }
     })
@@ -182,7 +226,9 @@ fn files(lang: Lang, name: &str, sdk: Option<&Path>) -> Result<Vec<(&'static str
 /// The SDK folder of the checkout this binary was built from, if it still exists.
 fn default_sdk() -> Option<PathBuf> {
     let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
-    sdk.join("Cargo.toml").is_file().then(|| sdk.canonicalize().unwrap_or(sdk))
+    sdk.join("Cargo.toml")
+        .is_file()
+        .then(|| sdk.canonicalize().unwrap_or(sdk))
 }
 
 /// Write a new plugin project as `opts` says.
@@ -194,7 +240,12 @@ pub fn scaffold(opts: &Options) -> Result<Scaffolded, ScaffoldError> {
         let path = path.to_path_buf();
         move |source| ScaffoldError::Io { path, source }
     };
-    if opts.dir.exists() && std::fs::read_dir(&opts.dir).map_err(io(&opts.dir))?.next().is_some() {
+    if opts.dir.exists()
+        && std::fs::read_dir(&opts.dir)
+            .map_err(io(&opts.dir))?
+            .next()
+            .is_some()
+    {
         return Err(ScaffoldError::NotEmpty(opts.dir.clone()));
     }
     let sdk = match (&opts.sdk_path, opts.lang) {
@@ -216,15 +267,26 @@ pub fn scaffold(opts: &Options) -> Result<Scaffolded, ScaffoldError> {
     let (build, component) = match opts.lang {
         Lang::Rust => (
             vec!["cargo build --release --target wasm32-wasip2".to_owned()],
-            format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_")),
+            format!(
+                "target/wasm32-wasip2/release/{}.wasm",
+                name.replace('-', "_")
+            ),
         ),
         Lang::Python => (vec!["sh build.sh".to_owned()], format!("{name}.wasm")),
         Lang::Js => (
-            vec!["npm ci --ignore-scripts --no-audit --no-fund".to_owned(), "npm run build".to_owned()],
+            vec![
+                "npm ci --ignore-scripts --no-audit --no-fund".to_owned(),
+                "npm run build".to_owned(),
+            ],
             format!("{name}.wasm"),
         ),
     };
-    Ok(Scaffolded { dir: opts.dir.clone(), files: written, build, component: PathBuf::from(component) })
+    Ok(Scaffolded {
+        dir: opts.dir.clone(),
+        files: written,
+        build,
+        component: PathBuf::from(component),
+    })
 }
 
 #[cfg(test)]
@@ -236,7 +298,17 @@ mod tests {
         for ok in ["a", "hello", "my-plugin-2", &"x".repeat(63)] {
             assert!(valid_name(ok), "{ok}");
         }
-        for bad in ["", "Hello", "1abc", "-a", "a-", "a_b", "a.b", "ü", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "Hello",
+            "1abc",
+            "-a",
+            "a-",
+            "a_b",
+            "a.b",
+            "ü",
+            &"x".repeat(64),
+        ] {
             assert!(!valid_name(bad), "{bad}");
         }
     }
@@ -246,9 +318,15 @@ mod tests {
         let sdk = Path::new("/opt/capstan/guest-sdk");
         for lang in Lang::ALL {
             for (path, contents) in files(lang, "my-plugin", Some(sdk)).expect("files") {
-                assert!(!contents.contains("{{"), "{lang}: {path} keeps a placeholder");
+                assert!(
+                    !contents.contains("{{"),
+                    "{lang}: {path} keeps a placeholder"
+                );
                 if path.ends_with(".py") || path.ends_with(".js") || path.ends_with(".rs") {
-                    assert!(contents.starts_with("//!") || contents.starts_with("\"\"\""), "{lang}: {path}");
+                    assert!(
+                        contents.starts_with("//!") || contents.starts_with("\"\"\""),
+                        "{lang}: {path}"
+                    );
                 }
             }
         }
@@ -279,10 +357,21 @@ mod tests {
     #[test]
     fn refuses_bad_names_and_non_empty_folders() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let opts = |name: &str, dir: PathBuf| Options { lang: Lang::Python, name: name.to_owned(), dir, sdk_path: None };
-        assert!(matches!(scaffold(&opts("Bad", tmp.path().join("x"))), Err(ScaffoldError::InvalidName(_))));
+        let opts = |name: &str, dir: PathBuf| Options {
+            lang: Lang::Python,
+            name: name.to_owned(),
+            dir,
+            sdk_path: None,
+        };
+        assert!(matches!(
+            scaffold(&opts("Bad", tmp.path().join("x"))),
+            Err(ScaffoldError::InvalidName(_))
+        ));
         std::fs::write(tmp.path().join("keep"), "").expect("write");
-        assert!(matches!(scaffold(&opts("ok", tmp.path().to_path_buf())), Err(ScaffoldError::NotEmpty(_))));
+        assert!(matches!(
+            scaffold(&opts("ok", tmp.path().to_path_buf())),
+            Err(ScaffoldError::NotEmpty(_))
+        ));
         let made = scaffold(&opts("ok", tmp.path().join("ok"))).expect("scaffold");
         assert!(made.dir.join("app.py").is_file());
         assert!(made.dir.join("wit/reconciler.wit").is_file());
@@ -291,7 +380,10 @@ mod tests {
 
     #[test]
     fn rust_without_sdk_path_is_explained() {
-        assert!(matches!(files(Lang::Rust, "x", None), Err(ScaffoldError::NoSdk(_))));
+        assert!(matches!(
+            files(Lang::Rust, "x", None),
+            Err(ScaffoldError::NoSdk(_))
+        ));
         assert!("cobol".parse::<Lang>().is_err());
         assert_eq!("js".parse::<Lang>().expect("js"), Lang::Js);
     }

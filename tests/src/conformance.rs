@@ -101,24 +101,37 @@ pub enum Answer {
 }
 
 fn read_json(path: &Path) -> anyhow::Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 fn str_field<'a>(v: &'a Value, key: &str, path: &Path) -> anyhow::Result<&'a str> {
-    v.get(key).and_then(Value::as_str).with_context(|| format!("{}: `{key}` must be a string", path.display()))
+    v.get(key)
+        .and_then(Value::as_str)
+        .with_context(|| format!("{}: `{key}` must be a string", path.display()))
 }
 
 fn parse_vector(path: &Path) -> anyhow::Result<Vector> {
     let v = read_json(path)?;
-    let snap = v.get("snapshot").with_context(|| format!("{}: no `snapshot`", path.display()))?;
+    let snap = v
+        .get("snapshot")
+        .with_context(|| format!("{}: no `snapshot`", path.display()))?;
     let primary = match (snap.get("primary"), snap.get("primary_text")) {
         (Some(obj), None) => obj.to_string(),
         (None, Some(Value::String(text))) => text.clone(),
-        _ => bail!("{}: the snapshot needs exactly one of `primary` (object) or `primary_text` (string)", path.display()),
+        _ => bail!(
+            "{}: the snapshot needs exactly one of `primary` (object) or `primary_text` (string)",
+            path.display()
+        ),
     };
     let mut related = Vec::new();
-    for r in snap.get("related").and_then(Value::as_array).into_iter().flatten() {
+    for r in snap
+        .get("related")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let objects = r
             .get("objects")
             .and_then(Value::as_array)
@@ -129,20 +142,36 @@ fn parse_vector(path: &Path) -> anyhow::Result<Vector> {
             objects.iter().map(Value::to_string).collect(),
         ));
     }
-    let expect = v.get("expect").with_context(|| format!("{}: no `expect`", path.display()))?;
+    let expect = v
+        .get("expect")
+        .with_context(|| format!("{}: no `expect`", path.display()))?;
     let expect = match (expect.get("ok"), expect.get("error")) {
         (Some(ok), None) => Expect::Ok(normalise_expected_outcome(ok)),
         (None, Some(err)) => {
             let kind = str_field(err, "kind", path)?.to_owned();
-            ensure!(kind == "transient" || kind == "terminal", "{}: error kind {kind:?}", path.display());
-            Expect::Error { kind, message_starts_with: str_field(err, "message_starts_with", path)?.to_owned() }
+            ensure!(
+                kind == "transient" || kind == "terminal",
+                "{}: error kind {kind:?}",
+                path.display()
+            );
+            Expect::Error {
+                kind,
+                message_starts_with: str_field(err, "message_starts_with", path)?.to_owned(),
+            }
         }
-        _ => bail!("{}: `expect` needs exactly one of `ok` or `error`", path.display()),
+        _ => bail!(
+            "{}: `expect` needs exactly one of `ok` or `error`",
+            path.display()
+        ),
     };
     Ok(Vector {
         path: path.to_path_buf(),
         description: str_field(&v, "description", path)?.to_owned(),
-        snapshot: SnapshotIn { primary, related, now: str_field(snap, "now", path)?.to_owned() },
+        snapshot: SnapshotIn {
+            primary,
+            related,
+            now: str_field(snap, "now", path)?.to_owned(),
+        },
         expect,
     })
 }
@@ -180,16 +209,31 @@ pub fn load_suite(name: &str) -> anyhow::Result<Suite> {
         })
         .collect();
     paths.sort();
-    let vectors = paths.iter().map(|p| parse_vector(p)).collect::<anyhow::Result<Vec<_>>>()?;
-    ensure!(!vectors.is_empty(), "suite {name} has no vectors in {}", dir.display());
-    Ok(Suite { name: name.to_owned(), describe, components, vectors })
+    let vectors = paths
+        .iter()
+        .map(|p| parse_vector(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    ensure!(
+        !vectors.is_empty(),
+        "suite {name} has no vectors in {}",
+        dir.display()
+    );
+    Ok(Suite {
+        name: name.to_owned(),
+        describe,
+        components,
+        vectors,
+    })
 }
 
 /// Parse the JSON texts of an outcome's `apply`/`status` lists; text that is
 /// not JSON is kept as a string so the comparison reports it.
 pub fn parse_objects(texts: &[String]) -> Value {
     Value::Array(
-        texts.iter().map(|t| serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.clone()))).collect(),
+        texts
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.clone())))
+            .collect(),
     )
 }
 
@@ -197,18 +241,30 @@ pub fn parse_objects(texts: &[String]) -> Value {
 pub fn check(vector: &Vector, answer: &Answer) -> Result<(), String> {
     match (&vector.expect, answer) {
         (Expect::Ok(want), Answer::Ok(got)) if want == got => Ok(()),
-        (Expect::Error { kind, message_starts_with }, Answer::Error { kind: got_kind, message })
-            if kind == got_kind && message.starts_with(message_starts_with.as_str()) =>
-        {
-            Ok(())
-        }
+        (
+            Expect::Error {
+                kind,
+                message_starts_with,
+            },
+            Answer::Error {
+                kind: got_kind,
+                message,
+            },
+        ) if kind == got_kind && message.starts_with(message_starts_with.as_str()) => Ok(()),
         (want, got) => Err(format!(
             "{} ({}):\n  expected {}\n  got      {}",
-            vector.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+            vector
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
             vector.description,
             match want {
                 Expect::Ok(v) => format!("ok {v}"),
-                Expect::Error { kind, message_starts_with } => format!("{kind} error \"{message_starts_with}...\""),
+                Expect::Error {
+                    kind,
+                    message_starts_with,
+                } => format!("{kind} error \"{message_starts_with}...\""),
             },
             match got {
                 Answer::Ok(v) => format!("ok {v}"),
@@ -289,11 +345,21 @@ pub fn test_runtime() -> anyhow::Result<Runtime> {
 pub fn answer(plugin: &Plugin, vector: &Vector) -> Result<Answer, String> {
     match plugin.reconcile("conformance/vector", &snapshot_wit(&vector.snapshot)) {
         Ok(outcome) => Ok(Answer::Ok(outcome_json(&outcome))),
-        Err(CallError::Transient { message, .. }) => Ok(Answer::Error { kind: "transient".into(), message }),
-        Err(CallError::Terminal { message, .. }) => Ok(Answer::Error { kind: "terminal".into(), message }),
+        Err(CallError::Transient { message, .. }) => Ok(Answer::Error {
+            kind: "transient".into(),
+            message,
+        }),
+        Err(CallError::Terminal { message, .. }) => Ok(Answer::Error {
+            kind: "terminal".into(),
+            message,
+        }),
         Err(other) => Err(format!(
             "{}: {other}",
-            vector.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            vector
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
         )),
     }
 }
@@ -301,7 +367,12 @@ pub fn answer(plugin: &Plugin, vector: &Vector) -> Result<Answer, String> {
 /// Load `component` and hold it to `suite`: `describe()` must equal
 /// `describe.json` (with `name` replaced by `expected_name`), and every vector
 /// must be answered as expected. Returns every failure, not just the first.
-pub fn run_suite(runtime: &Runtime, suite: &Suite, component: &Path, expected_name: &str) -> Vec<String> {
+pub fn run_suite(
+    runtime: &Runtime,
+    suite: &Suite,
+    component: &Path,
+    expected_name: &str,
+) -> Vec<String> {
     let plugin = match runtime.load_file(component) {
         Ok(p) => p,
         Err(e) => return vec![format!("{}: cannot load: {e}", component.display())],
@@ -310,7 +381,10 @@ pub fn run_suite(runtime: &Runtime, suite: &Suite, component: &Path, expected_na
     let got = rt::info_to_json(plugin.info());
     let want = describe_named(suite, expected_name);
     if got != want {
-        failures.push(format!("{}: describe()\n  expected {want}\n  got      {got}", component.display()));
+        failures.push(format!(
+            "{}: describe()\n  expected {want}\n  got      {got}",
+            component.display()
+        ));
     }
     for vector in &suite.vectors {
         let result = answer(&plugin, vector).and_then(|a| check(vector, &a));
@@ -335,11 +409,23 @@ mod tests {
             let (right, wrong) = match &v.expect {
                 Expect::Ok(o) => (
                     Answer::Ok(o.clone()),
-                    Answer::Error { kind: "terminal".into(), message: "nope".into() },
+                    Answer::Error {
+                        kind: "terminal".into(),
+                        message: "nope".into(),
+                    },
                 ),
-                Expect::Error { kind, message_starts_with } => (
-                    Answer::Error { kind: kind.clone(), message: format!("{message_starts_with}: details") },
-                    Answer::Error { kind: kind.clone(), message: "something else".into() },
+                Expect::Error {
+                    kind,
+                    message_starts_with,
+                } => (
+                    Answer::Error {
+                        kind: kind.clone(),
+                        message: format!("{message_starts_with}: details"),
+                    },
+                    Answer::Error {
+                        kind: kind.clone(),
+                        message: "something else".into(),
+                    },
                 ),
             };
             assert_eq!(check(v, &right), Ok(()), "{}", v.path.display());
@@ -350,9 +436,16 @@ mod tests {
     #[test]
     fn an_outcome_differing_in_one_annotation_fails() {
         let suite = load_suite("hello").expect("hello suite");
-        let v = suite.vectors.iter().find(|v| v.path.ends_with("001-labelled-gets-greeting.json")).expect("001");
-        let Expect::Ok(mut got) = v.expect.clone() else { panic!("001 expects ok") };
-        got["apply"][0]["metadata"]["annotations"]["capstan.dev/hello-greeting"] = json!("hello, World");
+        let v = suite
+            .vectors
+            .iter()
+            .find(|v| v.path.ends_with("001-labelled-gets-greeting.json"))
+            .expect("001");
+        let Expect::Ok(mut got) = v.expect.clone() else {
+            panic!("001 expects ok")
+        };
+        got["apply"][0]["metadata"]["annotations"]["capstan.dev/hello-greeting"] =
+            json!("hello, World");
         assert!(check(v, &Answer::Ok(got)).is_err());
     }
 }

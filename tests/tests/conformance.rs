@@ -15,7 +15,10 @@ fn every_hello_component_passes_every_hello_vector() -> anyhow::Result<()> {
     for name in &suite.components {
         let path = dir.join(format!("{name}.wasm"));
         if !path.is_file() {
-            failures.push(format!("{}: missing; build it with `make components`", path.display()));
+            failures.push(format!(
+                "{}: missing; build it with `make components`",
+                path.display()
+            ));
             continue;
         }
         let started = std::time::Instant::now();
@@ -28,6 +31,11 @@ fn every_hello_component_passes_every_hello_vector() -> anyhow::Result<()> {
         );
         failures.extend(found);
     }
-    assert!(failures.is_empty(), "{} conformance failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} conformance failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     Ok(())
 }

@@ -20,7 +20,9 @@ fn build(dir: &Path, steps: &[String], lang: Lang) -> anyhow::Result<()> {
             // so the build never waits on the workspace's lock.
             cmd.env("CARGO_TARGET_DIR", target_dir().join("scaffold-rust"));
         }
-        let out = cmd.output().with_context(|| format!("running `{step}` in {}", dir.display()))?;
+        let out = cmd
+            .output()
+            .with_context(|| format!("running `{step}` in {}", dir.display()))?;
         ensure!(
             out.status.success(),
             "`{step}` failed in {} ({}):\n{}\n{}",
@@ -36,7 +38,12 @@ fn build(dir: &Path, steps: &[String], lang: Lang) -> anyhow::Result<()> {
 fn scaffold_builds_and_passes(lang: Lang) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let name = format!("scaffolded-{lang}");
-    let made = scaffold(&Options { lang, name: name.clone(), dir: tmp.path().join(&name), sdk_path: None })?;
+    let made = scaffold(&Options {
+        lang,
+        name: name.clone(),
+        dir: tmp.path().join(&name),
+        sdk_path: None,
+    })?;
     if lang == Lang::Rust {
         // Pin the scaffold's dependencies to the workspace's versions, so
         // the test builds what CI already compiled.
@@ -47,11 +54,20 @@ fn scaffold_builds_and_passes(lang: Lang) -> anyhow::Result<()> {
     build(&made.dir, &made.build, lang)?;
     eprintln!("{lang}: built in {:.1} s", started.elapsed().as_secs_f64());
     let component = made.dir.join(&made.component);
-    ensure!(component.is_file(), "{lang}: the build did not produce {}", component.display());
+    ensure!(
+        component.is_file(),
+        "{lang}: the build did not produce {}",
+        component.display()
+    );
 
     let suite = load_suite("hello")?;
     let failures = run_suite(&test_runtime()?, &suite, &component, &name);
-    ensure!(failures.is_empty(), "{lang} scaffold fails {} checks:\n{}", failures.len(), failures.join("\n"));
+    ensure!(
+        failures.is_empty(),
+        "{lang} scaffold fails {} checks:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     Ok(())
 }
 
