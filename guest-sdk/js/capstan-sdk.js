@@ -134,7 +134,9 @@ export class Outcome {
 
 /**
  * Call `reconcile(snapshot)` on the wrapped snapshot and return the WIT
- * outcome; TransientError/TerminalError become the WIT `reconcile-error`.
+ * outcome. TransientError/TerminalError become the WIT `reconcile-error`; any
+ * other exception (a bug) becomes a terminal error naming it, since a trap
+ * would carry no message (stderr is not granted).
  */
 export function run(reconcile, snapshot) {
   try {
@@ -142,7 +144,9 @@ export function run(reconcile, snapshot) {
   } catch (e) {
     if (e instanceof TransientError) throw { tag: 'transient', val: e.message };
     if (e instanceof TerminalError) throw { tag: 'terminal', val: e.message };
-    throw e;
+    // A bug: report it instead of trapping without a word (stderr is not granted).
+    const where = e instanceof Error ? `${e.name}: ${e.message}${e.stack ? ` (${e.stack.split('\n')[0]})` : ''}` : String(e);
+    throw { tag: 'terminal', val: `unexpected ${where}` };
   }
 }
 

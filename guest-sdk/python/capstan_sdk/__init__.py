@@ -157,13 +157,29 @@ class Outcome:
 
 
 def run(reconcile: Callable[[Snapshot], Outcome], snapshot: types.Snapshot) -> types.Outcome:
-    """Call `reconcile` on the wrapped snapshot; map TransientError/TerminalError to the WIT error."""
+    """Call `reconcile` on the wrapped snapshot and return the WIT outcome.
+
+    TransientError and TerminalError become the WIT `reconcile-error`; any
+    other exception (a bug) becomes a terminal error naming its type, message
+    and line, since a trap would carry no message (stderr is not granted).
+    """
     try:
         return reconcile(Snapshot(snapshot)).to_wit()
     except TransientError as e:
         raise Err(types.ReconcileError_Transient(str(e)))
     except TerminalError as e:
         raise Err(types.ReconcileError_Terminal(str(e)))
+    except Exception as e:  # a bug: report it instead of trapping without a word
+        raise Err(types.ReconcileError_Terminal(f"unexpected {_where(e)}"))
+
+
+def _where(e: BaseException) -> str:
+    """`Type: message (file:line)` of an exception, for error messages (stderr is not granted)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    at = f" ({tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno})" if tb is not None else ""
+    return f"{type(e).__name__}: {e}{at}"
 
 
 def gvk(group: str, version: str, kind: str) -> types.Gvk:
