@@ -6,5 +6,9 @@
 //! 1. [`runtime`]: the wasmtime engine, plugins (component + pre-instantiated
 //!    linker + digest + validated `describe()`), per-call stores with limits.
 pub mod runtime;
+
+/// The `capstan` subcommands' implementations (the binary only parses).
+pub mod cli;
+
 /// `capstan plugin new`: scaffold a reconciler in Rust, Python or JavaScript.
 pub mod scaffold;

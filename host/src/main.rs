@@ -1,71 +1,111 @@
 //! The `capstan` command line: a thin layer over the library.
 
-use capstan::scaffold;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// Capstan: a Kubernetes controller manager whose reconcilers are WebAssembly components.
 #[derive(Debug, Parser)]
-#[command(name = "capstan", version)]
+#[command(name = "capstan", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// Subcommands.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Work with reconciler plugins.
-    Plugin {
-        #[command(subcommand)]
-        command: PluginCommand,
-    },
+    /// Work with a plugin component file.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
 }
 
+/// `capstan plugin ...`
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
-    /// Scaffold a reconciler plugin that builds and passes the conformance vectors.
+    /// Print a component's digest, contract version and describe() as YAML.
+    /// Exits 2 when the file is not a component of this world.
+    Inspect {
+        /// The component (.wasm).
+        file: PathBuf,
+    },
+    /// Run one reconcile of a snapshot file and print the outcome as YAML.
+    Run {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// The snapshot: {"primary": {..}, "related": [{"relation", "synced", "objects": [..]}], "now"}.
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// Cache compiled artifacts in this directory.
+        #[arg(long, env = "CAPSTAN_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Scaffold a reconciler plugin (Rust, Python or JavaScript) that builds
+    /// and passes the conformance vectors as generated.
     New {
         /// Guest language: rust, python or js.
         #[arg(long, default_value = "rust")]
-        lang: scaffold::Lang,
+        lang: capstan::scaffold::Lang,
         /// Plugin name (DNS-1123 label); also the folder and component name.
         name: String,
         /// Folder to create (default: ./NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// The guest-sdk folder of a Capstan checkout (rust only; default: the
-        /// checkout this binary was built from).
+        /// The guest-sdk folder of a Capstan checkout (rust only; default:
+        /// the checkout this binary was built from).
         #[arg(long)]
         sdk_path: Option<PathBuf>,
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Plugin {
-            command:
-                PluginCommand::New {
-                    lang,
-                    name,
-                    dir,
-                    sdk_path,
-                },
-        } => {
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,capstan::plugin=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Plugin(PluginCommand::New {
+            lang,
+            name,
+            dir,
+            sdk_path,
+        }) => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            let made = scaffold::scaffold(&scaffold::Options {
-                lang,
-                name,
-                dir,
-                sdk_path,
-            })?;
-            println!("created {lang} plugin in {}", made.dir.display());
-            println!("build it with:");
-            println!("  cd {}", made.dir.display());
-            for step in &made.build {
-                println!("  {step}");
-            }
-            println!("component: {}", made.dir.join(&made.component).display());
+            let opts = capstan::scaffold::Options { lang, name, dir, sdk_path };
+            return match capstan::scaffold::scaffold(&opts) {
+                Ok(made) => {
+                    print!("{}", made.summary());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Plugin(PluginCommand::Inspect { file }) => capstan::cli::plugin::command_runtime(None)
+            .and_then(|rt| capstan::cli::plugin::inspect(&rt, &file)),
+        Command::Plugin(PluginCommand::Run {
+            file,
+            snapshot,
+            cache_dir,
+        }) => capstan::cli::plugin::command_runtime(cache_dir)
+            .and_then(|rt| capstan::cli::plugin::run(&rt, &file, &snapshot)),
+    };
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // One line, as scripts expect: wasmtime error chains may span several.
+            let msg = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("error: {msg}");
+            ExitCode::from(e.exit_code())
         }
     }
-    Ok(())
 }

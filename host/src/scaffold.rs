@@ -113,6 +113,18 @@ pub struct Scaffolded {
     pub component: PathBuf,
 }
 
+impl Scaffolded {
+    /// What `capstan plugin new` prints: where the project is and how to build it.
+    pub fn summary(&self) -> String {
+        let mut s = format!("created {}\nbuild it with:\n  cd {}\n", self.dir.display(), self.dir.display());
+        for step in &self.build {
+            s.push_str(&format!("  {step}\n"));
+        }
+        s.push_str(&format!("component: {}\n", self.dir.join(&self.component).display()));
+        s
+    }
+}
+
 /// Whether `name` is a valid plugin name: a DNS-1123 label starting with a letter.
 pub fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
