@@ -33,6 +33,12 @@ impl Outcome {
         Ok(self)
     }
 
+    /// Desire an object given as JSON text, as is (the host validates it).
+    pub fn apply_json(&mut self, object: String) -> &mut Self {
+        self.apply.push(object);
+        self
+    }
+
     /// Desire this status: an object with apiVersion, kind, metadata.name and
     /// namespace, and `status`. Written to the status subresource.
     pub fn status(&mut self, object: &impl Serialize) -> Result<&mut Self, Error> {

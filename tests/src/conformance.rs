@@ -13,17 +13,11 @@ use capstan::runtime::{self as rt, CallError, Plugin, Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
+use crate::target_dir;
+
 /// The folder holding every suite (`tests/vectors`).
 pub fn vectors_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors")
-}
-
-/// The cargo target folder: `$CARGO_TARGET_DIR` (at run or build time) or `<workspace>/target`.
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .or_else(|| option_env!("CARGO_TARGET_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
 /// Where `make components` collects the built guest components of every

@@ -7,7 +7,8 @@
 
 use anyhow::{Context as _, ensure};
 use capstan::scaffold::{Lang, Options, scaffold};
-use capstan_tests::conformance::{load_suite, run_suite, target_dir, test_runtime};
+use capstan_tests::conformance::{load_suite, run_suite, test_runtime};
+use capstan_tests::target_dir;
 use std::path::Path;
 use std::process::Command;
 

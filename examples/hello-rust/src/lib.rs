@@ -105,7 +105,7 @@ mod tests {
         assert_eq!(out.applied().len(), 1);
         let applied: Value = serde_json::from_str(&out.applied()[0]).expect("json");
         assert_eq!(applied["metadata"]["annotations"][GREETING], "hello, web");
-        assert_eq!(applied["metadata"]["annotations"][OBSERVED], "9e8a4b9e1e6d07f6");
+        assert_eq!(applied["metadata"]["annotations"][OBSERVED], "ac4d51820e249a1d");
         assert_eq!(applied["metadata"]["namespace"], "default");
     }
 

@@ -1,7 +1,6 @@
 //! Per-language cost of a reconciler component: size, compile, load, instantiate + call, memory.
 //!
-//! Run: `make components && cargo bench -p capstan-bench --bench languages`
-//! (release profile). Writes bench/results/languages.md and languages.json.
+//! Run: `make components && cargo run --release -p capstan-bench --bin languages`. Writes bench/results/languages.md and languages.json.
 //!
 //! For each hello component (Rust, Python, JS, from `make components`):
 //! - size of the .wasm file;
@@ -19,6 +18,7 @@
 use anyhow::{Context as _, ensure};
 use capstan::runtime::bindings::Reconciler;
 use capstan::runtime::bindings::capstan::reconciler::{log, memo, types};
+use capstan::cli::plugin::read_snapshot;
 use capstan::runtime::{Plugin, Runtime, RuntimeConfig, Snapshot};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -46,56 +46,12 @@ fn components_dir() -> PathBuf {
         .join("guests")
 }
 
-/// The runtime helper's ~15 KB Cluster API snapshot: the first
-/// `tests/fixtures/*.json` with a `primary` (override: CAPSTAN_BENCH_SNAPSHOT).
+/// The runtime's ~15 KB Cluster API snapshot (override: CAPSTAN_BENCH_SNAPSHOT).
 fn fixture_snapshot() -> anyhow::Result<(PathBuf, Snapshot)> {
-    let path = match std::env::var_os("CAPSTAN_BENCH_SNAPSHOT") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let dir = workspace().join("tests/fixtures");
-            let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
-                .with_context(|| format!("reading {}", dir.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "json"))
-                .collect();
-            found.sort();
-            found
-                .into_iter()
-                .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("\"primary\"")))
-                .with_context(|| format!("no snapshot fixture in {}", dir.display()))?
-        }
-    };
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-    Ok((path, snapshot_from_json(&v)?))
-}
-
-/// `{"primary": {..}, "related": [{"relation", "synced", "objects": [..]}], "now"}` as the WIT snapshot.
-fn snapshot_from_json(v: &Value) -> anyhow::Result<Snapshot> {
-    let related = v["related"]
-        .as_array()
-        .map(|rs| {
-            rs.iter()
-                .map(|r| types::RelatedObjects {
-                    relation: r["relation"].as_str().unwrap_or_default().to_owned(),
-                    synced: r["synced"].as_bool().unwrap_or(true),
-                    objects: r["objects"]
-                        .as_array()
-                        .map_or_else(Vec::new, |os| os.iter().map(Value::to_string).collect()),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(Snapshot {
-        primary: v
-            .get("primary")
-            .context("snapshot without primary")?
-            .to_string(),
-        related,
-        now: v["now"]
-            .as_str()
-            .unwrap_or("2026-03-01T12:00:00Z")
-            .to_owned(),
-    })
+    let path = std::env::var_os("CAPSTAN_BENCH_SNAPSHOT")
+        .map_or_else(|| workspace().join("tests/fixtures/capi/cluster-snapshot.json"), PathBuf::from);
+    let snapshot = read_snapshot(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok((path, snapshot))
 }
 
 /// A labelled ConfigMap with ~15 KB of data: hello's real work (digest + apply).
@@ -381,7 +337,6 @@ fn machine() -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes --bench; nothing else is accepted.
     let (fixture_path, fixture) = fixture_snapshot()?;
     let cm = configmap_snapshot();
     let dir = components_dir();
@@ -413,7 +368,7 @@ fn main() -> anyhow::Result<()> {
 
     let json = json!({
         "machine": machine(),
-        "command": "make components && cargo bench -p capstan-bench --bench languages",
+        "command": "make components && cargo run --release -p capstan-bench --bin languages",
         "fixture": {"path": fixture_path.strip_prefix(workspace()).unwrap_or(&fixture_path).display().to_string(), "bytes": snapshot_bytes(&fixture)},
         "configmap_snapshot_bytes": snapshot_bytes(&cm),
         "live_instances_for_rss": LIVE_INSTANCES,
@@ -440,7 +395,7 @@ fn main() -> anyhow::Result<()> {
     let mut md = String::new();
     md.push_str("# Reconciler cost per guest language\n\n");
     md.push_str(&format!(
-        "Machine: {}. Command: `make components && cargo bench -p capstan-bench --bench languages` \
+        "Machine: {}. Command: `make components && cargo run --release -p capstan-bench --bin languages` \
          (release host; guests as `make components` builds them). Figures also in languages.json.\n\n",
         machine()
     ));
