@@ -54,7 +54,11 @@ fn scaffold_builds_and_passes(lang: Lang) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     build(&made.dir, &made.build, lang)?;
     eprintln!("{lang}: built in {:.1} s", started.elapsed().as_secs_f64());
-    let component = made.dir.join(&made.component);
+    // The Rust build wrote under the shared CARGO_TARGET_DIR set above.
+    let component = match lang {
+        Lang::Rust => target_dir().join("scaffold-rust").join(made.component.strip_prefix("target")?),
+        _ => made.dir.join(&made.component),
+    };
     ensure!(
         component.is_file(),
         "{lang}: the build did not produce {}",
