@@ -49,7 +49,7 @@ JS_TOOLS        := examples/hello-js/node_modules/.package-lock.json
 WIT_FILES       := $(wildcard wit/*.wit)
 COMPONENTS      := $(addprefix $(COMPONENTS_DIR)/,hello-rust.wasm hello-python.wasm hello-js.wasm)
 
-.PHONY: components py-tools js-tools guest-helpers-test
+.PHONY: components py-tools js-tools guest-helpers-test bench-languages
 
 ## components: every hello component (Rust, Python, JS) in $(COMPONENTS_DIR).
 components: $(COMPONENTS)
@@ -85,3 +85,8 @@ $(COMPONENTS_DIR)/hello-js.wasm: $(JS_TOOLS) examples/hello-js/hello.js guest-sd
 guest-helpers-test:
 	python3 -m unittest discover -s guest-sdk/python/tests
 	node --test guest-sdk/js/test/
+
+## bench-languages: per-language size, compile, load, reconcile and memory of
+## the hello components -> bench/results/languages.{md,json}.
+bench-languages: guests
+	$(CARGO) run --release -p capstan-bench --bin languages

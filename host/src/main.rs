@@ -61,8 +61,9 @@ enum PluginCommand {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,capstan::plugin=info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,capstan::plugin=info")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -75,7 +76,12 @@ fn main() -> ExitCode {
             sdk_path,
         }) => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            let opts = capstan::scaffold::Options { lang, name, dir, sdk_path };
+            let opts = capstan::scaffold::Options {
+                lang,
+                name,
+                dir,
+                sdk_path,
+            };
             return match capstan::scaffold::scaffold(&opts) {
                 Ok(made) => {
                     print!("{}", made.summary());
@@ -87,8 +93,10 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Plugin(PluginCommand::Inspect { file }) => capstan::cli::plugin::command_runtime(None)
-            .and_then(|rt| capstan::cli::plugin::inspect(&rt, &file)),
+        Command::Plugin(PluginCommand::Inspect { file }) => {
+            capstan::cli::plugin::command_runtime(None)
+                .and_then(|rt| capstan::cli::plugin::inspect(&rt, &file))
+        }
         Command::Plugin(PluginCommand::Run {
             file,
             snapshot,
@@ -103,7 +111,11 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // One line, as scripts expect: wasmtime error chains may span several.
-            let msg = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            let msg = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             eprintln!("error: {msg}");
             ExitCode::from(e.exit_code())
         }

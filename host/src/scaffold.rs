@@ -116,11 +116,18 @@ pub struct Scaffolded {
 impl Scaffolded {
     /// What `capstan plugin new` prints: where the project is and how to build it.
     pub fn summary(&self) -> String {
-        let mut s = format!("created {}\nbuild it with:\n  cd {}\n", self.dir.display(), self.dir.display());
+        let mut s = format!(
+            "created {}\nbuild it with:\n  cd {}\n",
+            self.dir.display(),
+            self.dir.display()
+        );
         for step in &self.build {
             s.push_str(&format!("  {step}\n"));
         }
-        s.push_str(&format!("component: {}\n", self.dir.join(&self.component).display()));
+        s.push_str(&format!(
+            "component: {}\n",
+            self.dir.join(&self.component).display()
+        ));
         s
     }
 }

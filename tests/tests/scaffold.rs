@@ -56,7 +56,9 @@ fn scaffold_builds_and_passes(lang: Lang) -> anyhow::Result<()> {
     eprintln!("{lang}: built in {:.1} s", started.elapsed().as_secs_f64());
     // The Rust build wrote under the shared CARGO_TARGET_DIR set above.
     let component = match lang {
-        Lang::Rust => target_dir().join("scaffold-rust").join(made.component.strip_prefix("target")?),
+        Lang::Rust => target_dir()
+            .join("scaffold-rust")
+            .join(made.component.strip_prefix("target")?),
         _ => made.dir.join(&made.component),
     };
     ensure!(

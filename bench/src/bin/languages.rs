@@ -16,9 +16,9 @@
 //!   a batch of instances kept alive after one reconcile each).
 
 use anyhow::{Context as _, ensure};
+use capstan::cli::plugin::read_snapshot;
 use capstan::runtime::bindings::Reconciler;
 use capstan::runtime::bindings::capstan::reconciler::{log, memo, types};
-use capstan::cli::plugin::read_snapshot;
 use capstan::runtime::{Plugin, Runtime, RuntimeConfig, Snapshot};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -48,8 +48,10 @@ fn components_dir() -> PathBuf {
 
 /// The runtime's ~15 KB Cluster API snapshot (override: CAPSTAN_BENCH_SNAPSHOT).
 fn fixture_snapshot() -> anyhow::Result<(PathBuf, Snapshot)> {
-    let path = std::env::var_os("CAPSTAN_BENCH_SNAPSHOT")
-        .map_or_else(|| workspace().join("tests/fixtures/capi/cluster-snapshot.json"), PathBuf::from);
+    let path = std::env::var_os("CAPSTAN_BENCH_SNAPSHOT").map_or_else(
+        || workspace().join("tests/fixtures/capi/cluster-snapshot.json"),
+        PathBuf::from,
+    );
     let snapshot = read_snapshot(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok((path, snapshot))
 }
@@ -203,16 +205,25 @@ struct Memory {
     rss_per_instance_bytes: usize,
 }
 
+/// wasmtime's error as anyhow's.
+fn w<T>(r: wasmtime::Result<T>) -> anyhow::Result<T> {
+    r.map_err(|e| anyhow::anyhow!("{e:#}"))
+}
+
 fn memory(path: &Path, snapshot: &Snapshot) -> anyhow::Result<Memory> {
     use wasmtime::component::{Component, HasSelf, Linker};
     let mut config = wasmtime::Config::new();
     config.wasm_component_model(true).memory_init_cow(true);
-    let engine = wasmtime::Engine::new(&config)?;
-    let component = Component::from_file(&engine, path)?;
+    let engine = w(wasmtime::Engine::new(&config))?;
+    let component = w(Component::from_file(&engine, path))?;
     let mut linker: Linker<MemHost> = Linker::new(&engine);
-    Reconciler::add_to_linker::<MemHost, HasSelf<MemHost>>(&mut linker, |h| h)?;
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    let pre = linker.instantiate_pre(&component)?;
+    w(Reconciler::add_to_linker::<MemHost, HasSelf<MemHost>>(
+        &mut linker,
+        |h| h,
+    ))?;
+    w(wasmtime_wasi::p2::add_to_linker_sync(&mut linker))?;
+    let pre = w(linker.instantiate_pre(&component))?;
+    let pre = w(capstan::runtime::bindings::ReconcilerPre::new(pre))?;
     let mut live = Vec::new();
     let mut linear = 0;
     let before = rss_bytes();
@@ -224,8 +235,8 @@ fn memory(path: &Path, snapshot: &Snapshot) -> anyhow::Result<Memory> {
         };
         let mut store = wasmtime::Store::new(&engine, host);
         store.limiter(|h| &mut h.limiter);
-        let instance = pre.instantiate(&mut store)?;
-        let out = instance.call_reconcile(&mut store, snapshot)?;
+        let instance = w(pre.instantiate(&mut store))?;
+        let out = w(instance.call_reconcile(&mut store, snapshot))?;
         ensure!(out.is_ok(), "{}: reconcile failed: {out:?}", path.display());
         linear = store.data().limiter.memories.iter().sum();
         live.push((store, instance));
@@ -284,7 +295,7 @@ fn measure(
     let plugin = runtime.load_file(path)?;
     let cached_load_ms = t.elapsed().as_secs_f64() * 1e3;
     ensure!(
-        runtime.load_stats().compiled == 0,
+        runtime.load_stats().compiles == 0,
         "{lang}: the second load compiled again"
     );
 
@@ -308,6 +319,17 @@ fn measure(
         configmap: configmap_p,
         memory,
     })
+}
+
+/// How the host measuring this was built: guest code runs as Cranelift
+/// compiled it either way, but compile times and the runtime's own glue
+/// (instantiation, argument lifting) are slower in the dev profile.
+fn profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "dev-profile host: dependencies, wasmtime and Cranelift at opt-level 1"
+    } else {
+        "release host"
+    }
 }
 
 fn machine() -> String {
@@ -368,7 +390,8 @@ fn main() -> anyhow::Result<()> {
 
     let json = json!({
         "machine": machine(),
-        "command": "make components && cargo run --release -p capstan-bench --bin languages",
+        "command": format!("make components && cargo run {}-p capstan-bench --bin languages", if cfg!(debug_assertions) { "" } else { "--release " }),
+        "host_profile": profile(),
         "fixture": {"path": fixture_path.strip_prefix(workspace()).unwrap_or(&fixture_path).display().to_string(), "bytes": snapshot_bytes(&fixture)},
         "configmap_snapshot_bytes": snapshot_bytes(&cm),
         "live_instances_for_rss": LIVE_INSTANCES,
@@ -395,9 +418,15 @@ fn main() -> anyhow::Result<()> {
     let mut md = String::new();
     md.push_str("# Reconciler cost per guest language\n\n");
     md.push_str(&format!(
-        "Machine: {}. Command: `make components && cargo run --release -p capstan-bench --bin languages` \
-         (release host; guests as `make components` builds them). Figures also in languages.json.\n\n",
-        machine()
+        "Machine: {}. Command: `make components && cargo run {}-p capstan-bench --bin languages` \
+         ({}; guests as `make components` builds them). Figures also in languages.json.\n\n",
+        machine(),
+        if cfg!(debug_assertions) {
+            ""
+        } else {
+            "--release "
+        },
+        profile()
     ));
     md.push_str(&format!(
         "Snapshots: the Cluster API fixture `{}` ({} B of JSON; hello parses the primary and returns nothing) \
