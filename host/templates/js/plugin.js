@@ -24,8 +24,8 @@ function compareBytes(a, b) {
 function dataDigest(data) {
   const entries = Object.entries(data).map(([k, v]) => [utf8.encode(k), utf8.encode(v)]);
   entries.sort((x, y) => compareBytes(x[0], y[0]));
-  // 64-bit state as two uint32 halves: BigInt arithmetic per byte costs
-  // ~100x more in StarlingMonkey. prime = 2^40 + 0x1b3, so
+  // 64-bit state as two uint32 halves (a BigInt per byte was 1.4x slower
+  // in StarlingMonkey's interpreter). prime = 2^40 + 0x1b3, so
   // h * prime = h * 0x1b3 + (lo << 40), carried into the high half.
   let lo = 0x84222325;
   let hi = 0xcbf29ce4;
