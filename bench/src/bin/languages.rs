@@ -249,6 +249,9 @@ fn memory(path: &Path, snapshot: &Snapshot) -> anyhow::Result<Memory> {
     })
 }
 
+/// A named figure of a row, for the ratio table.
+type Metric = (&'static str, fn(&Row) -> f64);
+
 struct Row {
     lang: &'static str,
     component: PathBuf,
@@ -376,7 +379,7 @@ fn main() -> anyhow::Result<()> {
         .find(|r| r.lang == "rust")
         .context("no rust row")?;
     let ratio = |f: fn(&Row) -> f64, r: &Row| f(r) / f(rust);
-    let metrics: [(&str, fn(&Row) -> f64); 7] = [
+    let metrics: [Metric; 7] = [
         ("size", |r| r.size_bytes as f64),
         ("cold load", |r| r.cold_load_ms),
         ("cached load", |r| r.cached_load_ms),
