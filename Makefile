@@ -21,7 +21,7 @@ demo: tools guests
 	$(TARGET_DIR)/debug/capstan plugin run $(GUEST_DIR)/hello_rust.wasm --snapshot examples/hello-rust/snapshot.json
 
 ## test: everything CI checks.
-test: tools guests fmt-check clippy unit
+test: tools guests fmt-check clippy unit guest-helpers-test
 
 ## tools: toolchain pieces a fresh machine lacks (idempotent).
 tools:
@@ -31,6 +31,7 @@ tools:
 ## guests: every Rust guest component, release mode (guests need opt-level 3).
 guests: tools
 	$(CARGO) build --release --target $(GUEST_TARGET) $(addprefix -p ,$(GUESTS))
+	@$(MAKE) --no-print-directory components
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -75,3 +76,57 @@ real-tier:
 	@echo "SKIPPING the real control plane tier: Go is not installed (tests/controlplane needs it)."
 endif
 unit: real-tier
+
+# --- Guest components of every language, collected in $(COMPONENTS_DIR) for the
+# conformance tests (tests/vectors/), benches and `capstan run`. Python and JS
+# tools install from PyPI and npm only, pinned by lock files, into project-local
+# folders (.cache/venv, examples/hello-js/node_modules); nothing else is fetched.
+TARGET_DIR      ?= $(or $(CARGO_TARGET_DIR),target)
+COMPONENTS_DIR  := $(TARGET_DIR)/guests
+VENV            := .cache/venv
+COMPONENTIZE_PY := $(VENV)/bin/componentize-py
+JS_TOOLS        := examples/hello-js/node_modules/.package-lock.json
+WIT_FILES       := $(wildcard wit/*.wit)
+COMPONENTS      := $(addprefix $(COMPONENTS_DIR)/,hello-rust.wasm hello-python.wasm hello-js.wasm)
+
+.PHONY: components py-tools js-tools guest-helpers-test bench-languages
+
+## components: every hello component (Rust, Python, JS) in $(COMPONENTS_DIR).
+components: $(COMPONENTS)
+
+py-tools: $(COMPONENTIZE_PY)
+js-tools: $(JS_TOOLS)
+
+$(COMPONENTIZE_PY): examples/hello-python/requirements.txt
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r $<
+	@touch $@
+
+$(JS_TOOLS): examples/hello-js/package-lock.json
+	cd examples/hello-js && npm ci --ignore-scripts --no-audit --no-fund
+
+$(COMPONENTS_DIR)/hello-rust.wasm: $(TARGET_DIR)/$(GUEST_TARGET)/release/hello_rust.wasm
+	@mkdir -p $(@D)
+	cp $< $@
+
+$(COMPONENTS_DIR)/hello-python.wasm: $(COMPONENTIZE_PY) examples/hello-python/app.py $(wildcard guest-sdk/python/capstan_sdk/*.py) $(WIT_FILES)
+	@mkdir -p $(@D)
+	$(COMPONENTIZE_PY) --quiet -d wit -w reconciler componentize --stub-wasi \
+		-p examples/hello-python -p guest-sdk/python app -o $@
+
+# componentize-js resolves relative imports inside its working directory only,
+# so it runs from the repository root (hello.js imports ../../guest-sdk/js).
+$(COMPONENTS_DIR)/hello-js.wasm: $(JS_TOOLS) examples/hello-js/hello.js guest-sdk/js/capstan-sdk.js $(WIT_FILES)
+	@mkdir -p $(@D)
+	examples/hello-js/node_modules/.bin/componentize-js examples/hello-js/hello.js --wit wit \
+		--world-name reconciler --disable stdio random clocks http fetch-event --out $@
+
+## guest-helpers-test: native tests of the Python and JS guest helpers (no Wasm).
+guest-helpers-test:
+	python3 -m unittest discover -s guest-sdk/python/tests
+	node --test guest-sdk/js/test/
+
+## bench-languages: per-language size, compile, load, reconcile and memory of
+## the hello components -> bench/results/languages.{md,json}.
+bench-languages: guests
+	$(CARGO) run --release -p capstan-bench --bin languages

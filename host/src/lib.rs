@@ -9,3 +9,6 @@ pub mod runtime;
 
 /// The `capstan` subcommands' implementations (the binary only parses).
 pub mod cli;
+
+/// `capstan plugin new`: scaffold a reconciler in Rust, Python or JavaScript.
+pub mod scaffold;

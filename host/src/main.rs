@@ -40,6 +40,22 @@ enum PluginCommand {
         #[arg(long, env = "CAPSTAN_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
     },
+    /// Scaffold a reconciler plugin (Rust, Python or JavaScript) that builds
+    /// and passes the conformance vectors as generated.
+    New {
+        /// Guest language: rust, python or js.
+        #[arg(long, default_value = "rust")]
+        lang: capstan::scaffold::Lang,
+        /// Plugin name (DNS-1123 label); also the folder and component name.
+        name: String,
+        /// Folder to create (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The guest-sdk folder of a Capstan checkout (rust only; default:
+        /// the checkout this binary was built from).
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +69,30 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Plugin(PluginCommand::New {
+            lang,
+            name,
+            dir,
+            sdk_path,
+        }) => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let opts = capstan::scaffold::Options {
+                lang,
+                name,
+                dir,
+                sdk_path,
+            };
+            return match capstan::scaffold::scaffold(&opts) {
+                Ok(made) => {
+                    print!("{}", made.summary());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Plugin(PluginCommand::Inspect { file }) => {
             capstan::cli::plugin::command_runtime(None)
                 .and_then(|rt| capstan::cli::plugin::inspect(&rt, &file))

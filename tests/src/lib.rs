@@ -48,3 +48,5 @@ pub fn guest(crate_name: &str) -> anyhow::Result<PathBuf> {
 pub fn fixture(rel: &str) -> PathBuf {
     workspace_root().join("tests/fixtures").join(rel)
 }
+
+pub mod conformance;

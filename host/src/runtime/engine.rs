@@ -7,9 +7,9 @@ use std::thread::JoinHandle;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// Core instances a component may hold: a wit-component Rust guest has its
-/// main module plus shim/fixup modules; interpreters (componentize-py, jco)
-/// link a dozen.
-const CORE_INSTANCES_PER_COMPONENT: u32 = 24;
+/// main module plus shim/fixup modules; interpreters link many more
+/// (componentize-py 0.25: 38, libc + libpython + extension modules + shims).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 
 /// Build the engine: component model, epoch interruption, optional fuel, and
 /// a pooling allocator sized for `max_instances` live instances.
