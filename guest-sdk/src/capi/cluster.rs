@@ -106,7 +106,9 @@ impl ClusterSpec {
 
     /// The control-plane endpoint, if valid.
     pub fn endpoint(&self) -> Option<&ApiEndpoint> {
-        self.control_plane_endpoint.as_ref().filter(|e| e.is_valid())
+        self.control_plane_endpoint
+            .as_ref()
+            .filter(|e| e.is_valid())
     }
 }
 
@@ -293,7 +295,9 @@ impl Machine {
     /// Whether this is a control-plane Machine (it carries the
     /// `cluster.x-k8s.io/control-plane` label, any value).
     pub fn is_control_plane(&self) -> bool {
-        self.metadata.labels.contains_key(super::labels::CONTROL_PLANE)
+        self.metadata
+            .labels
+            .contains_key(super::labels::CONTROL_PLANE)
     }
 }
 
@@ -454,9 +458,11 @@ pub mod cluster_conditions {
     /// Deleting: Machines, MachineSets, MachineDeployments still exist.
     pub const DELETING_WAITING_FOR_WORKERS_DELETION_REASON: &str = "WaitingForWorkersDeletion";
     /// Deleting: the control-plane object still exists.
-    pub const DELETING_WAITING_FOR_CONTROL_PLANE_DELETION_REASON: &str = "WaitingForControlPlaneDeletion";
+    pub const DELETING_WAITING_FOR_CONTROL_PLANE_DELETION_REASON: &str =
+        "WaitingForControlPlaneDeletion";
     /// Deleting: the infrastructure cluster still exists.
-    pub const DELETING_WAITING_FOR_INFRASTRUCTURE_DELETION_REASON: &str = "WaitingForInfrastructureDeletion";
+    pub const DELETING_WAITING_FOR_INFRASTRUCTURE_DELETION_REASON: &str =
+        "WaitingForInfrastructureDeletion";
     /// Deleting: everything is gone; the finalizer is removed.
     pub const DELETING_DELETION_COMPLETED_REASON: &str = "DeletionCompleted";
     /// Paused false.

@@ -83,7 +83,10 @@ pub struct InfraInitialization {
 impl InfraStatus {
     /// Whether `initialization.provisioned` is true.
     pub fn provisioned(&self) -> bool {
-        self.initialization.as_ref().and_then(|i| i.provisioned).unwrap_or(false)
+        self.initialization
+            .as_ref()
+            .and_then(|i| i.provisioned)
+            .unwrap_or(false)
     }
 }
 

@@ -277,7 +277,8 @@ mod tests {
 
     #[test]
     fn endpoint_validity_and_display() {
-        let e: ApiEndpoint = serde_json::from_value(json!({"host": "10.0.0.1", "port": 6443})).expect("parses");
+        let e: ApiEndpoint =
+            serde_json::from_value(json!({"host": "10.0.0.1", "port": 6443})).expect("parses");
         assert!(e.is_valid());
         assert_eq!(e.to_string(), "10.0.0.1:6443");
         assert!(!ApiEndpoint::default().is_valid());

@@ -19,7 +19,9 @@ fn meta(name: &str, extra: Value) -> Value {
     m
 }
 
-fn round_trip<T: Object + Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(v: &Value) -> T {
+fn round_trip<T: Object + Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
+    v: &Value,
+) -> T {
     let typed: T = parse(T::KIND, v).expect("parses");
     assert_eq!(&to_value(&typed), v, "{} lost or changed fields", T::KIND);
     typed
@@ -49,12 +51,29 @@ fn cluster_keeps_unknown_fields_and_reads_refs() {
         }
     });
     let c: Cluster = round_trip(&v);
-    assert_eq!(c.spec.infrastructure().map(|r| r.kind.as_str()), Some("DevCluster"));
-    assert_eq!(c.spec.control_plane().map(|r| r.name.as_str()), Some("c1-cp"));
-    assert_eq!(c.spec.endpoint().map(ToString::to_string).as_deref(), Some("127.0.0.1:20000"));
-    assert_eq!(c.status().initialization.and_then(|i| i.infrastructure_provisioned), Some(true));
+    assert_eq!(
+        c.spec.infrastructure().map(|r| r.kind.as_str()),
+        Some("DevCluster")
+    );
+    assert_eq!(
+        c.spec.control_plane().map(|r| r.name.as_str()),
+        Some("c1-cp")
+    );
+    assert_eq!(
+        c.spec.endpoint().map(ToString::to_string).as_deref(),
+        Some("127.0.0.1:20000")
+    );
+    assert_eq!(
+        c.status()
+            .initialization
+            .and_then(|i| i.infrastructure_provisioned),
+        Some(true)
+    );
     assert!(c.metadata.extra.contains_key("managedFields"));
-    assert_eq!(c.controller_reference().api_version, "cluster.x-k8s.io/v1beta2");
+    assert_eq!(
+        c.controller_reference().api_version,
+        "cluster.x-k8s.io/v1beta2"
+    );
     assert_eq!(c.object_ref().namespace, "default");
 }
 
@@ -75,8 +94,14 @@ fn machine_and_kubeadm_control_plane_round_trip() {
     });
     let machine: Machine = round_trip(&m);
     assert!(machine.is_control_plane());
-    assert_eq!(machine.spec.provider_id.as_deref(), Some("in-memory://c1-cp-abcde"));
-    assert_eq!(machine.metadata.controller().map(|o| o.kind.as_str()), Some("KubeadmControlPlane"));
+    assert_eq!(
+        machine.spec.provider_id.as_deref(),
+        Some("in-memory://c1-cp-abcde")
+    );
+    assert_eq!(
+        machine.metadata.controller().map(|o| o.kind.as_str()),
+        Some("KubeadmControlPlane")
+    );
 
     let kcp = json!({
         "apiVersion": "controlplane.cluster.x-k8s.io/v1beta2", "kind": "KubeadmControlPlane",
@@ -93,7 +118,10 @@ fn machine_and_kubeadm_control_plane_round_trip() {
     });
     let kcp: KubeadmControlPlane = round_trip(&kcp);
     assert!(kcp.initialized());
-    assert_eq!(kcp.spec.machine_template.spec.infrastructure_ref.kind, "DevMachineTemplate");
+    assert_eq!(
+        kcp.spec.machine_template.spec.infrastructure_ref.kind,
+        "DevMachineTemplate"
+    );
 }
 
 #[test]
@@ -137,7 +165,12 @@ fn dev_infrastructure_round_trips() {
             "apiServer": provisioning, "etcd": provisioning}}},
         "status": {"initialization": {"provisioned": false}, "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]}});
     let dm: DevMachine = round_trip(&dm);
-    let vm = dm.spec.backend.and_then(|b| b.in_memory).and_then(|m| m.vm).and_then(|v| v.provisioning);
+    let vm = dm
+        .spec
+        .backend
+        .and_then(|b| b.in_memory)
+        .and_then(|m| m.vm)
+        .and_then(|v| v.provisioning);
     assert_eq!(vm.and_then(|p| p.startup_duration).as_deref(), Some("10s"));
     let dmt = json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta2", "kind": "DevMachineTemplate",
         "metadata": meta("t", json!({})),

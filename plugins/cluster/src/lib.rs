@@ -9,28 +9,32 @@
 //! is one line in [`INFRA_KINDS`] or [`CONTROL_PLANE_KINDS`].
 
 use capstan_sdk::capi::cluster::{
-    Cluster, ClusterInitialization, ClusterPhase, ClusterStatus, Machine, MachineDeployment, MachineSet,
-    ReplicaCounters, cluster_conditions as cc,
+    Cluster, ClusterInitialization, ClusterPhase, ClusterStatus, Machine, MachineDeployment,
+    MachineSet, ReplicaCounters, cluster_conditions as cc,
 };
 use capstan_sdk::capi::conditions::{self as capi_conditions, Input, Reasons};
 use capstan_sdk::capi::{
-    ApiEndpoint, CONTROLPLANE_GROUP, ContractVersionedObjectReference, INFRASTRUCTURE_GROUP, Object, VERSION,
-    finalizers, labels, to_value,
+    ApiEndpoint, CONTROLPLANE_GROUP, ContractVersionedObjectReference, INFRASTRUCTURE_GROUP,
+    Object, VERSION, finalizers, labels, to_value,
 };
 use capstan_sdk::conditions::{self, Condition, FALSE, TRUE, UNKNOWN};
 use capstan_sdk::meta::{self, OwnerReference};
 use capstan_sdk::{
-    Context, Error, EventType, Gvk, KeyMapping, ObjectRef, Outcome, PluginInfo, Reconciler, RelationSelector,
-    Snapshot, Verbs,
+    Context, Error, EventType, Gvk, KeyMapping, ObjectRef, Outcome, PluginInfo, Reconciler,
+    RelationSelector, Snapshot, Verbs,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
 
 /// Infrastructure cluster kinds this plugin reads: (group, kind, relation name).
-pub const INFRA_KINDS: &[(&str, &str, &str)] = &[(INFRASTRUCTURE_GROUP, "DevCluster", "infra-devcluster")];
+pub const INFRA_KINDS: &[(&str, &str, &str)] =
+    &[(INFRASTRUCTURE_GROUP, "DevCluster", "infra-devcluster")];
 /// Control-plane kinds this plugin reads: (group, kind, relation name).
-pub const CONTROL_PLANE_KINDS: &[(&str, &str, &str)] =
-    &[(CONTROLPLANE_GROUP, "KubeadmControlPlane", "cp-kubeadmcontrolplane")];
+pub const CONTROL_PLANE_KINDS: &[(&str, &str, &str)] = &[(
+    CONTROLPLANE_GROUP,
+    "KubeadmControlPlane",
+    "cp-kubeadmcontrolplane",
+)];
 /// Relation: Machines labelled with the Cluster's name.
 pub const MACHINES: &str = "machines";
 /// Relation: MachineDeployments labelled with the Cluster's name.
@@ -61,7 +65,11 @@ impl Reconciler for ClusterReconciler {
             let gvk = Gvk::new(group, VERSION, kind);
             info = info
                 .watch(gvk.clone(), KeyMapping::ControllerOwner)
-                .relation(relation, gvk.clone(), RelationSelector::FieldRef(ref_field(kind).to_owned()))
+                .relation(
+                    relation,
+                    gvk.clone(),
+                    RelationSelector::FieldRef(ref_field(kind).to_owned()),
+                )
                 .permit(gvk, Verbs::PATCH | Verbs::DELETE);
         }
         for (relation, kind) in [
@@ -70,8 +78,15 @@ impl Reconciler for ClusterReconciler {
             (MACHINE_SETS, "MachineSet"),
         ] {
             info = info
-                .watch(core(kind), KeyMapping::Label(labels::CLUSTER_NAME.to_owned()))
-                .relation(relation, core(kind), RelationSelector::Label(labels::CLUSTER_NAME.to_owned()))
+                .watch(
+                    core(kind),
+                    KeyMapping::Label(labels::CLUSTER_NAME.to_owned()),
+                )
+                .relation(
+                    relation,
+                    core(kind),
+                    RelationSelector::Label(labels::CLUSTER_NAME.to_owned()),
+                )
                 .permit(core(kind), Verbs::DELETE);
         }
         info
@@ -123,11 +138,16 @@ fn lookup(
     let Some(r) = r else {
         return Ok(Lookup::NotReferenced);
     };
-    let Some((_, _, relation)) = kinds.iter().find(|(g, k, _)| *g == r.api_group && *k == r.kind) else {
+    let Some((_, _, relation)) = kinds
+        .iter()
+        .find(|(g, k, _)| *g == r.api_group && *k == r.kind)
+    else {
         return Ok(Lookup::Unsupported(r.clone()));
     };
     if !snapshot.synced(relation) {
-        return Err(Error::transient(format!("cache of relation {relation} is not synced yet")));
+        return Err(Error::transient(format!(
+            "cache of relation {relation} is not synced yet"
+        )));
     }
     let objects: Vec<Value> = snapshot.related(relation)?;
     Ok(match objects.into_iter().find(|o| r.matches(o)) {
@@ -141,7 +161,9 @@ fn bool_at(o: &Value, pointer: &str) -> bool {
 }
 
 fn i32_at(o: &Value, pointer: &str) -> Option<i32> {
-    o.pointer(pointer).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok())
+    o.pointer(pointer)
+        .and_then(Value::as_i64)
+        .and_then(|n| i32::try_from(n).ok())
 }
 
 fn conditions_of(o: &Value) -> Vec<Condition> {
@@ -171,17 +193,25 @@ impl View {
         let cluster: Cluster = snapshot.primary()?;
         for r in [MACHINES, MACHINE_DEPLOYMENTS, MACHINE_SETS] {
             if !snapshot.synced(r) {
-                return Err(Error::transient(format!("cache of relation {r} is not synced yet")));
+                return Err(Error::transient(format!(
+                    "cache of relation {r} is not synced yet"
+                )));
             }
         }
         let name = &cluster.metadata.name;
         // The label relation already selects the Cluster's objects; the name
         // check guards against a host that sends more.
-        let mine = |l: &std::collections::BTreeMap<String, String>| l.get(labels::CLUSTER_NAME) == Some(name);
+        let mine = |l: &std::collections::BTreeMap<String, String>| {
+            l.get(labels::CLUSTER_NAME) == Some(name)
+        };
         Ok(Self {
             infra: lookup(snapshot, cluster.spec.infrastructure(), INFRA_KINDS)?,
             control_plane: lookup(snapshot, cluster.spec.control_plane(), CONTROL_PLANE_KINDS)?,
-            machines: snapshot.related::<Machine>(MACHINES)?.into_iter().filter(|m| mine(&m.metadata.labels)).collect(),
+            machines: snapshot
+                .related::<Machine>(MACHINES)?
+                .into_iter()
+                .filter(|m| mine(&m.metadata.labels))
+                .collect(),
             machine_deployments: snapshot
                 .related::<MachineDeployment>(MACHINE_DEPLOYMENTS)?
                 .into_iter()
@@ -225,11 +255,15 @@ fn adopt(cluster: &Cluster, object: &Value) -> Result<Option<Value>, String> {
         },
     });
     if !meta::set_controller_reference(&mut desired, &owner_json(cluster)) {
-        let other = meta::controller_of(object).map(|o| format!("{} {}", o.kind, o.name)).unwrap_or_default();
+        let other = meta::controller_of(object)
+            .map(|o| format!("{} {}", o.kind, o.name))
+            .unwrap_or_default();
         return Err(other);
     }
-    let refs_same = desired.pointer("/metadata/ownerReferences") == object.pointer("/metadata/ownerReferences");
-    let label_same = meta::label(object, labels::CLUSTER_NAME) == Some(cluster.metadata.name.as_str());
+    let refs_same =
+        desired.pointer("/metadata/ownerReferences") == object.pointer("/metadata/ownerReferences");
+    let label_same =
+        meta::label(object, labels::CLUSTER_NAME) == Some(cluster.metadata.name.as_str());
     if refs_same && label_same {
         return Ok(None);
     }
@@ -265,11 +299,24 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
         match reconcile_delete(&view, &mut out)? {
             Deletion::Done => {
                 let mut patch = cluster.skeleton();
-                let fs: Vec<&String> = cluster.metadata.finalizers.iter().filter(|f| *f != finalizers::CLUSTER).collect();
+                let fs: Vec<&String> = cluster
+                    .metadata
+                    .finalizers
+                    .iter()
+                    .filter(|f| *f != finalizers::CLUSTER)
+                    .collect();
                 patch["metadata"]["finalizers"] = json!(fs);
                 out.apply(&patch)?;
-                out.event(cluster.object_ref(), EventType::Normal, "Deleted", &format!("Cluster {} has been deleted", cluster.metadata.name));
-                ctx.info(format!("cluster {}/{} deleted", cluster.metadata.namespace, cluster.metadata.name));
+                out.event(
+                    cluster.object_ref(),
+                    EventType::Normal,
+                    "Deleted",
+                    &format!("Cluster {} has been deleted", cluster.metadata.name),
+                );
+                ctx.info(format!(
+                    "cluster {}/{} deleted",
+                    cluster.metadata.namespace, cluster.metadata.name
+                ));
                 // The object goes away with the finalizer: no status to write.
                 return Ok(out);
             }
@@ -313,7 +360,10 @@ fn reconcile_normal(
                         cluster.object_ref(),
                         EventType::Warning,
                         "FailedAdopt",
-                        &format!("{} {} is controlled by {other}, not by this Cluster", r.kind, r.name),
+                        &format!(
+                            "{} {} is controlled by {other}, not by this Cluster",
+                            r.kind, r.name
+                        ),
                     );
                 }
             },
@@ -326,12 +376,17 @@ fn reconcile_normal(
     }
     // Infrastructure.
     match &view.infra {
-        Lookup::NotReferenced if cluster.spec.topology.is_none() => init.infrastructure_provisioned = Some(true),
+        Lookup::NotReferenced if cluster.spec.topology.is_none() => {
+            init.infrastructure_provisioned = Some(true)
+        }
         Lookup::Found(_, infra) if bool_at(infra, "/status/initialization/provisioned") => {
             if endpoint.is_none() {
                 endpoint = endpoint_of(infra);
             }
-            if let Some(fd) = infra.pointer("/status/failureDomains").and_then(Value::as_array) {
+            if let Some(fd) = infra
+                .pointer("/status/failureDomains")
+                .and_then(Value::as_array)
+            {
                 status.failure_domains = Some(fd.clone());
             }
             if init.infrastructure_provisioned != Some(true) {
@@ -339,7 +394,10 @@ fn reconcile_normal(
                     cluster.object_ref(),
                     EventType::Normal,
                     "InfrastructureReady",
-                    &format!("Cluster {} InfrastructureReady is now True", cluster.metadata.name),
+                    &format!(
+                        "Cluster {} InfrastructureReady is now True",
+                        cluster.metadata.name
+                    ),
                 );
                 init.infrastructure_provisioned = Some(true);
             }
@@ -360,10 +418,17 @@ fn reconcile_normal(
             up_to_date_replicas: i32_at(cp, "/status/upToDateReplicas"),
             ready_replicas: i32_at(cp, "/status/readyReplicas"),
             available_replicas: i32_at(cp, "/status/availableReplicas"),
-            extra: status.control_plane.take().map(|c| c.extra).unwrap_or_default(),
+            extra: status
+                .control_plane
+                .take()
+                .map(|c| c.extra)
+                .unwrap_or_default(),
         });
     } else if matches!(view.control_plane, Lookup::NotReferenced)
-        && view.machines.iter().any(|m| m.is_control_plane() && m.status().node_ref.is_some())
+        && view
+            .machines
+            .iter()
+            .any(|m| m.is_control_plane() && m.status().node_ref.is_some())
     {
         // Without a control-plane object the first control-plane Machine
         // with a Node initializes the control plane.
@@ -372,7 +437,10 @@ fn reconcile_normal(
     // Workers, from MachineDeployments.
     if !view.machine_deployments.is_empty() {
         let sum = |f: &dyn Fn(&MachineDeployment) -> Option<i32>| -> Option<i32> {
-            view.machine_deployments.iter().filter_map(f).reduce(|a, b| a.saturating_add(b))
+            view.machine_deployments
+                .iter()
+                .filter_map(f)
+                .reduce(|a, b| a.saturating_add(b))
         };
         status.workers = Some(ReplicaCounters {
             desired_replicas: sum(&|m| m.spec.replicas),
@@ -416,7 +484,11 @@ fn reconcile_delete(view: &View, out: &mut Outcome) -> Result<Deletion, Error> {
     let owned = |refs: &[OwnerReference]| refs.iter().any(|r| r.uid == uid && r.kind == "Cluster");
     // Control-plane Machines belong to the control plane object when there is one.
     let cp_ref = !matches!(view.control_plane, Lookup::NotReferenced);
-    let machines: Vec<&Machine> = view.machines.iter().filter(|m| !cp_ref || !m.is_control_plane()).collect();
+    let machines: Vec<&Machine> = view
+        .machines
+        .iter()
+        .filter(|m| !cp_ref || !m.is_control_plane())
+        .collect();
     let mut pending = Vec::new();
     let mut group = |kind: &str, items: Vec<(&capstan_sdk::meta::ObjectMeta, ObjectRef)>| {
         if items.is_empty() {
@@ -432,28 +504,58 @@ fn reconcile_delete(view: &View, out: &mut Outcome) -> Result<Deletion, Error> {
     };
     group(
         "MachineDeployment",
-        view.machine_deployments.iter().map(|o| (&o.metadata, o.object_ref())).collect(),
+        view.machine_deployments
+            .iter()
+            .map(|o| (&o.metadata, o.object_ref()))
+            .collect(),
     );
-    group("MachineSet", view.machine_sets.iter().map(|o| (&o.metadata, o.object_ref())).collect());
-    group("Machine", machines.iter().map(|o| (&o.metadata, o.object_ref())).collect());
+    group(
+        "MachineSet",
+        view.machine_sets
+            .iter()
+            .map(|o| (&o.metadata, o.object_ref()))
+            .collect(),
+    );
+    group(
+        "Machine",
+        machines
+            .iter()
+            .map(|o| (&o.metadata, o.object_ref()))
+            .collect(),
+    );
     if !pending.is_empty() {
-        return Ok(Deletion::Waiting(cc::DELETING_WAITING_FOR_WORKERS_DELETION_REASON, pending.join("\n")));
+        return Ok(Deletion::Waiting(
+            cc::DELETING_WAITING_FOR_WORKERS_DELETION_REASON,
+            pending.join("\n"),
+        ));
     }
     for (lookup, reason) in [
-        (&view.control_plane, cc::DELETING_WAITING_FOR_CONTROL_PLANE_DELETION_REASON),
-        (&view.infra, cc::DELETING_WAITING_FOR_INFRASTRUCTURE_DELETION_REASON),
+        (
+            &view.control_plane,
+            cc::DELETING_WAITING_FOR_CONTROL_PLANE_DELETION_REASON,
+        ),
+        (
+            &view.infra,
+            cc::DELETING_WAITING_FOR_INFRASTRUCTURE_DELETION_REASON,
+        ),
     ] {
         match lookup {
             Lookup::Found(r, o) => {
                 if o.pointer("/metadata/deletionTimestamp").is_none() {
                     out.delete(ObjectRef::of(o));
                 }
-                return Ok(Deletion::Waiting(reason, format!("Waiting for {} to be deleted", r.kind)));
+                return Ok(Deletion::Waiting(
+                    reason,
+                    format!("Waiting for {} to be deleted", r.kind),
+                ));
             }
             Lookup::Unsupported(r) => {
                 return Ok(Deletion::Waiting(
                     reason,
-                    format!("Cannot delete {} {}: kind {}.{} is not supported by this plugin", r.kind, r.name, r.kind, r.api_group),
+                    format!(
+                        "Cannot delete {} {}: kind {}.{} is not supported by this plugin",
+                        r.kind, r.name, r.kind, r.api_group
+                    ),
                 ));
             }
             Lookup::Missing(_) | Lookup::NotReferenced => {}
@@ -462,29 +564,41 @@ fn reconcile_delete(view: &View, out: &mut Outcome) -> Result<Deletion, Error> {
     Ok(Deletion::Done)
 }
 
-const AVAILABLE_REASONS: Reasons<'static> =
-    Reasons { good: cc::AVAILABLE_REASON, bad: cc::NOT_AVAILABLE_REASON, unknown: cc::AVAILABLE_UNKNOWN_REASON };
+const AVAILABLE_REASONS: Reasons<'static> = Reasons {
+    good: cc::AVAILABLE_REASON,
+    bad: cc::NOT_AVAILABLE_REASON,
+    unknown: cc::AVAILABLE_UNKNOWN_REASON,
+};
 
 /// The condition for a reference that resolved to nothing usable.
 fn absent(type_: &str, lookup: &Lookup, deleting: bool, was_ready: bool) -> Option<Condition> {
     match lookup {
         Lookup::Unsupported(r) => Some(
-            Condition::new(type_, UNKNOWN, capi_conditions::INTERNAL_ERROR_REASON).message(format!(
-                "{}.{} is not a kind this plugin reads; see docs/capi.md",
-                r.kind, r.api_group
-            )),
+            Condition::new(type_, UNKNOWN, capi_conditions::INTERNAL_ERROR_REASON).message(
+                format!(
+                    "{}.{} is not a kind this plugin reads; see docs/capi.md",
+                    r.kind, r.api_group
+                ),
+            ),
         ),
         Lookup::Missing(r) if deleting || was_ready => Some(
-            Condition::new(type_, FALSE, capi_conditions::DELETED_REASON).message(format!("{} has been deleted", r.kind)),
+            Condition::new(type_, FALSE, capi_conditions::DELETED_REASON)
+                .message(format!("{} has been deleted", r.kind)),
         ),
         Lookup::Missing(r) => Some(
-            Condition::new(type_, FALSE, capi_conditions::DOES_NOT_EXIST_REASON).message(format!("{} does not exist", r.kind)),
+            Condition::new(type_, FALSE, capi_conditions::DOES_NOT_EXIST_REASON)
+                .message(format!("{} does not exist", r.kind)),
         ),
         _ => None,
     }
 }
 
-fn set_conditions(view: &View, status: &mut ClusterStatus, deletion: Option<(&'static str, String)>, now: &str) {
+fn set_conditions(
+    view: &View,
+    status: &mut ClusterStatus,
+    deletion: Option<(&'static str, String)>,
+    now: &str,
+) {
     let cluster = &view.cluster;
     let generation = cluster.metadata.generation;
     let deleting = cluster.metadata.is_deleting();
@@ -496,16 +610,32 @@ fn set_conditions(view: &View, status: &mut ClusterStatus, deletion: Option<(&'s
     // InfrastructureReady.
     let infra_kind = View::kind_of(&view.infra);
     new.push(match &view.infra {
-        Lookup::NotReferenced => Condition::new(cc::INFRASTRUCTURE_READY, TRUE, cc::INFRASTRUCTURE_READY_REASON),
+        Lookup::NotReferenced => Condition::new(
+            cc::INFRASTRUCTURE_READY,
+            TRUE,
+            cc::INFRASTRUCTURE_READY_REASON,
+        ),
         Lookup::Found(_, o) => {
             let p = bool_at(o, "/status/initialization/provisioned");
             let fallback = Condition::new(
                 cc::INFRASTRUCTURE_READY,
                 if p { TRUE } else { FALSE },
-                if p { cc::INFRASTRUCTURE_READY_REASON } else { cc::INFRASTRUCTURE_NOT_READY_REASON },
+                if p {
+                    cc::INFRASTRUCTURE_READY_REASON
+                } else {
+                    cc::INFRASTRUCTURE_NOT_READY_REASON
+                },
             )
-            .message(format!("{infra_kind} status.initialization.provisioned is {p}"));
-            capi_conditions::mirror(&conditions_of(o), "Ready", infra_kind, cc::INFRASTRUCTURE_READY, Some(fallback))
+            .message(format!(
+                "{infra_kind} status.initialization.provisioned is {p}"
+            ));
+            capi_conditions::mirror(
+                &conditions_of(o),
+                "Ready",
+                infra_kind,
+                cc::INFRASTRUCTURE_READY,
+                Some(fallback),
+            )
         }
         other => absent(cc::INFRASTRUCTURE_READY, other, deleting, provisioned).unwrap_or_default(),
     });
@@ -514,14 +644,26 @@ fn set_conditions(view: &View, status: &mut ClusterStatus, deletion: Option<(&'s
     let cp_kind = View::kind_of(&view.control_plane);
     if !conditions::is_true(&status.conditions, cc::CONTROL_PLANE_INITIALIZED) {
         new.push(if cp_initialized {
-            Condition::new(cc::CONTROL_PLANE_INITIALIZED, TRUE, cc::CONTROL_PLANE_INITIALIZED_REASON)
+            Condition::new(
+                cc::CONTROL_PLANE_INITIALIZED,
+                TRUE,
+                cc::CONTROL_PLANE_INITIALIZED_REASON,
+            )
         } else {
             let message = match &view.control_plane {
-                Lookup::NotReferenced => "Waiting for the first control plane machine to have status.nodeRef set".to_owned(),
+                Lookup::NotReferenced => {
+                    "Waiting for the first control plane machine to have status.nodeRef set"
+                        .to_owned()
+                }
                 Lookup::Found(..) => "Control plane not yet initialized".to_owned(),
                 _ => format!("Waiting for {cp_kind} to exist"),
             };
-            Condition::new(cc::CONTROL_PLANE_INITIALIZED, FALSE, cc::CONTROL_PLANE_NOT_INITIALIZED_REASON).message(message)
+            Condition::new(
+                cc::CONTROL_PLANE_INITIALIZED,
+                FALSE,
+                cc::CONTROL_PLANE_NOT_INITIALIZED_REASON,
+            )
+            .message(message)
         });
     }
 
@@ -531,15 +673,28 @@ fn set_conditions(view: &View, status: &mut ClusterStatus, deletion: Option<(&'s
         Lookup::NotReferenced => {
             conditions::remove(&mut status.conditions, cc::CONTROL_PLANE_AVAILABLE);
         }
-        Lookup::Found(_, o) => {
-            new.push(capi_conditions::mirror(&conditions_of(o), "Available", cp_kind, cc::CONTROL_PLANE_AVAILABLE, None))
-        }
-        other => new.extend(absent(cc::CONTROL_PLANE_AVAILABLE, other, deleting, cp_initialized)),
+        Lookup::Found(_, o) => new.push(capi_conditions::mirror(
+            &conditions_of(o),
+            "Available",
+            cp_kind,
+            cc::CONTROL_PLANE_AVAILABLE,
+            None,
+        )),
+        other => new.extend(absent(
+            cc::CONTROL_PLANE_AVAILABLE,
+            other,
+            deleting,
+            cp_initialized,
+        )),
     }
 
     // WorkersAvailable.
     new.push(if view.machine_deployments.is_empty() {
-        Condition::new(cc::WORKERS_AVAILABLE, TRUE, cc::WORKERS_AVAILABLE_NO_WORKERS_REASON)
+        Condition::new(
+            cc::WORKERS_AVAILABLE,
+            TRUE,
+            cc::WORKERS_AVAILABLE_NO_WORKERS_REASON,
+        )
     } else {
         let conds: Vec<(String, Vec<Condition>)> = view
             .machine_deployments
@@ -567,11 +722,18 @@ fn set_conditions(view: &View, status: &mut ClusterStatus, deletion: Option<(&'s
     new.push(Condition::new(cc::PAUSED, FALSE, cc::NOT_PAUSED_REASON));
 
     for c in new {
-        conditions::set(&mut status.conditions, c.observed_generation(generation), now);
+        conditions::set(
+            &mut status.conditions,
+            c.observed_generation(generation),
+            now,
+        );
     }
 
     // Available: summary of the others and the availability gates.
-    let mut inputs = vec![Input::negative(cc::DELETING), Input::positive(cc::INFRASTRUCTURE_READY)];
+    let mut inputs = vec![
+        Input::negative(cc::DELETING),
+        Input::positive(cc::INFRASTRUCTURE_READY),
+    ];
     if cp_defined {
         inputs.push(Input::positive(cc::CONTROL_PLANE_AVAILABLE));
     }
@@ -583,12 +745,27 @@ fn set_conditions(view: &View, status: &mut ClusterStatus, deletion: Option<(&'s
         .flatten()
         .filter_map(|g| {
             let t = g.get("conditionType")?.as_str()?.to_owned();
-            Some((t, g.get("polarity").and_then(Value::as_str) == Some("Negative")))
+            Some((
+                t,
+                g.get("polarity").and_then(Value::as_str) == Some("Negative"),
+            ))
         })
         .collect();
-    inputs.extend(gates.iter().map(|(t, neg)| Input { type_: t, negative: *neg }));
-    let available = capi_conditions::summary(&status.conditions, cc::AVAILABLE, &inputs, AVAILABLE_REASONS);
-    conditions::set(&mut status.conditions, available.observed_generation(generation), now);
+    inputs.extend(gates.iter().map(|(t, neg)| Input {
+        type_: t,
+        negative: *neg,
+    }));
+    let available = capi_conditions::summary(
+        &status.conditions,
+        cc::AVAILABLE,
+        &inputs,
+        AVAILABLE_REASONS,
+    );
+    conditions::set(
+        &mut status.conditions,
+        available.observed_generation(generation),
+        now,
+    );
     capi_conditions::sort(&mut status.conditions);
 }
 
@@ -601,7 +778,11 @@ fn set_phase(view: &View, status: &mut ClusterStatus, endpoint: bool, out: &mut 
     if cluster.spec.infrastructure().is_some() || cluster.spec.control_plane().is_some() {
         phase = ClusterPhase::Provisioning;
     }
-    let provisioned = status.initialization.as_ref().and_then(|i| i.infrastructure_provisioned) == Some(true);
+    let provisioned = status
+        .initialization
+        .as_ref()
+        .and_then(|i| i.infrastructure_provisioned)
+        == Some(true);
     if provisioned && endpoint {
         phase = ClusterPhase::Provisioned;
     }

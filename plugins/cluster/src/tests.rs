@@ -92,7 +92,8 @@ fn md(name: &str, available: Option<&str>, owned: bool) -> Value {
         "spec": {"clusterName": "c1", "replicas": 2},
         "status": {"replicas": 2, "readyReplicas": 1, "availableReplicas": 1, "upToDateReplicas": 2}});
     if let Some(s) = available {
-        m["status"]["conditions"] = json!([{"type": "Available", "status": s, "reason": "X", "lastTransitionTime": T0}]);
+        m["status"]["conditions"] =
+            json!([{"type": "Available", "status": s, "reason": "X", "lastTransitionTime": T0}]);
     }
     if owned {
         m["metadata"]["ownerReferences"] = json!([{"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster", "name": "c1", "uid": "uid-c1"}]);
@@ -123,13 +124,18 @@ fn run(c: &Value, w: &World) -> Outcome {
 }
 
 fn run_at(c: &Value, w: &World, now: &str) -> Outcome {
-    FakeHost::new().reconcile::<ClusterReconciler>(&snapshot(c, w, now)).expect("reconcile succeeds")
+    FakeHost::new()
+        .reconcile::<ClusterReconciler>(&snapshot(c, w, now))
+        .expect("reconcile succeeds")
 }
 
 fn status_of(out: &Outcome) -> Value {
     assert_eq!(out.statuses().len(), 1, "one status write");
     let s: Value = serde_json::from_str(&out.statuses()[0]).expect("json");
-    assert_eq!((s["kind"].as_str(), s["metadata"]["name"].as_str()), (Some("Cluster"), Some("c1")));
+    assert_eq!(
+        (s["kind"].as_str(), s["metadata"]["name"].as_str()),
+        (Some("Cluster"), Some("c1"))
+    );
     s["status"].clone()
 }
 
@@ -142,7 +148,11 @@ fn cond<'a>(status: &'a Value, t: &str) -> &'a Value {
 
 fn assert_cond(status: &Value, t: &str, s: &str, reason: &str) {
     let c = cond(status, t);
-    assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some(s), Some(reason)), "{t}: {c}");
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some(s), Some(reason)),
+        "{t}: {c}"
+    );
     assert_eq!(c["observedGeneration"], 3, "{t} observedGeneration");
 }
 
@@ -178,29 +188,64 @@ fn apply_to(c: &mut Value, out: &Outcome) {
 fn describe_declares_relations_watches_permissions_and_finalizer() {
     let info = ClusterReconciler::describe();
     assert_eq!(info.name, "cluster");
-    assert_eq!(info.primary, Gvk::new("cluster.x-k8s.io", "v1beta2", "Cluster"));
+    assert_eq!(
+        info.primary,
+        Gvk::new("cluster.x-k8s.io", "v1beta2", "Cluster")
+    );
     assert_eq!(info.finalizer.as_deref(), Some("cluster.cluster.x-k8s.io"));
-    let rel = |n: &str| info.relations.iter().find(|r| r.name == n).expect("relation").clone();
-    assert_eq!(rel("infra-devcluster").selector, RelationSelector::FieldRef("spec.infrastructureRef".into()));
+    let rel = |n: &str| {
+        info.relations
+            .iter()
+            .find(|r| r.name == n)
+            .expect("relation")
+            .clone()
+    };
+    assert_eq!(
+        rel("infra-devcluster").selector,
+        RelationSelector::FieldRef("spec.infrastructureRef".into())
+    );
     assert_eq!(rel("infra-devcluster").kind.kind, "DevCluster");
-    assert_eq!(rel("cp-kubeadmcontrolplane").selector, RelationSelector::FieldRef("spec.controlPlaneRef".into()));
-    assert_eq!(rel(MACHINES).selector, RelationSelector::Label(labels::CLUSTER_NAME.into()));
-    let perm = |k: &str| info.permissions.iter().find(|p| p.kind.kind == k).expect("permission").verbs;
+    assert_eq!(
+        rel("cp-kubeadmcontrolplane").selector,
+        RelationSelector::FieldRef("spec.controlPlaneRef".into())
+    );
+    assert_eq!(
+        rel(MACHINES).selector,
+        RelationSelector::Label(labels::CLUSTER_NAME.into())
+    );
+    let perm = |k: &str| {
+        info.permissions
+            .iter()
+            .find(|p| p.kind.kind == k)
+            .expect("permission")
+            .verbs
+    };
     assert_eq!(perm("Cluster"), Verbs::PATCH | Verbs::PATCH_STATUS);
     assert_eq!(perm("DevCluster"), Verbs::PATCH | Verbs::DELETE);
     assert_eq!(perm("MachineDeployment"), Verbs::DELETE);
-    assert!(info.watches.iter().any(|w| w.kind.kind == "KubeadmControlPlane" && w.mapping == KeyMapping::ControllerOwner));
+    assert!(
+        info.watches
+            .iter()
+            .any(|w| w.kind.kind == "KubeadmControlPlane"
+                && w.mapping == KeyMapping::ControllerOwner)
+    );
 }
 
 #[test]
 fn first_reconcile_only_adds_the_finalizer_keeping_others() {
     let c = cluster(json!({"finalizers": ["other.io/keep"]}), json!({}));
-    let w = World { infra: vec![dev_cluster(true, None, false)], ..World::default() };
+    let w = World {
+        infra: vec![dev_cluster(true, None, false)],
+        ..World::default()
+    };
     let out = run(&c, &w);
     assert!(out.statuses().is_empty() && out.events().is_empty() && out.deletions().is_empty());
     let a = applied(&out, "Cluster");
     assert_eq!(out.applied().len(), 1);
-    assert_eq!(a[0]["metadata"]["finalizers"], json!(["other.io/keep", "cluster.cluster.x-k8s.io"]));
+    assert_eq!(
+        a[0]["metadata"]["finalizers"],
+        json!(["other.io/keep", "cluster.cluster.x-k8s.io"])
+    );
     assert_eq!(a[0]["metadata"]["namespace"], "ns");
 }
 
@@ -214,7 +259,11 @@ fn a_cluster_without_references_is_pending() {
     assert_eq!(event_reasons(&out), ["Pending"]);
     assert_cond(&s, "InfrastructureReady", "True", "Ready");
     assert_cond(&s, "ControlPlaneInitialized", "False", "NotInitialized");
-    assert!(s["conditions"].as_array().is_some_and(|cs| cs.iter().all(|c| c["type"] != "ControlPlaneAvailable")));
+    assert!(
+        s["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().all(|c| c["type"] != "ControlPlaneAvailable"))
+    );
 }
 
 #[test]
@@ -229,19 +278,44 @@ fn provisioning_adopts_references_and_mirrors_their_conditions() {
     let s = status_of(&out);
     assert_eq!(s["phase"], "Provisioning");
     assert_eq!(event_reasons(&out), ["Provisioning"]);
-    assert_eq!(s["initialization"], json!({"infrastructureProvisioned": false, "controlPlaneInitialized": false}));
+    assert_eq!(
+        s["initialization"],
+        json!({"infrastructureProvisioned": false, "controlPlaneInitialized": false})
+    );
     assert_cond(&s, "InfrastructureReady", "False", "WaitingForEndpoint");
-    assert_eq!(cond(&s, "InfrastructureReady")["message"], "Waiting for the endpoint");
+    assert_eq!(
+        cond(&s, "InfrastructureReady")["message"],
+        "Waiting for the endpoint"
+    );
     assert_cond(&s, "ControlPlaneInitialized", "False", "NotInitialized");
     assert_cond(&s, "ControlPlaneAvailable", "Unknown", "NotYetReported");
     assert_cond(&s, "WorkersAvailable", "True", "NoWorkers");
     assert_cond(&s, "Deleting", "False", "NotDeleting");
     assert_cond(&s, "Paused", "False", "NotPaused");
     assert_cond(&s, "Available", "False", "NotAvailable");
-    assert_eq!(cond(&s, "Available")["message"], "* InfrastructureReady: Waiting for the endpoint\n* ControlPlaneAvailable: Condition Available not yet reported from KubeadmControlPlane");
+    assert_eq!(
+        cond(&s, "Available")["message"],
+        "* InfrastructureReady: Waiting for the endpoint\n* ControlPlaneAvailable: Condition Available not yet reported from KubeadmControlPlane"
+    );
     assert_eq!(cond(&s, "Available")["lastTransitionTime"], T0);
-    let order: Vec<&str> = s["conditions"].as_array().into_iter().flatten().filter_map(|c| c["type"].as_str()).collect();
-    assert_eq!(order, ["Available", "ControlPlaneAvailable", "ControlPlaneInitialized", "InfrastructureReady", "WorkersAvailable", "Deleting", "Paused"]);
+    let order: Vec<&str> = s["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "Available",
+            "ControlPlaneAvailable",
+            "ControlPlaneInitialized",
+            "InfrastructureReady",
+            "WorkersAvailable",
+            "Deleting",
+            "Paused"
+        ]
+    );
     // Both references get the Cluster as controller owner and the cluster-name label.
     for kind in ["DevCluster", "KubeadmControlPlane"] {
         let a = applied(&out, kind);
@@ -256,25 +330,45 @@ fn provisioning_adopts_references_and_mirrors_their_conditions() {
 #[test]
 fn infrastructure_without_ready_condition_uses_the_fallback() {
     let c = cluster(json!({}), json!({}));
-    let w = World { infra: vec![dev_cluster(false, None, true)], cp: vec![kcp(false, None, true)], ..World::default() };
+    let w = World {
+        infra: vec![dev_cluster(false, None, true)],
+        cp: vec![kcp(false, None, true)],
+        ..World::default()
+    };
     let s = status_of(&run(&c, &w));
     assert_cond(&s, "InfrastructureReady", "False", "NotReady");
-    assert_eq!(cond(&s, "InfrastructureReady")["message"], "DevCluster status.initialization.provisioned is false");
+    assert_eq!(
+        cond(&s, "InfrastructureReady")["message"],
+        "DevCluster status.initialization.provisioned is false"
+    );
 }
 
 #[test]
 fn provisioned_infrastructure_sets_endpoint_failure_domains_and_phase() {
     let c = cluster(json!({}), json!({}));
-    let w = World { infra: vec![dev_cluster(true, Some("True"), true)], cp: vec![kcp(false, None, true)], ..World::default() };
+    let w = World {
+        infra: vec![dev_cluster(true, Some("True"), true)],
+        cp: vec![kcp(false, None, true)],
+        ..World::default()
+    };
     let out = run(&c, &w);
-    assert!(applied(&out, "DevCluster").is_empty(), "already adopted: no patch");
+    assert!(
+        applied(&out, "DevCluster").is_empty(),
+        "already adopted: no patch"
+    );
     let patch = applied(&out, "Cluster");
     assert_eq!(patch.len(), 1);
-    assert_eq!(patch[0]["spec"], json!({"controlPlaneEndpoint": {"host": "127.0.0.1", "port": 20000}}));
+    assert_eq!(
+        patch[0]["spec"],
+        json!({"controlPlaneEndpoint": {"host": "127.0.0.1", "port": 20000}})
+    );
     let s = status_of(&out);
     assert_eq!(s["phase"], "Provisioned");
     assert_eq!(s["initialization"]["infrastructureProvisioned"], true);
-    assert_eq!(s["failureDomains"], json!([{"name": "fd1", "controlPlane": true}]));
+    assert_eq!(
+        s["failureDomains"],
+        json!([{"name": "fd1", "controlPlane": true}])
+    );
     assert_cond(&s, "InfrastructureReady", "True", "Ready");
     assert_eq!(event_reasons(&out), ["InfrastructureReady", "Provisioned"]);
 }
@@ -289,24 +383,42 @@ fn initialized_and_available_control_plane_makes_the_cluster_available_and_stead
     };
     let out = run(&c, &w);
     let s = status_of(&out);
-    assert_eq!(s["initialization"], json!({"infrastructureProvisioned": true, "controlPlaneInitialized": true}));
+    assert_eq!(
+        s["initialization"],
+        json!({"infrastructureProvisioned": true, "controlPlaneInitialized": true})
+    );
     assert_cond(&s, "ControlPlaneInitialized", "True", "Initialized");
     assert_cond(&s, "ControlPlaneAvailable", "True", "Available");
     assert_cond(&s, "Available", "True", "Available");
-    assert_eq!(s["controlPlane"], json!({"desiredReplicas": 3, "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "upToDateReplicas": 1}));
+    assert_eq!(
+        s["controlPlane"],
+        json!({"desiredReplicas": 3, "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "upToDateReplicas": 1})
+    );
     // Written back, a second reconcile later has nothing to do.
     apply_to(&mut c, &out);
     let again = run_at(&c, &w, T1);
-    assert!(again.applied().is_empty() && again.statuses().is_empty() && again.events().is_empty(), "{again:?}");
+    assert!(
+        again.applied().is_empty() && again.statuses().is_empty() && again.events().is_empty(),
+        "{again:?}"
+    );
     // ControlPlaneInitialized stays True even if the control plane regresses.
-    let w2 = World { cp: vec![kcp(false, Some("False"), true)], ..w };
+    let w2 = World {
+        cp: vec![kcp(false, Some("False"), true)],
+        ..w
+    };
     let s = status_of(&run_at(&c, &w2, T1));
     assert_cond(&s, "ControlPlaneInitialized", "True", "Initialized");
-    assert_eq!(cond(&s, "ControlPlaneInitialized")["lastTransitionTime"], T0);
+    assert_eq!(
+        cond(&s, "ControlPlaneInitialized")["lastTransitionTime"],
+        T0
+    );
     assert_cond(&s, "ControlPlaneAvailable", "False", "NotAvailable");
     assert_eq!(cond(&s, "ControlPlaneAvailable")["lastTransitionTime"], T1);
     assert_cond(&s, "Available", "False", "NotAvailable");
-    assert_eq!(s["initialization"]["controlPlaneInitialized"], true, "initialization never goes back");
+    assert_eq!(
+        s["initialization"]["controlPlaneInitialized"], true,
+        "initialization never goes back"
+    );
 }
 
 #[test]
@@ -316,12 +428,27 @@ fn missing_references_wait_and_report_does_not_exist_or_deleted() {
     assert_eq!(out.requeue_after_ms(), Some(30_000));
     let s = status_of(&out);
     assert_cond(&s, "InfrastructureReady", "False", "DoesNotExist");
-    assert_eq!(cond(&s, "InfrastructureReady")["message"], "DevCluster does not exist");
+    assert_eq!(
+        cond(&s, "InfrastructureReady")["message"],
+        "DevCluster does not exist"
+    );
     assert_cond(&s, "ControlPlaneAvailable", "False", "DoesNotExist");
-    assert_eq!(cond(&s, "ControlPlaneInitialized")["message"], "Waiting for KubeadmControlPlane to exist");
+    assert_eq!(
+        cond(&s, "ControlPlaneInitialized")["message"],
+        "Waiting for KubeadmControlPlane to exist"
+    );
     // Once provisioned, a vanished infrastructure cluster is Deleted.
-    let c = cluster(json!({}), json!({"initialization": {"infrastructureProvisioned": true}}));
-    let s = status_of(&run(&c, &World { cp: vec![kcp(false, None, true)], ..World::default() }));
+    let c = cluster(
+        json!({}),
+        json!({"initialization": {"infrastructureProvisioned": true}}),
+    );
+    let s = status_of(&run(
+        &c,
+        &World {
+            cp: vec![kcp(false, None, true)],
+            ..World::default()
+        },
+    ));
     assert_cond(&s, "InfrastructureReady", "False", "Deleted");
 }
 
@@ -330,11 +457,19 @@ fn a_reference_to_an_unsupported_kind_is_reported_not_guessed() {
     let mut c = cluster(json!({}), json!({}));
     c["spec"]["infrastructureRef"] = json!({"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DockerCluster", "name": "c1"});
     // Even a DevCluster of the same name in the relation must not be taken for it.
-    let w = World { infra: vec![dev_cluster(true, Some("True"), true)], cp: vec![kcp(false, None, true)], ..World::default() };
+    let w = World {
+        infra: vec![dev_cluster(true, Some("True"), true)],
+        cp: vec![kcp(false, None, true)],
+        ..World::default()
+    };
     let out = run(&c, &w);
     let s = status_of(&out);
     assert_cond(&s, "InfrastructureReady", "Unknown", "InternalError");
-    assert!(cond(&s, "InfrastructureReady")["message"].as_str().is_some_and(|m| m.contains("DockerCluster.infrastructure.cluster.x-k8s.io")));
+    assert!(
+        cond(&s, "InfrastructureReady")["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("DockerCluster.infrastructure.cluster.x-k8s.io"))
+    );
     assert_eq!(s["initialization"]["infrastructureProvisioned"], false);
     assert!(applied(&out, "DevCluster").is_empty());
 }
@@ -344,7 +479,11 @@ fn a_mismatched_object_in_the_relation_counts_as_missing() {
     let c = cluster(json!({}), json!({}));
     let mut other = dev_cluster(true, Some("True"), true);
     other["metadata"]["name"] = json!("someone-else");
-    let w = World { infra: vec![other], cp: vec![kcp(false, None, true)], ..World::default() };
+    let w = World {
+        infra: vec![other],
+        cp: vec![kcp(false, None, true)],
+        ..World::default()
+    };
     let s = status_of(&run(&c, &w));
     assert_cond(&s, "InfrastructureReady", "False", "DoesNotExist");
 }
@@ -354,9 +493,20 @@ fn a_reference_controlled_by_another_owner_is_not_stolen() {
     let c = cluster(json!({}), json!({}));
     let mut infra = dev_cluster(false, None, false);
     infra["metadata"]["ownerReferences"] = json!([{"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster", "name": "c9", "uid": "uid-c9", "controller": true}]);
-    let out = run(&c, &World { infra: vec![infra], cp: vec![kcp(false, None, true)], ..World::default() });
+    let out = run(
+        &c,
+        &World {
+            infra: vec![infra],
+            cp: vec![kcp(false, None, true)],
+            ..World::default()
+        },
+    );
     assert!(applied(&out, "DevCluster").is_empty());
-    let warn = out.events().iter().find(|e| e.reason == "FailedAdopt").expect("warning event");
+    let warn = out
+        .events()
+        .iter()
+        .find(|e| e.reason == "FailedAdopt")
+        .expect("warning event");
     assert_eq!(warn.event_type, EventType::Warning);
     assert!(warn.message.contains("Cluster c9"));
 }
@@ -364,18 +514,43 @@ fn a_reference_controlled_by_another_owner_is_not_stolen() {
 #[test]
 fn workers_available_aggregates_machine_deployments_and_gates_available() {
     let c = cluster(json!({}), json!({}));
-    let base = World { infra: vec![dev_cluster(true, Some("True"), true)], cp: vec![kcp(true, Some("True"), true)], ..World::default() };
-    let w = World { mds: vec![md("md-a", Some("True"), true), md("md-b", Some("True"), true)], ..base };
+    let base = World {
+        infra: vec![dev_cluster(true, Some("True"), true)],
+        cp: vec![kcp(true, Some("True"), true)],
+        ..World::default()
+    };
+    let w = World {
+        mds: vec![
+            md("md-a", Some("True"), true),
+            md("md-b", Some("True"), true),
+        ],
+        ..base
+    };
     let s = status_of(&run(&c, &w));
     assert_cond(&s, "WorkersAvailable", "True", "Available");
     assert_cond(&s, "Available", "True", "Available");
-    assert_eq!(s["workers"], json!({"desiredReplicas": 4, "replicas": 4, "readyReplicas": 2, "availableReplicas": 2, "upToDateReplicas": 4}));
-    let w = World { mds: vec![md("md-a", Some("True"), true), md("md-b", Some("False"), true)], ..w };
+    assert_eq!(
+        s["workers"],
+        json!({"desiredReplicas": 4, "replicas": 4, "readyReplicas": 2, "availableReplicas": 2, "upToDateReplicas": 4})
+    );
+    let w = World {
+        mds: vec![
+            md("md-a", Some("True"), true),
+            md("md-b", Some("False"), true),
+        ],
+        ..w
+    };
     let s = status_of(&run(&c, &w));
     assert_cond(&s, "WorkersAvailable", "False", "NotAvailable");
-    assert_eq!(cond(&s, "WorkersAvailable")["message"], "* MachineDeployment md-b: Available is False");
+    assert_eq!(
+        cond(&s, "WorkersAvailable")["message"],
+        "* MachineDeployment md-b: Available is False"
+    );
     assert_cond(&s, "Available", "False", "NotAvailable");
-    let w = World { mds: vec![md("md-a", None, true)], ..w };
+    let w = World {
+        mds: vec![md("md-a", None, true)],
+        ..w
+    };
     let s = status_of(&run(&c, &w));
     assert_cond(&s, "WorkersAvailable", "Unknown", "AvailableUnknown");
     assert_cond(&s, "Available", "Unknown", "AvailableUnknown");
@@ -385,24 +560,45 @@ fn workers_available_aggregates_machine_deployments_and_gates_available() {
 fn availability_gates_join_the_available_summary() {
     let mut c = cluster(json!({}), json!({}));
     c["spec"]["availabilityGates"] = json!([{"conditionType": "Custom"}]);
-    let w = World { infra: vec![dev_cluster(true, Some("True"), true)], cp: vec![kcp(true, Some("True"), true)], ..World::default() };
+    let w = World {
+        infra: vec![dev_cluster(true, Some("True"), true)],
+        cp: vec![kcp(true, Some("True"), true)],
+        ..World::default()
+    };
     let s = status_of(&run(&c, &w));
     assert_cond(&s, "Available", "Unknown", "AvailableUnknown");
-    assert_eq!(cond(&s, "Available")["message"], "* Custom: Condition not yet reported");
+    assert_eq!(
+        cond(&s, "Available")["message"],
+        "* Custom: Condition not yet reported"
+    );
     c["status"] = json!({"conditions": [{"type": "Custom", "status": "True", "reason": "Ok", "lastTransitionTime": T0}]});
     let s = status_of(&run(&c, &w));
     assert_cond(&s, "Available", "True", "Available");
-    assert!(s["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Custom")), "foreign conditions are kept");
+    assert!(
+        s["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Custom")),
+        "foreign conditions are kept"
+    );
 }
 
 #[test]
 fn without_a_control_plane_object_the_first_control_plane_node_initializes() {
     let mut c = cluster(json!({}), json!({}));
-    c["spec"].as_object_mut().map(|s| s.remove("controlPlaneRef"));
-    let w = World { infra: vec![dev_cluster(true, Some("True"), true)], machines: vec![machine("m0", true, false)], ..World::default() };
+    c["spec"]
+        .as_object_mut()
+        .map(|s| s.remove("controlPlaneRef"));
+    let w = World {
+        infra: vec![dev_cluster(true, Some("True"), true)],
+        machines: vec![machine("m0", true, false)],
+        ..World::default()
+    };
     let s = status_of(&run(&c, &w));
     assert_cond(&s, "ControlPlaneInitialized", "False", "NotInitialized");
-    let w = World { machines: vec![machine("m0", true, true)], ..w };
+    let w = World {
+        machines: vec![machine("m0", true, true)],
+        ..w
+    };
     let s = status_of(&run(&c, &w));
     assert_cond(&s, "ControlPlaneInitialized", "True", "Initialized");
     assert_eq!(s["initialization"]["controlPlaneInitialized"], true);
@@ -422,7 +618,11 @@ fn deletion_removes_workers_then_control_plane_then_infrastructure_then_the_fina
         ..World::default()
     };
     let out = run_at(&c, &w, T1);
-    let dels: Vec<(&str, &str)> = out.deletions().iter().map(|d| (d.kind.as_str(), d.name.as_str())).collect();
+    let dels: Vec<(&str, &str)> = out
+        .deletions()
+        .iter()
+        .map(|d| (d.kind.as_str(), d.name.as_str()))
+        .collect();
     assert_eq!(dels, [("MachineDeployment", "md-a")]);
     assert_eq!(out.deletions()[0].api_version, "cluster.x-k8s.io/v1beta2");
     assert!(applied(&out, "Cluster").is_empty(), "finalizer kept");
@@ -430,24 +630,60 @@ fn deletion_removes_workers_then_control_plane_then_infrastructure_then_the_fina
     assert_eq!(s["phase"], "Deleting");
     assert!(event_reasons(&out).contains(&"Deleting".to_owned()));
     assert_cond(&s, "Deleting", "True", "WaitingForWorkersDeletion");
-    assert_eq!(cond(&s, "Deleting")["message"], "* MachineDeployments: md-a\n* Machines: w-0");
+    assert_eq!(
+        cond(&s, "Deleting")["message"],
+        "* MachineDeployments: md-a\n* Machines: w-0"
+    );
     assert_cond(&s, "Available", "False", "NotAvailable");
     apply_to(&mut c, &out);
     // 2. Workers gone: the control plane is deleted (once) and awaited.
-    let w = World { machines: vec![machine("cp-0", true, true)], mds: vec![], ..w };
+    let w = World {
+        machines: vec![machine("cp-0", true, true)],
+        mds: vec![],
+        ..w
+    };
     let out = run_at(&c, &w, T1);
-    let dels: Vec<(&str, &str)> = out.deletions().iter().map(|d| (d.kind.as_str(), d.name.as_str())).collect();
+    let dels: Vec<(&str, &str)> = out
+        .deletions()
+        .iter()
+        .map(|d| (d.kind.as_str(), d.name.as_str()))
+        .collect();
     assert_eq!(dels, [("KubeadmControlPlane", "c1-cp")]);
     assert_eq!(out.deletions()[0].namespace, "ns");
-    assert_cond(&status_of(&out), "Deleting", "True", "WaitingForControlPlaneDeletion");
+    assert_cond(
+        &status_of(&out),
+        "Deleting",
+        "True",
+        "WaitingForControlPlaneDeletion",
+    );
     let mut cp_deleting = kcp(true, Some("True"), true);
     cp_deleting["metadata"]["deletionTimestamp"] = json!(T1);
-    let out = run_at(&c, &World { cp: vec![cp_deleting], ..World { infra: w.infra.clone(), ..World::default() } }, T1);
-    assert!(out.deletions().is_empty(), "no second delete of an object already deleting");
+    let out = run_at(
+        &c,
+        &World {
+            cp: vec![cp_deleting],
+            ..World {
+                infra: w.infra.clone(),
+                ..World::default()
+            }
+        },
+        T1,
+    );
+    assert!(
+        out.deletions().is_empty(),
+        "no second delete of an object already deleting"
+    );
     // 3. Control plane gone: the infrastructure cluster next.
-    let w = World { infra: w.infra.clone(), ..World::default() };
+    let w = World {
+        infra: w.infra.clone(),
+        ..World::default()
+    };
     let out = run_at(&c, &w, T1);
-    let dels: Vec<(&str, &str)> = out.deletions().iter().map(|d| (d.kind.as_str(), d.name.as_str())).collect();
+    let dels: Vec<(&str, &str)> = out
+        .deletions()
+        .iter()
+        .map(|d| (d.kind.as_str(), d.name.as_str()))
+        .collect();
     assert_eq!(dels, [("DevCluster", "c1")]);
     let s = status_of(&out);
     assert_cond(&s, "Deleting", "True", "WaitingForInfrastructureDeletion");
@@ -462,8 +698,17 @@ fn deletion_removes_workers_then_control_plane_then_infrastructure_then_the_fina
 
 #[test]
 fn deleting_without_our_finalizer_does_nothing() {
-    let c = cluster(json!({"deletionTimestamp": T1, "finalizers": ["other.io/x"]}), json!({}));
-    let out = run(&c, &World { infra: vec![dev_cluster(true, None, true)], ..World::default() });
+    let c = cluster(
+        json!({"deletionTimestamp": T1, "finalizers": ["other.io/x"]}),
+        json!({}),
+    );
+    let out = run(
+        &c,
+        &World {
+            infra: vec![dev_cluster(true, None, true)],
+            ..World::default()
+        },
+    );
     assert_eq!(out, Outcome::new());
 }
 
@@ -476,6 +721,8 @@ fn an_unsynced_relation_is_a_transient_error_not_a_conclusion() {
         .with_related(MACHINES, true, &[])
         .with_related(MACHINE_DEPLOYMENTS, true, &[])
         .with_related(MACHINE_SETS, true, &[]);
-    let err = FakeHost::new().reconcile::<ClusterReconciler>(&snap).expect_err("must wait");
+    let err = FakeHost::new()
+        .reconcile::<ClusterReconciler>(&snap)
+        .expect_err("must wait");
     assert!(matches!(err, Error::Transient(m) if m.contains("infra-devcluster")));
 }

@@ -13,7 +13,10 @@ use capstan_sdk::capi::cluster::{Cluster, Machine};
 use capstan_sdk::capi::conditions::{self as capi_conditions, Input, Reasons};
 use capstan_sdk::capi::{CLUSTER_SECRET_TYPE, Object, labels, to_value};
 use capstan_sdk::conditions::{self, Condition, FALSE, TRUE};
-use capstan_sdk::{Context, Error, Gvk, KeyMapping, Outcome, PluginInfo, Reconciler, RelationSelector, Snapshot, Verbs};
+use capstan_sdk::{
+    Context, Error, Gvk, KeyMapping, Outcome, PluginInfo, Reconciler, RelationSelector, Snapshot,
+    Verbs,
+};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
@@ -41,14 +44,25 @@ pub struct KubeadmBootstrap;
 impl Reconciler for KubeadmBootstrap {
     fn describe() -> PluginInfo {
         let machine = Machine::gvk();
-        PluginInfo::new("kubeadm-bootstrap", env!("CARGO_PKG_VERSION"), KubeadmConfig::gvk())
-            .watch(machine.clone(), KeyMapping::Field("spec.bootstrap.configRef.name".to_owned()))
-            .relation(MACHINE, machine, RelationSelector::ControllerOwner)
-            .relation(CLUSTER, Cluster::gvk(), RelationSelector::ByLabelValue(labels::CLUSTER_NAME.to_owned()))
-            .permit(KubeadmConfig::gvk(), Verbs::PATCH_STATUS)
-            .permit(Gvk::new("", "v1", "Secret"), Verbs::CREATE | Verbs::PATCH)
-            // CAPI HEAD's --kubeadmconfig-concurrency default.
-            .concurrency(100)
+        PluginInfo::new(
+            "kubeadm-bootstrap",
+            env!("CARGO_PKG_VERSION"),
+            KubeadmConfig::gvk(),
+        )
+        .watch(
+            machine.clone(),
+            KeyMapping::Field("spec.bootstrap.configRef.name".to_owned()),
+        )
+        .relation(MACHINE, machine, RelationSelector::ControllerOwner)
+        .relation(
+            CLUSTER,
+            Cluster::gvk(),
+            RelationSelector::ByLabelValue(labels::CLUSTER_NAME.to_owned()),
+        )
+        .permit(KubeadmConfig::gvk(), Verbs::PATCH_STATUS)
+        .permit(Gvk::new("", "v1", "Secret"), Verbs::CREATE | Verbs::PATCH)
+        // CAPI HEAD's --kubeadmconfig-concurrency default.
+        .concurrency(100)
     }
 
     fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
@@ -90,12 +104,17 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
     }
     for r in [MACHINE, CLUSTER] {
         if !snapshot.synced(r) {
-            return Err(Error::transient(format!("cache of relation {r} is not synced yet")));
+            return Err(Error::transient(format!(
+                "cache of relation {r} is not synced yet"
+            )));
         }
     }
     let machine: Option<Machine> = snapshot.related_one(MACHINE)?;
     let Some(machine) = machine.filter(|m| {
-        config.metadata.controller().is_some_and(|o| o.uid == m.metadata.uid && o.kind == "Machine")
+        config
+            .metadata
+            .controller()
+            .is_some_and(|o| o.uid == m.metadata.uid && o.kind == "Machine")
     }) else {
         ctx.debug("waiting for the Machine controller to set the owner reference");
         return Ok(out);
@@ -105,7 +124,10 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
     let Some(cluster) = cluster.filter(|c| Some(&c.metadata.name) == cluster_name) else {
         // The label arrives with the Machine controller's patch (an event
         // here); a Cluster created later does not map to this key.
-        ctx.info(format!("waiting for the Cluster {} of Machine {}", machine.spec.cluster_name, machine.metadata.name));
+        ctx.info(format!(
+            "waiting for the Cluster {} of Machine {}",
+            machine.spec.cluster_name, machine.metadata.name
+        ));
         if cluster_name.is_some() {
             out.requeue_after(CLUSTER_WAIT);
         }
@@ -120,14 +142,26 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
             if let Some(d) = requeue {
                 out.requeue_after(*d);
             }
-            Condition::new(kc::DATA_SECRET_AVAILABLE, FALSE, kc::DATA_SECRET_NOT_AVAILABLE_REASON).message(message.clone())
+            Condition::new(
+                kc::DATA_SECRET_AVAILABLE,
+                FALSE,
+                kc::DATA_SECRET_NOT_AVAILABLE_REASON,
+            )
+            .message(message.clone())
         }
-        Data::Unsupported(message) => {
-            Condition::new(kc::DATA_SECRET_AVAILABLE, FALSE, kc::DATA_SECRET_NOT_AVAILABLE_REASON).message(message.clone())
-        }
+        Data::Unsupported(message) => Condition::new(
+            kc::DATA_SECRET_AVAILABLE,
+            FALSE,
+            kc::DATA_SECRET_NOT_AVAILABLE_REASON,
+        )
+        .message(message.clone()),
         Data::Exists(name) => {
             created(&mut init, &mut status, name);
-            Condition::new(kc::DATA_SECRET_AVAILABLE, TRUE, kc::DATA_SECRET_AVAILABLE_REASON)
+            Condition::new(
+                kc::DATA_SECRET_AVAILABLE,
+                TRUE,
+                kc::DATA_SECRET_AVAILABLE_REASON,
+            )
         }
         Data::Generate(kind) => {
             let value = render(&config, &machine, &cluster, *kind)?;
@@ -137,20 +171,36 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
                 machine.metadata.namespace, machine.metadata.name, config.metadata.name
             ));
             created(&mut init, &mut status, &config.metadata.name);
-            Condition::new(kc::DATA_SECRET_AVAILABLE, TRUE, kc::DATA_SECRET_AVAILABLE_REASON)
+            Condition::new(
+                kc::DATA_SECRET_AVAILABLE,
+                TRUE,
+                kc::DATA_SECRET_AVAILABLE_REASON,
+            )
         }
     };
     status.initialization = Some(init);
     let generation = config.metadata.generation;
     let now = snapshot.now();
-    conditions::set(&mut status.conditions, condition.observed_generation(generation), now);
+    conditions::set(
+        &mut status.conditions,
+        condition.observed_generation(generation),
+        now,
+    );
     let ready = capi_conditions::summary(
         &status.conditions,
         kc::READY,
         &[Input::positive(kc::DATA_SECRET_AVAILABLE)],
-        Reasons { good: kc::READY_REASON, bad: kc::NOT_READY_REASON, unknown: kc::READY_UNKNOWN_REASON },
+        Reasons {
+            good: kc::READY_REASON,
+            bad: kc::NOT_READY_REASON,
+            unknown: kc::READY_UNKNOWN_REASON,
+        },
     );
-    conditions::set(&mut status.conditions, ready.observed_generation(generation), now);
+    conditions::set(
+        &mut status.conditions,
+        ready.observed_generation(generation),
+        now,
+    );
     capi_conditions::sort(&mut status.conditions);
     status.observed_generation = generation;
     if Some(&status) != config.status.as_ref() {
@@ -171,7 +221,8 @@ fn decide(config: &KubeadmConfig, machine: &Machine, cluster: &Cluster) -> Data 
     let init = cluster.status().initialization.unwrap_or_default();
     if init.infrastructure_provisioned != Some(true) {
         return Data::Wait(
-            "Waiting for Cluster status.initialization.infrastructureProvisioned to be true".to_owned(),
+            "Waiting for Cluster status.initialization.infrastructureProvisioned to be true"
+                .to_owned(),
             Some(CLUSTER_WAIT),
         );
     }
@@ -182,29 +233,46 @@ fn decide(config: &KubeadmConfig, machine: &Machine, cluster: &Cluster) -> Data 
         return Data::Exists(name.clone());
     }
     if config.data_secret_created() {
-        return Data::Exists(config.status().data_secret_name.unwrap_or_else(|| config.metadata.name.clone()));
+        return Data::Exists(
+            config
+                .status()
+                .data_secret_name
+                .unwrap_or_else(|| config.metadata.name.clone()),
+        );
     }
     let spec = &config.spec;
     if let Some(f) = spec.format.as_deref()
         && f != "cloud-config"
     {
-        return Data::Unsupported(format!("format {f} is not supported yet (only cloud-config)"));
+        return Data::Unsupported(format!(
+            "format {f} is not supported yet (only cloud-config)"
+        ));
     }
     if let Some(i) = spec.files.iter().position(|f| f.content_from.is_some()) {
         return Data::Unsupported(format!("files[{i}].contentFrom is not supported yet"));
     }
     if init.control_plane_initialized != Some(true) {
         if !machine.is_control_plane() {
-            return Data::Wait("Waiting for Cluster control plane to be initialized".to_owned(), Some(CLUSTER_WAIT));
+            return Data::Wait(
+                "Waiting for Cluster control plane to be initialized".to_owned(),
+                Some(CLUSTER_WAIT),
+            );
         }
         if spec.init_configuration.is_none() && spec.cluster_configuration.is_none() {
             // A joining control-plane Machine created before the first one
             // initialized: wait, as CABPK does.
-            return Data::Wait("Waiting for Cluster control plane to be initialized".to_owned(), Some(CLUSTER_WAIT));
+            return Data::Wait(
+                "Waiting for Cluster control plane to be initialized".to_owned(),
+                Some(CLUSTER_WAIT),
+            );
         }
         return Data::Generate(Kind::Init);
     }
-    Data::Generate(if machine.is_control_plane() { Kind::JoinControlPlane } else { Kind::JoinWorker })
+    Data::Generate(if machine.is_control_plane() {
+        Kind::JoinControlPlane
+    } else {
+        Kind::JoinWorker
+    })
 }
 
 /// The bootstrap data Secret, as CABPK's storeBootstrapData writes it.
@@ -238,7 +306,9 @@ fn object(v: Option<&Value>) -> Map<String, Value> {
 }
 
 fn set_default(m: &mut Map<String, Value>, key: &str, value: Value) {
-    if m.get(key).is_none_or(|v| v.is_null() || v.as_str() == Some("")) {
+    if m.get(key)
+        .is_none_or(|v| v.is_null() || v.as_str() == Some(""))
+    {
         m.insert(key.to_owned(), value);
     }
 }
@@ -259,33 +329,55 @@ fn to_kubeadm(m: &mut Map<String, Value>) {
     }
     for (from, to) in [
         ("certificateValidityPeriodDays", "certificateValidityPeriod"),
-        ("caCertificateValidityPeriodDays", "caCertificateValidityPeriod"),
+        (
+            "caCertificateValidityPeriodDays",
+            "caCertificateValidityPeriod",
+        ),
     ] {
         if let Some(days) = m.remove(from).and_then(|v| v.as_i64()) {
-            m.insert(to.to_owned(), Value::String(format!("{}h0m0s", days.saturating_mul(24))));
+            m.insert(
+                to.to_owned(),
+                Value::String(format!("{}h0m0s", days.saturating_mul(24))),
+            );
         }
     }
 }
 
 fn document(kind: &str, mut m: Map<String, Value>) -> String {
     to_kubeadm(&mut m);
-    m.insert("apiVersion".into(), Value::String(KUBEADM_API_VERSION.into()));
+    m.insert(
+        "apiVersion".into(),
+        Value::String(KUBEADM_API_VERSION.into()),
+    );
     m.insert("kind".into(), Value::String(kind.into()));
     // JSON is YAML: kubeadm reads each document as is.
     format!("---\n{}\n", Value::Object(m))
 }
 
 fn cidrs(r: Option<&capstan_sdk::capi::cluster::NetworkRanges>) -> Option<String> {
-    r.filter(|r| !r.cidr_blocks.is_empty()).map(|r| r.cidr_blocks.join(","))
+    r.filter(|r| !r.cidr_blocks.is_empty())
+        .map(|r| r.cidr_blocks.join(","))
 }
 
 /// The ClusterConfiguration with the Cluster's settings filled in where
 /// the user left them empty (CABPK's reconcileTopLevelObjectSettings).
-fn cluster_configuration(config: &KubeadmConfig, machine: &Machine, cluster: &Cluster) -> Map<String, Value> {
+fn cluster_configuration(
+    config: &KubeadmConfig,
+    machine: &Machine,
+    cluster: &Cluster,
+) -> Map<String, Value> {
     let mut cc = object(config.spec.cluster_configuration.as_ref());
-    set_default(&mut cc, "clusterName", Value::String(cluster.metadata.name.clone()));
+    set_default(
+        &mut cc,
+        "clusterName",
+        Value::String(cluster.metadata.name.clone()),
+    );
     if let Some(e) = cluster.spec.endpoint() {
-        set_default(&mut cc, "controlPlaneEndpoint", Value::String(e.to_string()));
+        set_default(
+            &mut cc,
+            "controlPlaneEndpoint",
+            Value::String(e.to_string()),
+        );
     }
     if let Some(v) = &machine.spec.version {
         set_default(&mut cc, "kubernetesVersion", Value::String(v.clone()));
@@ -309,7 +401,12 @@ fn cluster_configuration(config: &KubeadmConfig, machine: &Machine, cluster: &Cl
 }
 
 /// The cloud-config text of the bootstrap data.
-fn render(config: &KubeadmConfig, machine: &Machine, cluster: &Cluster, kind: Kind) -> Result<String, Error> {
+fn render(
+    config: &KubeadmConfig,
+    machine: &Machine,
+    cluster: &Cluster,
+    kind: Kind,
+) -> Result<String, Error> {
     let spec = &config.spec;
     let (path, kubeadm, command) = match kind {
         Kind::Init => {
@@ -317,7 +414,11 @@ fn render(config: &KubeadmConfig, machine: &Machine, cluster: &Cluster, kind: Ki
             let ic = object(spec.init_configuration.as_ref());
             (
                 INIT_CONFIG_PATH,
-                format!("{}{}", document("ClusterConfiguration", cc), document("InitConfiguration", ic)),
+                format!(
+                    "{}{}",
+                    document("ClusterConfiguration", cc),
+                    document("InitConfiguration", ic)
+                ),
                 format!("kubeadm init --config {INIT_CONFIG_PATH}  && {SENTINEL}"),
             )
         }
@@ -330,7 +431,11 @@ fn render(config: &KubeadmConfig, machine: &Machine, cluster: &Cluster, kind: Ki
             if discovery.get("file").is_none() {
                 let mut token = object(discovery.get("bootstrapToken"));
                 if let Some(e) = cluster.spec.endpoint() {
-                    set_default(&mut token, "apiServerEndpoint", Value::String(e.to_string()));
+                    set_default(
+                        &mut token,
+                        "apiServerEndpoint",
+                        Value::String(e.to_string()),
+                    );
                 }
                 discovery.insert("bootstrapToken".into(), Value::Object(token));
             }
@@ -348,7 +453,12 @@ fn render(config: &KubeadmConfig, machine: &Machine, cluster: &Cluster, kind: Ki
         .map(|f| {
             let mut o = Map::new();
             o.insert("path".into(), Value::String(f.path.clone()));
-            for (k, v) in [("owner", &f.owner), ("permissions", &f.permissions), ("encoding", &f.encoding), ("content", &f.content)] {
+            for (k, v) in [
+                ("owner", &f.owner),
+                ("permissions", &f.permissions),
+                ("encoding", &f.encoding),
+                ("content", &f.content),
+            ] {
                 if let Some(v) = v {
                     o.insert(k.into(), Value::String(v.clone()));
                 }
@@ -359,7 +469,9 @@ fn render(config: &KubeadmConfig, machine: &Machine, cluster: &Cluster, kind: Ki
             Value::Object(o)
         })
         .collect();
-    files.push(json!({"path": path, "owner": "root:root", "permissions": "0640", "content": kubeadm}));
+    files.push(
+        json!({"path": path, "owner": "root:root", "permissions": "0640", "content": kubeadm}),
+    );
     files.push(json!({"path": "/run/cluster-api/placeholder", "owner": "root:root", "permissions": "0640", "content": PLACEHOLDER}));
     let runcmd: Vec<&str> = spec
         .pre_kubeadm_commands
@@ -377,8 +489,12 @@ fn render(config: &KubeadmConfig, machine: &Machine, cluster: &Cluster, kind: Ki
     if let Some(ntp) = &spec.ntp {
         body.insert("ntp".into(), ntp.clone());
     }
-    let text = serde_json::to_string_pretty(&Value::Object(body))
-        .map_err(|e| Error::terminal(format!("cloud-config of KubeadmConfig {} does not serialize: {e}", config.metadata.name)))?;
+    let text = serde_json::to_string_pretty(&Value::Object(body)).map_err(|e| {
+        Error::terminal(format!(
+            "cloud-config of KubeadmConfig {} does not serialize: {e}",
+            config.metadata.name
+        ))
+    })?;
     Ok(format!("#cloud-config\n{text}\n"))
 }
 
