@@ -40,6 +40,10 @@ pub struct ObjectMeta {
     /// Owner references.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub owner_references: Vec<OwnerReference>,
+    /// Every other metadata field (creationTimestamp, managedFields, ...),
+    /// kept so an object read and written back loses nothing.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 impl ObjectMeta {
