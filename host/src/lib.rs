@@ -6,3 +6,11 @@
 //! 1. [`runtime`]: the wasmtime engine, plugins (component + pre-instantiated
 //!    linker + digest + validated `describe()`), per-call stores with limits.
 pub mod runtime;
+pub mod cache;
+pub mod controller;
+pub mod manager;
+pub mod metrics;
+pub mod queue;
+pub mod telemetry;
+pub mod watch;
+pub mod writer;

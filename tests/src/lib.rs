@@ -1,1 +1,3 @@
 //! Shared helpers for Capstan's integration and component tests.
+
+pub mod host;
