@@ -144,7 +144,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Caches, controllers and endpoints of one `capstan run`.
-#[derive(Debug)]
 pub struct Manager {
     client: kube::Client,
     registry: Arc<Registry>,
@@ -157,6 +156,15 @@ pub struct Manager {
     ready: Arc<AtomicBool>,
     metrics_listener: Option<TcpListener>,
     health_listener: Option<TcpListener>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("kinds", &self.watched.len())
+            .field("controllers", &self.controllers)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Manager {

@@ -347,12 +347,13 @@ impl Controller {
         self.metrics
             .reconcile_time
             .observe(start.elapsed().as_secs_f64());
-        match verdict {
-            Verdict::Success | Verdict::Skipped => self.metrics.success.inc(),
-            Verdict::RequeueAfter(_) => self.metrics.requeue_after.inc(),
-            Verdict::Requeue => self.metrics.requeue.inc(),
-            Verdict::Error | Verdict::Terminal => self.metrics.error.inc(),
+        let counter = match verdict {
+            Verdict::Success | Verdict::Skipped => &self.metrics.success,
+            Verdict::RequeueAfter(_) => &self.metrics.requeue_after,
+            Verdict::Requeue => &self.metrics.requeue,
+            Verdict::Error | Verdict::Terminal => &self.metrics.error,
         };
+        counter.inc();
         self.metrics.active_workers.dec();
         self.queue.done(&key);
         Some(verdict)
@@ -448,15 +449,16 @@ impl Controller {
     }
 
     fn fault(&self, key: &ObjectKey, fault: &Fault) {
-        match fault {
+        let counter = match fault {
             Fault::Trap(_) => {
-                self.metrics.trap.inc();
                 self.metrics.panics.inc();
+                &self.metrics.trap
             }
-            Fault::Deadline => self.metrics.deadline.inc(),
-            Fault::Memory => self.metrics.memory.inc(),
-            Fault::InvalidOutcome(_) => self.metrics.invalid_outcome.inc(),
-        }
+            Fault::Deadline => &self.metrics.deadline,
+            Fault::Memory => &self.metrics.memory,
+            Fault::InvalidOutcome(_) => &self.metrics.invalid_outcome,
+        };
+        counter.inc();
         tracing::error!(plugin = %self.name, key = %key, error = %fault, "plugin fault; reconcile failed");
     }
 

@@ -109,11 +109,10 @@ impl TokenBucket {
 
 /// The per-key exponential delay for the `failures`-th consecutive failure (0-based).
 pub fn exponential_delay(base: Duration, max: Duration, failures: u32) -> Duration {
-    if failures >= 63 {
+    if failures >= 32 {
         return max;
     }
-    base.checked_mul(1u32.checked_shl(failures.min(31)).unwrap_or(u32::MAX))
-        .filter(|_| failures < 32)
+    base.checked_mul(1u32 << failures)
         .map_or(max, |d| d.min(max))
 }
 
@@ -472,7 +471,8 @@ mod tests {
         let (b, m) = (Duration::from_millis(5), Duration::from_secs(1000));
         assert_eq!(exponential_delay(b, m, 0), b);
         assert_eq!(exponential_delay(b, m, 3), Duration::from_millis(40));
-        for f in [17, 18, 31, 32, 63, 64, u32::MAX] {
+        assert_eq!(exponential_delay(b, m, 17), Duration::from_millis(655_360));
+        for f in [18, 31, 32, 63, 64, u32::MAX] {
             assert_eq!(exponential_delay(b, m, f), m);
         }
         assert_eq!(
