@@ -407,3 +407,143 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
     }
 }
+
+/// Flags of `capstan run` (controller-runtime's and CAPI's names and defaults).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Kubeconfig to use; in-cluster configuration (then `$KUBECONFIG`, `~/.kube/config`)
+    /// when absent.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Directory of plugin components (`*.wasm`).
+    #[arg(long)]
+    pub plugins: std::path::PathBuf,
+    /// Where to serve /metrics (`0` disables).
+    #[arg(long, default_value = ":8080")]
+    pub metrics_bind_address: String,
+    /// Where to serve /healthz and /readyz (`0` disables).
+    #[arg(long, default_value = ":9440")]
+    pub health_probe_bind_address: String,
+    /// Full resync period of every controller (e.g. `10m`); default: each plugin's, else 10m.
+    #[arg(long, value_parser = parse_duration)]
+    pub sync_period: Option<Duration>,
+    /// Workers per plugin; default: each plugin's, else 10.
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// Client-side requests per second to the API server (<= 0 disables the limiter).
+    #[arg(long, default_value_t = 100.0)]
+    pub kube_api_qps: f64,
+    /// Client-side burst.
+    #[arg(long, default_value_t = 200)]
+    pub kube_api_burst: u32,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text")]
+    pub log_format: crate::telemetry::LogFormat,
+}
+
+/// Errors of `capstan run` before the manager runs.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A flag value is invalid.
+    #[error("invalid flag: {0}")]
+    Flag(String),
+    /// No Kubernetes configuration could be loaded.
+    #[error("loading the kubernetes configuration failed: {0}")]
+    Config(String),
+    /// A plugin failed to load.
+    #[error("loading plugins from {dir} failed: {reason}")]
+    Plugins {
+        /// The plugin directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The manager failed.
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    /// Telemetry setup failed.
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
+}
+
+async fn kube_config(path: Option<&std::path::Path>) -> Result<kube::Config, RunError> {
+    match path {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p)
+                .map_err(|e| RunError::Config(format!("{}: {e}", p.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| RunError::Config(e.to_string()))
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| RunError::Config(e.to_string())),
+    }
+}
+
+/// Resolve when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `capstan run`: load the plugins with `load`, build the manager, run until a signal.
+pub async fn run_command<F>(args: RunArgs, load: F) -> Result<(), RunError>
+where
+    F: FnOnce(&std::path::Path) -> Result<Vec<Arc<dyn Reconcile>>, String>,
+{
+    crate::telemetry::init(args.log_format)?;
+    let metrics_addr = parse_bind_address(&args.metrics_bind_address).map_err(RunError::Flag)?;
+    let health_addr =
+        parse_bind_address(&args.health_probe_bind_address).map_err(RunError::Flag)?;
+    let plugins = load(&args.plugins).map_err(|reason| RunError::Plugins {
+        dir: args.plugins.clone(),
+        reason,
+    })?;
+    let config = kube_config(args.kubeconfig.as_deref()).await?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let client = build_client(config, Arc::clone(&metrics), args.kube_api_qps, args.kube_api_burst)?;
+    let options = ManagerOptions {
+        metrics_addr,
+        health_addr,
+        controller: ControllerOptions {
+            concurrency: args.concurrency,
+            sync_period: args.sync_period,
+            ..ControllerOptions::default()
+        },
+        instance: std::env::var("HOSTNAME").unwrap_or_else(|_| "capstan".into()),
+    };
+    let mut manager = Manager::new(client, Arc::new(registry), metrics, options);
+    for p in plugins {
+        manager.add_plugin(p).await?;
+    }
+    let (m, h) = manager.bind().await?;
+    tracing::info!(metrics = ?m, health = ?h, "serving");
+    let stop = CancellationToken::new();
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("signal received; shutting down");
+        signal_stop.cancel();
+    });
+    manager.run(stop).await?;
+    Ok(())
+}
