@@ -21,6 +21,7 @@ test: tools guests fmt-check clippy unit
 ## tools: toolchain pieces a fresh machine lacks (idempotent).
 tools:
 	@rustup target list --installed | grep -qx $(GUEST_TARGET) || rustup target add $(GUEST_TARGET)
+	@sh apiserver/tools/install-kubectl.sh
 
 ## guests: every Rust guest component, release mode (guests need opt-level 3).
 guests: tools

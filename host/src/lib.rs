@@ -6,6 +6,8 @@
 //! 1. [`runtime`]: the wasmtime engine, plugins (component + pre-instantiated
 //!    linker + digest + validated `describe()`), per-call stores with limits.
 pub mod runtime;
+/// The `capstan` subcommands' implementations (the binary only parses).
+pub mod cli;
 pub mod cache;
 pub mod controller;
 pub mod manager;

@@ -1,5 +1,76 @@
 //! The `capstan` command line: a thin layer over the library.
 
-fn main() -> anyhow::Result<()> {
-    Ok(())
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Capstan: a Kubernetes controller manager whose reconcilers are WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "capstan", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with a plugin component file.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// `capstan plugin ...`
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Print a component's digest, contract version and describe() as YAML.
+    /// Exits 2 when the file is not a component of this world.
+    Inspect {
+        /// The component (.wasm).
+        file: PathBuf,
+    },
+    /// Run one reconcile of a snapshot file and print the outcome as YAML.
+    Run {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// The snapshot: {"primary": {..}, "related": [{"relation", "synced", "objects": [..]}], "now"}.
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// Cache compiled artifacts in this directory.
+        #[arg(long, env = "CAPSTAN_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,capstan::plugin=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Plugin(PluginCommand::Inspect { file }) => capstan::cli::plugin::command_runtime(None)
+            .and_then(|rt| capstan::cli::plugin::inspect(&rt, &file)),
+        Command::Plugin(PluginCommand::Run {
+            file,
+            snapshot,
+            cache_dir,
+        }) => capstan::cli::plugin::command_runtime(cache_dir)
+            .and_then(|rt| capstan::cli::plugin::run(&rt, &file, &snapshot)),
+    };
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // One line, as scripts expect: wasmtime error chains may span several.
+            let msg = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("error: {msg}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }

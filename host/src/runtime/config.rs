@@ -1,0 +1,51 @@
+//! Runtime configuration: per-call limits, pool sizes, the artifact cache directory.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the runtime runs plugins. `Default` suits a manager with a handful of
+/// plugins and tens of concurrent reconciles.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Wall-clock deadline of one call (`describe` or `reconcile`), enforced
+    /// with epoch interruption; precision is one [`Self::epoch_tick`].
+    pub deadline: Duration,
+    /// Period of the background thread that advances the engine's epoch.
+    pub epoch_tick: Duration,
+    /// Cap on each instance's linear memory, in bytes.
+    pub memory_limit: u64,
+    /// Fuel per call; `None` disables fuel metering (it costs about 50% of
+    /// reconcile time, see `../shared/notes/wasm-runtime.md`). Changing it
+    /// changes the generated code, hence the artifact cache key.
+    pub fuel: Option<u64>,
+    /// Instances that may be live at once (concurrent calls across all
+    /// plugins); sizes the pooling allocator, which reserves address space
+    /// for them up front.
+    pub max_instances: u32,
+    /// Directory of compiled artifacts (`<digest>-<engine>.cwasm`); `None`
+    /// compiles every load. It must be as trusted as the `capstan` binary:
+    /// artifacts are native code.
+    pub cache_dir: Option<PathBuf>,
+    /// Cap on the total size of one outcome's JSON texts and events.
+    pub max_outcome_bytes: usize,
+    /// Cap on one memo value; a larger `set` is ignored (and logged).
+    pub memo_max_value_bytes: usize,
+    /// Cap on a plugin's memo; older entries are evicted beyond it.
+    pub memo_max_total_bytes: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(5),
+            epoch_tick: Duration::from_millis(1),
+            memory_limit: 64 << 20,
+            fuel: None,
+            max_instances: 128,
+            cache_dir: None,
+            max_outcome_bytes: 8 << 20,
+            memo_max_value_bytes: 1 << 20,
+            memo_max_total_bytes: 16 << 20,
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The one wasmtime Engine and the background thread that advances its epoch.
+
+use super::{RuntimeConfig, RuntimeError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// Core instances a component may hold: a wit-component Rust guest has its
+/// main module plus shim/fixup modules; interpreters (componentize-py, jco)
+/// link a dozen.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 24;
+
+/// Build the engine: component model, epoch interruption, optional fuel, and
+/// a pooling allocator sized for `max_instances` live instances.
+pub(crate) fn build(cfg: &RuntimeConfig) -> Result<Engine, RuntimeError> {
+    let mut pool = PoolingAllocationConfig::new();
+    let n = cfg.max_instances.max(1);
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        // One memory for a Rust guest; interpreters may bring a few.
+        .total_memories(n.saturating_mul(2))
+        .max_memories_per_component(4)
+        .total_tables(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .max_tables_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .max_memory_size(usize::try_from(cfg.memory_limit).unwrap_or(usize::MAX))
+        // Keep a few freed slots warm so a fresh instance reuses an already
+        // faulted-in, copy-on-write-reset memory.
+        .max_unused_warm_slots(n.min(16));
+
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .consume_fuel(cfg.fuel.is_some())
+        .memory_init_cow(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
+}
+
+/// Advances the engine's epoch every tick until dropped, so a guest's
+/// deadline (counted in ticks) is enforced without the guest's help.
+#[derive(Debug)]
+pub(crate) struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub(crate) fn start(engine: Engine, tick: std::time::Duration) -> Result<Self, RuntimeError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("capstan-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! A loaded plugin (component, InstancePre, digest, validated plugin-info) and its calls.
+
+use super::RuntimeInner;
+use super::bindings::ReconcilerPre;
+use super::bindings::capstan::reconciler::types::{
+    KeyMapping, Outcome, PluginInfo, ReconcileError, RelationSelector, Snapshot, Verbs,
+};
+use super::capabilities::{CallCaps, MAX_LOG_LINES_PER_CALL, Memo};
+use super::error::CallError;
+use super::store::StoreData;
+use super::validate;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use wasmtime::{Store, Trap};
+
+/// A plugin ready to reconcile. Cheap to clone; `Send + Sync`. Every call
+/// gets a fresh instance (from the pre-linked `InstancePre`) in a fresh
+/// store, so no state leaks between reconciles except through `memo`.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+struct PluginInner {
+    runtime: Arc<RuntimeInner>,
+    pre: ReconcilerPre<StoreData>,
+    info: PluginInfo,
+    name: Arc<str>,
+    digest: String,
+    wit_version: String,
+    memo: Arc<Memo>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.inner.name)
+            .field("version", &self.inner.info.version)
+            .field("digest", &self.inner.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Run `describe()` on a fresh instance; used by [`super::Runtime::load`]
+/// before the plugin (and its name) exists.
+pub(crate) fn describe(
+    rt: &Arc<RuntimeInner>,
+    pre: &ReconcilerPre<StoreData>,
+    label: &str,
+) -> Result<PluginInfo, CallError> {
+    let label: Arc<str> = label.into();
+    let memo = Arc::new(Memo::new(0, 0));
+    let mut store = new_store(rt, label.clone(), "describe".into(), memo);
+    let inst = pre
+        .instantiate(&mut store)
+        .map_err(|e| classify(rt, &label, &store, e, true))?;
+    inst.call_describe(&mut store)
+        .map_err(|e| classify(rt, &label, &store, e, false))
+}
+
+fn new_store(rt: &RuntimeInner, plugin: Arc<str>, key: Arc<str>, memo: Arc<Memo>) -> Store<StoreData> {
+    let caps = CallCaps {
+        plugin,
+        key,
+        memo,
+        log_lines_left: MAX_LOG_LINES_PER_CALL,
+    };
+    let mut store = Store::new(&rt.engine, StoreData::new(caps, rt.config.memory_limit));
+    store.limiter(|d| &mut d.limiter);
+    store.set_epoch_deadline(rt.deadline_ticks);
+    if let Some(fuel) = rt.config.fuel {
+        // Only fails when fuel is disabled in the engine, which `fuel` enables.
+        let _ = store.set_fuel(fuel);
+    }
+    store
+}
+
+/// Map a wasmtime error of a call (or instantiation) to a [`CallError`].
+fn classify(
+    rt: &RuntimeInner,
+    plugin: &str,
+    store: &Store<StoreData>,
+    e: wasmtime::Error,
+    instantiating: bool,
+) -> CallError {
+    let plugin = plugin.to_owned();
+    if store.data().limiter.hit {
+        return CallError::MemoryLimitExceeded {
+            plugin,
+            limit_bytes: rt.config.memory_limit,
+        };
+    }
+    let stderr = store.data().stderr.text();
+    let with_stderr = |m: String| {
+        if stderr.is_empty() {
+            m
+        } else {
+            format!("{m}; guest stderr: {stderr}")
+        }
+    };
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::DeadlineExceeded {
+            plugin,
+            deadline_ms: u64::try_from(rt.config.deadline.as_millis()).unwrap_or(u64::MAX),
+        },
+        Some(Trap::OutOfFuel) => CallError::FuelExhausted {
+            plugin,
+            fuel: rt.config.fuel.unwrap_or(0),
+        },
+        Some(t) => CallError::Trap {
+            plugin,
+            message: with_stderr(t.to_string()),
+        },
+        None if instantiating => CallError::Instantiate {
+            plugin,
+            reason: format!("{e:#}"),
+        },
+        None => {
+            let message = match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                Some(code) => format!("guest exited with status {}", code.0),
+                None => format!("{e:#}"),
+            };
+            CallError::Trap {
+                plugin,
+                message: with_stderr(message),
+            }
+        }
+    }
+}
+
+impl Plugin {
+    pub(crate) fn new(
+        runtime: Arc<RuntimeInner>,
+        pre: ReconcilerPre<StoreData>,
+        info: PluginInfo,
+        digest: String,
+        wit_version: String,
+        memo: Arc<Memo>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(PluginInner {
+                runtime,
+                pre,
+                name: info.name.as_str().into(),
+                info,
+                digest,
+                wit_version,
+                memo,
+            }),
+        }
+    }
+
+    /// The validated plugin-info `describe()` returned at load.
+    pub fn info(&self) -> &PluginInfo {
+        &self.inner.info
+    }
+
+    /// The plugin's name (from its plugin-info).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// sha256 of the component file, lowercase hex.
+    pub fn digest(&self) -> &str {
+        &self.inner.digest
+    }
+
+    /// The contract the component was built against, e.g.
+    /// `capstan:reconciler@0.1.0`.
+    pub fn wit_version(&self) -> &str {
+        &self.inner.wit_version
+    }
+
+    /// This plugin name's memo (shared with other loads of the same name).
+    pub fn memo(&self) -> &Memo {
+        &self.inner.memo
+    }
+
+    /// Whether the plugin may apply `verb` to objects of this apiVersion and
+    /// kind, per its declared permissions.
+    pub fn permits(&self, api_version: &str, kind: &str, verb: Verbs) -> bool {
+        validate::permits(&self.inner.info, api_version, kind, verb)
+    }
+
+    /// Reconcile the primary named `key` (`namespace/name`, used in the
+    /// plugin's log lines) from `snapshot`: a fresh instance, the call, the
+    /// outcome validated. Blocking (CPU-bound up to the deadline): call it from
+    /// `spawn_blocking`/`block_in_place`, or use [`Plugin::reconcile_async`].
+    pub fn reconcile(&self, key: &str, snapshot: &Snapshot) -> Result<Outcome, CallError> {
+        let p = &*self.inner;
+        let rt = &*p.runtime;
+        let mut store = new_store(rt, p.name.clone(), key.into(), p.memo.clone());
+        let inst = p
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(rt, &p.name, &store, e, true))?;
+        let result = inst
+            .call_reconcile(&mut store, snapshot)
+            .map_err(|e| classify(rt, &p.name, &store, e, false))?;
+        let plugin = || p.name.to_string();
+        match result {
+            Ok(outcome) => {
+                validate::validate_outcome(&outcome, rt.config.max_outcome_bytes).map_err(
+                    |reason| CallError::InvalidOutcome {
+                        plugin: plugin(),
+                        reason,
+                    },
+                )?;
+                Ok(outcome)
+            }
+            Err(ReconcileError::Transient(message)) => Err(CallError::Transient {
+                plugin: plugin(),
+                message,
+            }),
+            Err(ReconcileError::Terminal(message)) => Err(CallError::Terminal {
+                plugin: plugin(),
+                message,
+            }),
+        }
+    }
+
+    /// [`Plugin::reconcile`] on tokio's blocking pool.
+    pub async fn reconcile_async(&self, key: String, snapshot: Snapshot) -> Result<Outcome, CallError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.reconcile(&key, &snapshot))
+            .await
+            .unwrap_or_else(|e| {
+                Err(CallError::Instantiate {
+                    plugin: self.inner.name.to_string(),
+                    reason: format!("blocking task failed: {e}"),
+                })
+            })
+    }
+}
+
+/// plugin-info as JSON with the WIT field names (for `plugin inspect`,
+/// logs and the API).
+pub fn info_to_json(info: &PluginInfo) -> Value {
+    let gvk = |g: &super::bindings::capstan::reconciler::types::Gvk| {
+        json!({"group": g.group, "version": g.version, "kind": g.kind})
+    };
+    let verbs = |v: Verbs| {
+        let mut out = Vec::new();
+        for (flag, name) in [
+            (Verbs::CREATE, "create"),
+            (Verbs::PATCH, "patch"),
+            (Verbs::PATCH_STATUS, "patch-status"),
+            (Verbs::DELETE, "delete"),
+        ] {
+            if v.contains(flag) {
+                out.push(name);
+            }
+        }
+        out
+    };
+    json!({
+        "name": info.name,
+        "version": info.version,
+        "primary": gvk(&info.primary),
+        "watches": info.watches.iter().map(|w| json!({
+            "kind": gvk(&w.kind),
+            "mapping": match &w.mapping {
+                KeyMapping::ControllerOwner => json!("controller-owner"),
+                KeyMapping::Label(l) => json!({"label": l}),
+                KeyMapping::Field(f) => json!({"field": f}),
+            },
+        })).collect::<Vec<_>>(),
+        "relations": info.relations.iter().map(|r| json!({
+            "name": r.name,
+            "kind": gvk(&r.kind),
+            "selector": match &r.selector {
+                RelationSelector::Owned => json!("owned"),
+                RelationSelector::ControllerOwner => json!("controller-owner"),
+                RelationSelector::Label(l) => json!({"label": l}),
+                RelationSelector::FieldRef(f) => json!({"field-ref": f}),
+                RelationSelector::ByLabelValue(l) => json!({"by-label-value": l}),
+            },
+        })).collect::<Vec<_>>(),
+        "permissions": info.permissions.iter().map(|p| json!({
+            "kind": gvk(&p.kind),
+            "verbs": verbs(p.verbs),
+        })).collect::<Vec<_>>(),
+        "finalizer": info.finalizer,
+        "concurrency": info.concurrency,
+        "resync-seconds": info.resync_seconds,
+    })
+}
