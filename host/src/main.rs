@@ -15,6 +15,8 @@ struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the controller manager: every plugin in a directory against a cluster.
+    Run(Box<capstan::manager::RunArgs>),
     /// Work with a plugin component file.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -42,7 +44,34 @@ enum PluginCommand {
     },
 }
 
+/// `capstan run`: its own telemetry setup (`--log-format`), a tokio runtime, exit 0 on a
+/// clean shutdown.
+fn run_manager(args: capstan::manager::RunArgs) -> ExitCode {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(capstan::manager::run_command(args, |dir| {
+                capstan::manager::load_plugin_dir(dir, capstan::runtime::RuntimeConfig::default())
+            }))
+            .map_err(anyhow::Error::from)
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Run(args) => return run_manager(*args),
+        other => other,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -50,8 +79,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match command {
+        Command::Run(_) => return ExitCode::FAILURE,
         Command::Plugin(PluginCommand::Inspect { file }) => capstan::cli::plugin::command_runtime(None)
             .and_then(|rt| capstan::cli::plugin::inspect(&rt, &file)),
         Command::Plugin(PluginCommand::Run {

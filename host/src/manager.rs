@@ -547,3 +547,29 @@ where
     manager.run(stop).await?;
     Ok(())
 }
+
+/// Load every `*.wasm` component in `dir` (sorted by file name) into one runtime.
+pub fn load_plugin_dir(
+    dir: &std::path::Path,
+    config: crate::runtime::RuntimeConfig,
+) -> Result<Vec<Arc<dyn Reconcile>>, String> {
+    let runtime = crate::runtime::Runtime::new(config).map_err(|e| e.to_string())?;
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .collect();
+    files.sort();
+    let mut plugins: Vec<Arc<dyn Reconcile>> = Vec::new();
+    for f in files {
+        let plugin = runtime
+            .load_file(&f)
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+        tracing::info!(plugin = plugin.name(), digest = plugin.digest(), file = %f.display(), "plugin loaded");
+        plugins.push(Arc::new(plugin));
+    }
+    if plugins.is_empty() {
+        return Err(format!("no *.wasm components in {}", dir.display()));
+    }
+    Ok(plugins)
+}

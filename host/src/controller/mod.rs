@@ -22,6 +22,10 @@
 //! A fault fails only that reconcile: it is counted, logged with plugin and key, and backed
 //! off; other keys and other plugins carry on.
 
+mod plugin;
+
+pub use plugin::classify;
+
 use crate::cache::{Cache, CachedObject, Gvk, KindCache, ObjectKey};
 use crate::metrics::ControllerMetrics;
 use crate::queue::{QueueConfig, WorkQueue};
