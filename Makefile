@@ -5,7 +5,7 @@ CARGO        ?= cargo
 GUEST_TARGET := wasm32-wasip2
 GUEST_DIR    := target/$(GUEST_TARGET)/release
 # Guest crates built to components (cdylib -> .wasm component via wasm-component-ld).
-GUESTS       := hello-rust
+GUESTS       := hello-rust host-status host-trap
 
 export CARGO_TERM_COLOR ?= never
 

@@ -349,3 +349,22 @@ pub fn metric_value(body: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// The built component of guest crate `crate_name` (release, wasm32-wasip2), from
+/// `CARGO_TARGET_DIR` or `<workspace>/target`. Fails naming `make guests` when missing.
+pub fn guest_component(crate_name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| std::path::PathBuf::from("."), std::path::Path::to_path_buf);
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), |d| root.join(d));
+    let path = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", crate_name.replace('-', "_")));
+    anyhow::ensure!(
+        path.is_file(),
+        "guest component {} is missing: run `make guests` first",
+        path.display()
+    );
+    Ok(path)
+}

@@ -468,7 +468,8 @@ impl Controller {
 
     /// Reconcile one key (steps 2-6 of the module docs) and tell the queue the result.
     pub async fn reconcile_key(&self, key: &ObjectKey) -> Verdict {
-        let Some(primary) = self.primary_cache.get(key) else {
+        // The freshest state: the cache, or our own last write to it if the cache lags.
+        let Some(primary) = self.writes.freshest(&self.primary, key) else {
             self.queue.forget(key);
             return Verdict::Skipped;
         };
@@ -478,7 +479,6 @@ impl Controller {
             return Verdict::Skipped;
         }
         let snapshot = tracing::debug_span!("snapshot").in_scope(|| self.snapshot(&primary));
-        drop(primary);
         let outcome = match self.call(key, snapshot).await {
             Ok(o) => o,
             Err(CallFailure::Transient(msg)) => {
@@ -505,6 +505,7 @@ impl Controller {
             plugin: &self.name,
             grants: &self.grants,
             metrics: &self.metrics,
+            observed: Some((&self.primary, key, &primary.resource_version)),
         };
         match self.writes.write(&writer, &outcome).await {
             Ok(_) => {}

@@ -165,7 +165,7 @@ pub struct WriteReport {
     pub events: u32,
 }
 
-/// Who writes: the plugin's name, its grants and its metrics.
+/// Who writes: the plugin's name, its grants and its metrics, and what it read.
 #[derive(Debug)]
 pub struct Writer<'a> {
     /// Plugin name.
@@ -174,6 +174,21 @@ pub struct Writer<'a> {
     pub grants: &'a Grants,
     /// The plugin's metrics.
     pub metrics: &'a ControllerMetrics,
+    /// The primary object the plugin's snapshot held: (kind, key, resourceVersion).
+    /// Writes to it are guarded with that resourceVersion, so a change made after the
+    /// plugin read the object (even one the cache has already seen) is a 409, as with
+    /// controller-runtime's `MergeFromWithOptimisticLock`.
+    pub observed: Option<(&'a Gvk, &'a ObjectKey, &'a str)>,
+}
+
+/// The resourceVersion each write of one outcome is guarded with: what the plugin read,
+/// advanced by this outcome's own earlier writes (spec patch, then status patch).
+type Guards = HashMap<ObjId, String>;
+
+fn guard<'g>(guards: &'g Guards, gvk: &Gvk, key: &ObjectKey, current: &'g str) -> &'g str {
+    guards
+        .get(&(gvk.clone(), key.clone()))
+        .map_or(current, String::as_str)
 }
 
 #[derive(Debug)]
@@ -298,10 +313,10 @@ impl WritePath {
         cached
     }
 
-    fn remember(&self, gvk: &Gvk, key: &ObjectKey, before: &str, response: Value) {
-        let Ok(after) = CachedObject::from_value(response) else {
-            return;
-        };
+    /// Record our write's response; returns its resourceVersion.
+    fn remember(&self, gvk: &Gvk, key: &ObjectKey, before: &str, response: Value) -> Option<String> {
+        let after = CachedObject::from_value(response).ok()?;
+        let rv = after.resource_version.clone();
         let mut recent = self.recent.lock();
         if recent.len() > 4096 {
             recent.retain(|_, r| r.at.elapsed() < RECENT_TTL);
@@ -314,6 +329,7 @@ impl WritePath {
                 at: Instant::now(),
             },
         );
+        Some(rv)
     }
 
     fn lock_for(&self, id: &ObjId) -> Arc<tokio::sync::Mutex<()>> {
@@ -375,13 +391,19 @@ impl WritePath {
             }
         }
         let mut report = WriteReport::default();
+        let mut guards = Guards::new();
+        if let Some((g, k, rv)) = w.observed {
+            guards.insert((g.clone(), k.clone()), rv.to_string());
+        }
         for p in plan {
             match p {
                 Planned::Apply { gvk, key, value } => {
-                    self.apply(w, &gvk, &key, value, &mut report).await?
+                    self.apply(w, &gvk, &key, value, &mut guards, &mut report)
+                        .await?
                 }
                 Planned::Status { gvk, key, value } => {
-                    self.status(w, &gvk, &key, value, &mut report).await?
+                    self.status(w, &gvk, &key, value, &mut guards, &mut report)
+                        .await?
                 }
                 Planned::Delete { gvk, key } => self.delete(&gvk, &key, &mut report).await?,
             }
@@ -413,6 +435,7 @@ impl WritePath {
         gvk: &Gvk,
         key: &ObjectKey,
         value: Value,
+        guards: &mut Guards,
         report: &mut WriteReport,
     ) -> Result<(), WriteError> {
         let res = self.resource(gvk).ok_or_else(|| self.refuse(w, Verb::Patch, gvk, key))?;
@@ -441,7 +464,9 @@ impl WritePath {
                         .await
                         .map_err(|e| Self::api_error(gvk, key, e))?;
                     report.requests += 1;
-                    self.remember(gvk, key, "", created);
+                    if let Some(rv) = self.remember(gvk, key, "", created) {
+                        guards.insert(id.clone(), rv);
+                    }
                     Ok(())
                 }
                 Some(current) => {
@@ -454,7 +479,10 @@ impl WritePath {
                     if !w.grants.allows(gvk, Verb::Patch) {
                         return Err(self.refuse(w, Verb::Patch, gvk, key));
                     }
-                    let patch = diff::with_resource_version(patch, &current.resource_version);
+                    let patch = diff::with_resource_version(
+                        patch,
+                        guard(guards, gvk, key, &current.resource_version),
+                    );
                     let span = tracing::debug_span!("write", verb = "patch", kind = %gvk, object = %key);
                     let patched = self
                         .api
@@ -463,7 +491,9 @@ impl WritePath {
                         .await
                         .map_err(|e| Self::api_error(gvk, key, e))?;
                     report.requests += 1;
-                    self.remember(gvk, key, &current.resource_version, patched);
+                    if let Some(rv) = self.remember(gvk, key, &current.resource_version, patched) {
+                        guards.insert(id.clone(), rv);
+                    }
                     Ok(())
                 }
             }
@@ -479,6 +509,7 @@ impl WritePath {
         gvk: &Gvk,
         key: &ObjectKey,
         value: Value,
+        guards: &mut Guards,
         report: &mut WriteReport,
     ) -> Result<(), WriteError> {
         let res = self
@@ -498,7 +529,10 @@ impl WritePath {
                 w.metrics.writes_skipped.inc();
                 return Ok(());
             };
-            let patch = diff::with_resource_version(patch, &current.resource_version);
+            let patch = diff::with_resource_version(
+                patch,
+                guard(guards, gvk, key, &current.resource_version),
+            );
             let span = tracing::debug_span!("write", verb = "patch-status", kind = %gvk, object = %key);
             let patched = self
                 .api
@@ -507,7 +541,9 @@ impl WritePath {
                 .await
                 .map_err(|e| Self::api_error(gvk, key, e))?;
             report.requests += 1;
-            self.remember(gvk, key, &current.resource_version, patched);
+            if let Some(rv) = self.remember(gvk, key, &current.resource_version, patched) {
+                guards.insert(id.clone(), rv);
+            }
             Ok(())
         }
         .await;
