@@ -74,15 +74,18 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,capstan::plugin=info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,capstan::plugin=info")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
     let result = match command {
         Command::Run(_) => return ExitCode::FAILURE,
-        Command::Plugin(PluginCommand::Inspect { file }) => capstan::cli::plugin::command_runtime(None)
-            .and_then(|rt| capstan::cli::plugin::inspect(&rt, &file)),
+        Command::Plugin(PluginCommand::Inspect { file }) => {
+            capstan::cli::plugin::command_runtime(None)
+                .and_then(|rt| capstan::cli::plugin::inspect(&rt, &file))
+        }
         Command::Plugin(PluginCommand::Run {
             file,
             snapshot,
@@ -97,7 +100,11 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // One line, as scripts expect: wasmtime error chains may span several.
-            let msg = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            let msg = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             eprintln!("error: {msg}");
             ExitCode::from(e.exit_code())
         }

@@ -128,11 +128,11 @@ pub fn parse_bind_address(s: &str) -> Result<Option<SocketAddr>, String> {
 /// Parse a duration such as `10m`, `30s`, `1h`, `500ms` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}"))?;
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1000.0,
@@ -221,7 +221,9 @@ impl Manager {
             namespaced: caps.scope == Scope::Namespaced,
             api,
         };
-        let gauge = self.metrics.cache_objects(&gvk.group, &gvk.version, &gvk.kind);
+        let gauge = self
+            .metrics
+            .cache_objects(&gvk.group, &gvk.version, &gvk.kind);
         let kc = self.cache.kind_or_insert(gvk, || {
             KindCache::new(
                 gvk.clone(),
@@ -350,7 +352,10 @@ impl Manager {
         let mut running = Vec::new();
         if started {
             self.ready.store(true, Ordering::Release);
-            tracing::info!(kinds = self.watched.len(), "caches synced; starting controllers");
+            tracing::info!(
+                kinds = self.watched.len(),
+                "caches synced; starting controllers"
+            );
             for c in &self.controllers {
                 running.push(tokio::spawn(Arc::clone(c).run(stop.clone())));
             }
@@ -520,7 +525,12 @@ where
     let config = kube_config(args.kubeconfig.as_deref()).await?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
-    let client = build_client(config, Arc::clone(&metrics), args.kube_api_qps, args.kube_api_burst)?;
+    let client = build_client(
+        config,
+        Arc::clone(&metrics),
+        args.kube_api_qps,
+        args.kube_api_burst,
+    )?;
     let options = ManagerOptions {
         metrics_addr,
         health_addr,

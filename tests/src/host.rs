@@ -5,8 +5,8 @@ use capstan::controller::{CallFailure, ControllerOptions, Reconcile};
 use capstan::manager::{Manager, ManagerOptions, build_client};
 use capstan::metrics::Metrics;
 use capstan::runtime::bindings::capstan::reconciler::types::{
-    Gvk, KeyMapping, Outcome, Permission, PluginInfo, Relation, RelationSelector, Snapshot,
-    Verbs, Watch,
+    Gvk, KeyMapping, Outcome, Permission, PluginInfo, Relation, RelationSelector, Snapshot, Verbs,
+    Watch,
 };
 use capstan_apiserver::Server;
 use parking_lot::Mutex;
@@ -107,7 +107,9 @@ pub struct FakePlugin {
 
 impl std::fmt::Debug for FakePlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakePlugin").field("name", &self.info.name).finish()
+        f.debug_struct("FakePlugin")
+            .field("name", &self.info.name)
+            .finish()
     }
 }
 
@@ -147,7 +149,10 @@ impl Reconcile for FakePlugin {
 
     fn reconcile(&self, _key: &str, snapshot: &Snapshot) -> Result<Outcome, CallFailure> {
         let primary: Value = serde_json::from_str(&snapshot.primary).unwrap_or(Value::Null);
-        let name = primary["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let name = primary["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         self.calls.lock().push((name, primary.clone()));
         (self.behaviour)(snapshot, &primary)
     }
@@ -278,7 +283,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Stri
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("no status line")?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((code, body))
 }
 
@@ -301,7 +309,11 @@ where
 }
 
 /// Create a Widget named `name` in `default` with `spec`.
-pub async fn create_widget(client: &kube::Client, name: &str, spec: Value) -> anyhow::Result<Value> {
+pub async fn create_widget(
+    client: &kube::Client,
+    name: &str,
+    spec: Value,
+) -> anyhow::Result<Value> {
     let api = widgets(client);
     let obj: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": "test.capstan.dev/v1", "kind": "Widget",
@@ -326,7 +338,11 @@ pub fn widgets(client: &kube::Client) -> kube::Api<kube::api::DynamicObject> {
 }
 
 /// Merge-patch a Widget (as an external actor).
-pub async fn patch_widget(client: &kube::Client, name: &str, patch: Value) -> anyhow::Result<Value> {
+pub async fn patch_widget(
+    client: &kube::Client,
+    name: &str,
+    patch: Value,
+) -> anyhow::Result<Value> {
     let o = widgets(client)
         .patch(
             name,
@@ -355,9 +371,12 @@ pub fn metric_value(body: &str, series: &str) -> Option<f64> {
 pub fn guest_component(crate_name: &str) -> anyhow::Result<std::path::PathBuf> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .map_or_else(|| std::path::PathBuf::from("."), std::path::Path::to_path_buf);
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), |d| root.join(d));
+        .map_or_else(
+            || std::path::PathBuf::from("."),
+            std::path::Path::to_path_buf,
+        );
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
     let path = target
         .join("wasm32-wasip2/release")
         .join(format!("{}.wasm", crate_name.replace('-', "_")));

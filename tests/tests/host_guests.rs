@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wasm_status_writer_writes_once_and_a_trapping_plugin_stays_contained() -> anyhow::Result<()> {
+async fn wasm_status_writer_writes_once_and_a_trapping_plugin_stays_contained() -> anyhow::Result<()>
+{
     let runtime = Runtime::new(RuntimeConfig::default())?;
     let status = runtime.load_file(guest_component("host-status")?)?;
     let trap = runtime.load_file(guest_component("host-trap")?)?;
@@ -36,11 +37,23 @@ async fn wasm_status_writer_writes_once_and_a_trapping_plugin_stays_contained() 
     );
     let body = http_get(mgr.metrics_addr, "/metrics").await?.1;
     let v = |s: &str| metric_value(&body, s).unwrap_or(-1.0);
-    assert!(v("controller_runtime_reconcile_panics_total{controller=\"host-trap\"}") >= 2.0, "trap retried with backoff");
+    assert!(
+        v("controller_runtime_reconcile_panics_total{controller=\"host-trap\"}") >= 2.0,
+        "trap retried with backoff"
+    );
     assert!(v("capstan_plugin_traps_total{controller=\"host-trap\",fault=\"trap\"}") >= 2.0);
-    assert!(v("controller_runtime_reconcile_total{controller=\"host-trap\",result=\"success\"}") >= 1.0, "other keys of the trapping plugin still reconcile");
-    assert_eq!(v("controller_runtime_reconcile_errors_total{controller=\"host-status\"}"), 0.0);
-    assert!(v("controller_runtime_reconcile_total{controller=\"host-status\",result=\"success\"}") >= 4.0);
+    assert!(
+        v("controller_runtime_reconcile_total{controller=\"host-trap\",result=\"success\"}") >= 1.0,
+        "other keys of the trapping plugin still reconcile"
+    );
+    assert_eq!(
+        v("controller_runtime_reconcile_errors_total{controller=\"host-status\"}"),
+        0.0
+    );
+    assert!(
+        v("controller_runtime_reconcile_total{controller=\"host-status\",result=\"success\"}")
+            >= 4.0
+    );
     assert!(v("capstan_plugin_call_seconds_count{controller=\"host-status\"}") >= 4.0);
     mgr.shutdown().await?;
     server.shutdown().await;

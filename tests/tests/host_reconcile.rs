@@ -18,7 +18,10 @@ fn status_writer() -> Arc<FakePlugin> {
     FakePlugin::new(widget_info("status-writer"), |_, primary| {
         let name = primary["metadata"]["name"].as_str().unwrap_or_default();
         let mut o = empty_outcome();
-        o.status.push(status_of(name, json!({"ready": true, "size": primary["spec"]["size"]})));
+        o.status.push(status_of(
+            name,
+            json!({"ready": true, "size": primary["spec"]["size"]}),
+        ));
         Ok(o)
     })
 }
@@ -28,16 +31,26 @@ async fn created_object_is_reconciled_and_no_op_reconciles_write_nothing() -> an
     let server = api_server().await?;
     let client = test_client(&server).await?;
     let plugin = status_writer();
-    let mgr = start_manager(&server, vec![plugin.clone() as Arc<dyn Reconcile>], ControllerOptions::default()).await?;
+    let mgr = start_manager(
+        &server,
+        vec![plugin.clone() as Arc<dyn Reconcile>],
+        ControllerOptions::default(),
+    )
+    .await?;
 
     let before = write_requests(&server);
     create_widget(&client, "w1", json!({"size": 3})).await?;
     eventually(Duration::from_secs(5), || async {
-        get_widget(&client, "w1").await.is_ok_and(|w| w["status"]["ready"] == json!(true))
+        get_widget(&client, "w1")
+            .await
+            .is_ok_and(|w| w["status"]["ready"] == json!(true))
     })
     .await?;
     // Our status write comes back as a watch event and reconciles once more: a no-op.
-    eventually(Duration::from_secs(5), || async { plugin.calls_for("w1") >= 2 }).await?;
+    eventually(Duration::from_secs(5), || async {
+        plugin.calls_for("w1") >= 2
+    })
+    .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         write_requests(&server) - before,
@@ -49,7 +62,14 @@ async fn created_object_is_reconciled_and_no_op_reconciles_write_nothing() -> an
     assert!(!last.to_string().contains("managedFields"));
 
     let body = http_get(mgr.metrics_addr, "/metrics").await?.1;
-    assert!(metric_value(&body, "capstan_writes_skipped_total{controller=\"status-writer\"}").unwrap() >= 1.0);
+    assert!(
+        metric_value(
+            &body,
+            "capstan_writes_skipped_total{controller=\"status-writer\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
     let writes = write_requests(&server);
     mgr.shutdown().await?;
     assert_eq!(write_requests(&server), writes, "shutdown writes nothing");
@@ -73,14 +93,24 @@ async fn spec_and_status_change_is_at_most_two_requests() -> anyhow::Result<()> 
         o.status.push(status_of(name, json!({"phase": "Seen"})));
         Ok(o)
     });
-    let mgr = start_manager(&server, vec![plugin.clone() as Arc<dyn Reconcile>], ControllerOptions::default()).await?;
+    let mgr = start_manager(
+        &server,
+        vec![plugin.clone() as Arc<dyn Reconcile>],
+        ControllerOptions::default(),
+    )
+    .await?;
     let before = write_requests(&server);
     create_widget(&client, "w2", json!({"size": 1})).await?;
     eventually(Duration::from_secs(5), || async {
-        get_widget(&client, "w2").await.is_ok_and(|w| w["status"]["phase"] == json!("Seen"))
+        get_widget(&client, "w2")
+            .await
+            .is_ok_and(|w| w["status"]["phase"] == json!("Seen"))
     })
     .await?;
-    eventually(Duration::from_secs(5), || async { plugin.calls_for("w2") >= 2 }).await?;
+    eventually(Duration::from_secs(5), || async {
+        plugin.calls_for("w2") >= 2
+    })
+    .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let w = get_widget(&client, "w2").await?;
     assert_eq!(w["metadata"]["labels"]["seen"], json!("yes"));
@@ -108,23 +138,40 @@ async fn ten_updates_during_a_reconcile_cause_exactly_one_more() -> anyhow::Resu
         }
         Ok(empty_outcome())
     });
-    let mgr = start_manager(&server, vec![plugin.clone() as Arc<dyn Reconcile>], ControllerOptions::default()).await?;
+    let mgr = start_manager(
+        &server,
+        vec![plugin.clone() as Arc<dyn Reconcile>],
+        ControllerOptions::default(),
+    )
+    .await?;
     create_widget(&client, "w3", json!({"n": 0})).await?;
-    eventually(Duration::from_secs(5), || async { plugin.calls_for("w3") == 1 }).await?;
+    eventually(Duration::from_secs(5), || async {
+        plugin.calls_for("w3") == 1
+    })
+    .await?;
     let mut rv = String::new();
     for n in 1..=10 {
         let w = patch_widget(&client, "w3", json!({"spec": {"n": n}})).await?;
-        rv = w["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+        rv = w["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
     }
     // Let the ten watch events reach the cache (and the queue) before releasing.
     tokio::time::sleep(Duration::from_millis(500)).await;
     gate.store(true, Ordering::Release);
-    eventually(Duration::from_secs(5), || async { plugin.calls_for("w3") >= 2 }).await?;
+    eventually(Duration::from_secs(5), || async {
+        plugin.calls_for("w3") >= 2
+    })
+    .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(plugin.calls_for("w3"), 2, "exactly one further reconcile");
     let last = plugin.seen().last().cloned().unwrap().1;
     assert_eq!(last["spec"]["n"], json!(10), "and it saw the latest state");
-    assert_eq!(last["metadata"]["resourceVersion"].as_str(), Some(rv.as_str()));
+    assert_eq!(
+        last["metadata"]["resourceVersion"].as_str(),
+        Some(rv.as_str())
+    );
     mgr.shutdown().await?;
     server.shutdown().await;
     Ok(())
@@ -146,28 +193,67 @@ async fn requeue_after_is_honoured_and_terminal_errors_stop_retries() -> anyhow:
             _ => Ok(empty_outcome()),
         }
     });
-    let mgr = start_manager(&server, vec![plugin.clone() as Arc<dyn Reconcile>], ControllerOptions::default()).await?;
+    let mgr = start_manager(
+        &server,
+        vec![plugin.clone() as Arc<dyn Reconcile>],
+        ControllerOptions::default(),
+    )
+    .await?;
     create_widget(&client, "rq", json!({"mode": "requeue"})).await?;
     create_widget(&client, "term", json!({"mode": "terminal"})).await?;
     create_widget(&client, "trans", json!({"mode": "transient"})).await?;
     let start = tokio::time::Instant::now();
-    eventually(Duration::from_secs(5), || async { plugin.calls_for("rq") >= 3 }).await?;
-    assert!(start.elapsed() >= Duration::from_millis(600), "two 300 ms requeues: {:?}", start.elapsed());
+    eventually(Duration::from_secs(5), || async {
+        plugin.calls_for("rq") >= 3
+    })
+    .await?;
+    assert!(
+        start.elapsed() >= Duration::from_millis(600),
+        "two 300 ms requeues: {:?}",
+        start.elapsed()
+    );
     // Transient errors back off (5, 10, 20, 40 ... ms) and keep retrying.
-    eventually(Duration::from_secs(5), || async { plugin.calls_for("trans") >= 5 }).await?;
+    eventually(Duration::from_secs(5), || async {
+        plugin.calls_for("trans") >= 5
+    })
+    .await?;
     // Terminal: exactly one call, however long we wait...
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(plugin.calls_for("term"), 1, "terminal errors are not retried");
+    assert_eq!(
+        plugin.calls_for("term"),
+        1,
+        "terminal errors are not retried"
+    );
     // ...until the object changes.
     patch_widget(&client, "term", json!({"spec": {"mode": "fixed"}})).await?;
-    eventually(Duration::from_secs(5), || async { plugin.calls_for("term") == 2 }).await?;
+    eventually(Duration::from_secs(5), || async {
+        plugin.calls_for("term") == 2
+    })
+    .await?;
     let body = http_get(mgr.metrics_addr, "/metrics").await?.1;
     assert_eq!(
-        metric_value(&body, "controller_runtime_terminal_reconcile_errors_total{controller=\"timing\"}"),
+        metric_value(
+            &body,
+            "controller_runtime_terminal_reconcile_errors_total{controller=\"timing\"}"
+        ),
         Some(1.0)
     );
-    assert!(metric_value(&body, "controller_runtime_reconcile_total{controller=\"timing\",result=\"requeue_after\"}").unwrap() >= 2.0);
-    assert!(metric_value(&body, "workqueue_retries_total{name=\"timing\",controller=\"timing\"}").unwrap() >= 6.0);
+    assert!(
+        metric_value(
+            &body,
+            "controller_runtime_reconcile_total{controller=\"timing\",result=\"requeue_after\"}"
+        )
+        .unwrap()
+            >= 2.0
+    );
+    assert!(
+        metric_value(
+            &body,
+            "workqueue_retries_total{name=\"timing\",controller=\"timing\"}"
+        )
+        .unwrap()
+            >= 6.0
+    );
     mgr.shutdown().await?;
     server.shutdown().await;
     Ok(())

@@ -31,15 +31,33 @@ struct NullApi {
 }
 
 impl WriteApi for NullApi {
-    fn create<'a>(&'a self, _: &'a Resource, _: &'a str, body: Value) -> BoxFut<'a, Result<Value, ApiError>> {
+    fn create<'a>(
+        &'a self,
+        _: &'a Resource,
+        _: &'a str,
+        body: Value,
+    ) -> BoxFut<'a, Result<Value, ApiError>> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move { Ok(body) })
     }
-    fn patch<'a>(&'a self, _: &'a Resource, _: &'a str, _: &'a str, patch: Value, _: bool) -> BoxFut<'a, Result<Value, ApiError>> {
+    fn patch<'a>(
+        &'a self,
+        _: &'a Resource,
+        _: &'a str,
+        _: &'a str,
+        patch: Value,
+        _: bool,
+    ) -> BoxFut<'a, Result<Value, ApiError>> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move { Ok(patch) })
     }
-    fn delete<'a>(&'a self, _: &'a Resource, _: &'a str, _: &'a str, _: &'a str) -> BoxFut<'a, Result<(), ApiError>> {
+    fn delete<'a>(
+        &'a self,
+        _: &'a Resource,
+        _: &'a str,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFut<'a, Result<(), ApiError>> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         Box::pin(async { Ok(()) })
     }
@@ -65,19 +83,30 @@ impl Reconcile for Plugin {
     }
     fn reconcile(&self, _key: &str, snapshot: &Snapshot) -> Result<Outcome, CallFailure> {
         let start = Instant::now();
-        let mut o = Outcome { apply: vec![], status: vec![], delete: vec![], events: vec![], requeue_after_ms: None };
+        let mut o = Outcome {
+            apply: vec![],
+            status: vec![],
+            delete: vec![],
+            events: vec![],
+            requeue_after_ms: None,
+        };
         if self.mode == Mode::Echo {
             o.apply.push(snapshot.primary.clone());
             o.status.push(snapshot.primary.clone());
         }
         std::hint::black_box(&snapshot.related);
-        self.call_nanos.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.call_nanos
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(o)
     }
 }
 
 fn wgvk(group: &str, version: &str, kind: &str) -> WitGvk {
-    WitGvk { group: group.into(), version: version.into(), kind: kind.into() }
+    WitGvk {
+        group: group.into(),
+        version: version.into(),
+        kind: kind.into(),
+    }
 }
 
 fn padding(n: usize) -> Value {
@@ -150,7 +179,9 @@ async fn run(mode: Mode, blocking: bool) -> anyhow::Result<(Figures, usize, u64)
     }
     machines.replace(prim);
     cms.replace(rel);
-    let p0 = machines.get(&ObjectKey::new("bench", "m-00000")).context("primary")?;
+    let p0 = machines
+        .get(&ObjectKey::new("bench", "m-00000"))
+        .context("primary")?;
     snapshot_bytes += p0.json.len();
     for o in cms.owned_by(&p0.uid, true) {
         snapshot_bytes += o.json.len();
@@ -159,20 +190,33 @@ async fn run(mode: Mode, blocking: bool) -> anyhow::Result<(Figures, usize, u64)
     let writes = Arc::new(WritePath::new(api.clone(), Arc::clone(&cache), "bench"));
     let res = |g: &Gvk, plural: &str| Resource {
         api: kube::core::ApiResource {
-            group: g.group.clone(), version: g.version.clone(), api_version: g.api_version(),
-            kind: g.kind.clone(), plural: plural.into(),
+            group: g.group.clone(),
+            version: g.version.clone(),
+            api_version: g.api_version(),
+            kind: g.kind.clone(),
+            plural: plural.into(),
         },
         namespaced: true,
     };
     writes.add_resource(machine.clone(), res(&machine, "machines"));
     let plugin = Arc::new(Plugin {
         info: PluginInfo {
-            name: "bench".into(), version: "0".into(),
+            name: "bench".into(),
+            version: "0".into(),
             primary: wgvk("cluster.x-k8s.io", "v1beta2", "Machine"),
             watches: vec![],
-            relations: vec![Relation { name: "configmaps".into(), kind: wgvk("", "v1", "ConfigMap"), selector: RelationSelector::Owned }],
-            permissions: vec![Permission { kind: wgvk("cluster.x-k8s.io", "v1beta2", "Machine"), verbs: Verbs::PATCH | Verbs::PATCH_STATUS }],
-            finalizer: None, concurrency: Some(1), resync_seconds: None,
+            relations: vec![Relation {
+                name: "configmaps".into(),
+                kind: wgvk("", "v1", "ConfigMap"),
+                selector: RelationSelector::Owned,
+            }],
+            permissions: vec![Permission {
+                kind: wgvk("cluster.x-k8s.io", "v1beta2", "Machine"),
+                verbs: Verbs::PATCH | Verbs::PATCH_STATUS,
+            }],
+            finalizer: None,
+            concurrency: Some(1),
+            resync_seconds: None,
         },
         mode,
         call_nanos: AtomicU64::new(0),
@@ -184,9 +228,18 @@ async fn run(mode: Mode, blocking: bool) -> anyhow::Result<(Figures, usize, u64)
         Arc::clone(&cache),
         writes,
         |n, c| metrics.controller(n, c),
-        ControllerOptions { queue: QueueConfig { bucket: None, ..QueueConfig::default() }, blocking_calls: blocking, ..ControllerOptions::default() },
+        ControllerOptions {
+            queue: QueueConfig {
+                bucket: None,
+                ..QueueConfig::default()
+            },
+            blocking_calls: blocking,
+            ..ControllerOptions::default()
+        },
     )?;
-    let keys: Vec<ObjectKey> = (0..OBJECTS).map(|i| ObjectKey::new("bench", format!("m-{i:05}"))).collect();
+    let keys: Vec<ObjectKey> = (0..OBJECTS)
+        .map(|i| ObjectKey::new("bench", format!("m-{i:05}")))
+        .collect();
     // Warm up.
     for k in keys.iter().take(500) {
         controller.queue().add(k.clone());
@@ -235,25 +288,45 @@ fn cache_memory() -> anyhow::Result<(usize, usize, u64, usize)> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let mut rows = Vec::new();
     let mut snapshot_bytes = 0;
     for (mode, blocking, label) in [
         (Mode::NoOp, false, "no-op plugin, call inline"),
-        (Mode::NoOp, true, "no-op plugin, call on blocking pool (default)"),
-        (Mode::Echo, false, "echo plugin (desired = cached object; diff finds nothing), inline"),
+        (
+            Mode::NoOp,
+            true,
+            "no-op plugin, call on blocking pool (default)",
+        ),
+        (
+            Mode::Echo,
+            false,
+            "echo plugin (desired = cached object; diff finds nothing), inline",
+        ),
     ] {
         let (f, bytes, requests) = rt.block_on(run(mode, blocking))?;
-        anyhow::ensure!(requests == 0, "{label}: {requests} write requests, expected none");
+        anyhow::ensure!(
+            requests == 0,
+            "{label}: {requests} write requests, expected none"
+        );
         snapshot_bytes = bytes;
         rows.push((label, f));
     }
     let (json, estimate, rss, n) = cache_memory()?;
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let runtime_md = std::fs::read_to_string("bench/results/runtime.md").ok();
     let mut md = String::new();
     md.push_str("# Host overhead per reconcile\n\n");
@@ -267,7 +340,10 @@ fn main() -> anyhow::Result<()> {
     ));
     md.push_str("| variant | host p50 (us) | host p99 (us) | host mean (us) | plugin call mean (us) |\n|---|---|---|---|---|\n");
     for (label, f) in &rows {
-        md.push_str(&format!("| {label} | {:.1} | {:.1} | {:.1} | {:.2} |\n", f.p50_us, f.p99_us, f.mean_us, f.plugin_mean_us));
+        md.push_str(&format!(
+            "| {label} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
+            f.p50_us, f.p99_us, f.mean_us, f.plugin_mean_us
+        ));
     }
     md.push_str("\nTarget: host overhead p50 <= 30 us beyond the plugin call.\n\n");
     md.push_str(&format!(
@@ -294,7 +370,10 @@ fn main() -> anyhow::Result<()> {
     });
     std::fs::create_dir_all("bench/results")?;
     std::fs::write("bench/results/host.md", &md)?;
-    std::fs::write("bench/results/host.json", serde_json::to_string_pretty(&out)?)?;
+    std::fs::write(
+        "bench/results/host.json",
+        serde_json::to_string_pretty(&out)?,
+    )?;
     print!("{md}");
     Ok(())
 }

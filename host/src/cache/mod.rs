@@ -318,10 +318,7 @@ impl KindCache {
             .into_iter()
             .flatten()
             .filter_map(|k| store.objects.get(k))
-            .filter(|o| {
-                !controller_only
-                    || o.controller_owner().is_some_and(|c| c.uid == uid)
-            })
+            .filter(|o| !controller_only || o.controller_owner().is_some_and(|c| c.uid == uid))
             .cloned()
             .collect()
     }
@@ -379,12 +376,28 @@ impl KindCache {
         total += store
             .by_owner
             .iter()
-            .map(|(k, s)| k.capacity() + 48 + s.len() * (std::mem::size_of::<ObjectKey>() + 16) + s.iter().map(|k| k.name.capacity() + k.namespace.capacity()).sum::<usize>())
+            .map(|(k, s)| {
+                k.capacity()
+                    + 48
+                    + s.len() * (std::mem::size_of::<ObjectKey>() + 16)
+                    + s.iter()
+                        .map(|k| k.name.capacity() + k.namespace.capacity())
+                        .sum::<usize>()
+            })
             .sum::<usize>();
         total += store
             .by_label
             .iter()
-            .map(|((a, b, c), s)| a.capacity() + b.capacity() + c.capacity() + 96 + s.len() * (std::mem::size_of::<ObjectKey>() + 16) + s.iter().map(|k| k.name.capacity() + k.namespace.capacity()).sum::<usize>())
+            .map(|((a, b, c), s)| {
+                a.capacity()
+                    + b.capacity()
+                    + c.capacity()
+                    + 96
+                    + s.len() * (std::mem::size_of::<ObjectKey>() + 16)
+                    + s.iter()
+                        .map(|k| k.name.capacity() + k.namespace.capacity())
+                        .sum::<usize>()
+            })
             .sum::<usize>();
         (json, total)
     }
@@ -403,11 +416,7 @@ impl Cache {
     }
 
     /// The cache of `gvk`, created on first use; shared by everyone who asks.
-    pub fn kind_or_insert(
-        &self,
-        gvk: &Gvk,
-        make: impl FnOnce() -> KindCache,
-    ) -> Arc<KindCache> {
+    pub fn kind_or_insert(&self, gvk: &Gvk, make: impl FnOnce() -> KindCache) -> Arc<KindCache> {
         if let Some(k) = self.kinds.read().get(gvk) {
             return Arc::clone(k);
         }
@@ -484,13 +493,19 @@ mod tests {
         c.apply(obj("c", "1", "c2", Some(("o2", true))));
         assert_eq!(names(c.owned_by("o1", false)), ["a", "b"]);
         assert_eq!(names(c.owned_by("o1", true)), ["a"]);
-        assert_eq!(names(c.with_label(CLUSTER_NAME_LABEL, "ns", "c1")), ["a", "b"]);
+        assert_eq!(
+            names(c.with_label(CLUSTER_NAME_LABEL, "ns", "c1")),
+            ["a", "b"]
+        );
         assert!(c.with_label(CLUSTER_NAME_LABEL, "other", "c1").is_empty());
         // Update moves a between clusters and owners.
         c.apply(obj("a", "2", "c2", Some(("o2", true))));
         assert_eq!(names(c.owned_by("o1", false)), ["b"]);
         assert_eq!(names(c.owned_by("o2", true)), ["a", "c"]);
-        assert_eq!(names(c.with_label(CLUSTER_NAME_LABEL, "ns", "c2")), ["a", "c"]);
+        assert_eq!(
+            names(c.with_label(CLUSTER_NAME_LABEL, "ns", "c2")),
+            ["a", "c"]
+        );
         c.delete(&ObjectKey::new("ns", "c"));
         assert_eq!(names(c.owned_by("o2", true)), ["a"]);
         assert_eq!(names(c.with_label(CLUSTER_NAME_LABEL, "ns", "c2")), ["a"]);
@@ -522,13 +537,13 @@ mod tests {
         got.sort();
         assert_eq!(
             got,
-            [
-                (None, Some("c".to_string())),
-                (Some("b".to_string()), None)
-            ]
+            [(None, Some("c".to_string())), (Some("b".to_string()), None)]
         );
         assert_eq!(c.len(), 2);
-        assert_eq!(names(c.with_label(CLUSTER_NAME_LABEL, "ns", "c1")), ["a", "c"]);
+        assert_eq!(
+            names(c.with_label(CLUSTER_NAME_LABEL, "ns", "c1")),
+            ["a", "c"]
+        );
     }
 
     #[test]

@@ -261,7 +261,10 @@ mod tests {
         assert_eq!(o.cluster_name.as_deref(), Some("c1"), "label wins");
         assert!(o.paused_annotation);
         let owner = o.controller_owner().unwrap();
-        assert_eq!((owner.group(), owner.name.as_str()), ("cluster.x-k8s.io", "ms"));
+        assert_eq!(
+            (owner.group(), owner.name.as_str()),
+            ("cluster.x-k8s.io", "ms")
+        );
     }
 
     #[test]

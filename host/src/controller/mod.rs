@@ -248,7 +248,9 @@ impl Controller {
             .max(1);
         let sync_period = options
             .sync_period
-            .or(info.resync_seconds.map(|s| Duration::from_secs(u64::from(s))))
+            .or(info
+                .resync_seconds
+                .map(|s| Duration::from_secs(u64::from(s))))
             .unwrap_or(DEFAULT_SYNC_PERIOD);
         let metrics = metrics_for(&name, concurrency);
         let queue = WorkQueue::new(options.queue, metrics.queue.clone());
@@ -304,7 +306,9 @@ impl Controller {
         let mut workers = Vec::new();
         for _ in 0..self.concurrency {
             let c = Arc::clone(&self);
-            workers.push(tokio::spawn(async move { while c.process_next().await.is_some() {} }));
+            workers.push(tokio::spawn(async move {
+                while c.process_next().await.is_some() {}
+            }));
         }
         let resync = {
             let c = Arc::clone(&self);
@@ -437,11 +441,15 @@ impl Controller {
         let result = if self.blocking_calls {
             let plugin = Arc::clone(&self.plugin);
             let span = span.clone();
-            match tokio::task::spawn_blocking(move || span.in_scope(|| plugin.reconcile(&key, &snapshot)))
-                .await
+            match tokio::task::spawn_blocking(move || {
+                span.in_scope(|| plugin.reconcile(&key, &snapshot))
+            })
+            .await
             {
                 Ok(r) => r,
-                Err(e) => Err(CallFailure::Fault(Fault::Trap(format!("plugin call panicked: {e}")))),
+                Err(e) => Err(CallFailure::Fault(Fault::Trap(format!(
+                    "plugin call panicked: {e}"
+                )))),
             }
         } else {
             span.in_scope(|| self.plugin.reconcile(&key, &snapshot))

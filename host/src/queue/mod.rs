@@ -270,7 +270,10 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
         st.seq += 1;
         let seq = st.seq;
         st.waiting.insert(key.clone(), (at, seq));
-        let first = st.timers.first_key_value().is_none_or(|(k, _)| (at, seq) < *k);
+        let first = st
+            .timers
+            .first_key_value()
+            .is_none_or(|(k, _)| (at, seq) < *k);
         st.timers.insert((at, seq), key);
         if first {
             self.timers_changed.notify_one();
@@ -285,7 +288,10 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
         let exp = exponential_delay(self.config.base_delay, self.config.max_delay, *failures);
         *failures = failures.saturating_add(1);
         let now = Instant::now();
-        let bucket = st.bucket.as_mut().map_or(Duration::ZERO, |b| b.reserve(now));
+        let bucket = st
+            .bucket
+            .as_mut()
+            .map_or(Duration::ZERO, |b| b.reserve(now));
         let delay = exp.max(bucket);
         self.add_after_locked(&mut st, key, delay);
         delay
@@ -342,9 +348,11 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
     pub fn done(&self, key: &K) {
         let mut st = self.state.lock();
         if let Some(start) = st.processing.remove(key) {
-            self.metrics
-                .work_duration
-                .observe(Instant::now().saturating_duration_since(start).as_secs_f64());
+            self.metrics.work_duration.observe(
+                Instant::now()
+                    .saturating_duration_since(start)
+                    .as_secs_f64(),
+            );
         }
         if st.dirty.contains(key) && !st.shutting_down {
             st.queue.push_back(key.clone());
@@ -405,7 +413,10 @@ mod tests {
     }
 
     async fn next(q: &WorkQueue<String>) -> Option<String> {
-        timeout(Duration::from_secs(3600), q.get()).await.ok().flatten()
+        timeout(Duration::from_secs(3600), q.get())
+            .await
+            .ok()
+            .flatten()
     }
 
     #[tokio::test(start_paused = true)]
@@ -498,7 +509,10 @@ mod tests {
             burst: 100,
         }));
         for i in 0..100 {
-            assert_eq!(q.add_rate_limited(format!("k{i}")), Duration::from_millis(5));
+            assert_eq!(
+                q.add_rate_limited(format!("k{i}")),
+                Duration::from_millis(5)
+            );
         }
         // 101st distinct key: the bucket is empty, one token per 100 ms.
         assert_eq!(

@@ -159,9 +159,17 @@ mod tests {
     fn each_rule_maps_to_the_right_primary() {
         let machine_gvk = Gvk::new("cluster.x-k8s.io", "v1beta2", "Machine");
         let cluster_gvk = Gvk::new("cluster.x-k8s.io", "v1beta2", "Cluster");
-        let o = machine("Machine", true, "c1", r#"{"name":"infra","namespace":"other"}"#);
+        let o = machine(
+            "Machine",
+            true,
+            "c1",
+            r#"{"name":"infra","namespace":"other"}"#,
+        );
         assert_eq!(keys_for(&Rule::Primary, &machine_gvk, &o), [k("m")]);
-        assert_eq!(keys_for(&Rule::ControllerOwner, &machine_gvk, &o), [k("owner")]);
+        assert_eq!(
+            keys_for(&Rule::ControllerOwner, &machine_gvk, &o),
+            [k("owner")]
+        );
         // Owner of another kind, or not the controller: nothing.
         assert!(keys_for(&Rule::ControllerOwner, &cluster_gvk, &o).is_empty());
         let not_controller = machine("Machine", false, "c1", "null");
@@ -169,11 +177,19 @@ mod tests {
         let label = Rule::Label("cluster.x-k8s.io/cluster-name".into());
         assert_eq!(keys_for(&label, &cluster_gvk, &o), [k("c1")]);
         assert_eq!(
-            keys_for(&Rule::Field(split_path("spec.infrastructureRef")), &machine_gvk, &o),
+            keys_for(
+                &Rule::Field(split_path("spec.infrastructureRef")),
+                &machine_gvk,
+                &o
+            ),
             [ObjectKey::new("other", "infra")]
         );
         assert_eq!(
-            keys_for(&Rule::Field(split_path("spec.bootstrap.dataSecretName")), &machine_gvk, &o),
+            keys_for(
+                &Rule::Field(split_path("spec.bootstrap.dataSecretName")),
+                &machine_gvk,
+                &o
+            ),
             [k("sec")]
         );
         assert!(keys_for(&Rule::Field(split_path("spec.missing")), &machine_gvk, &o).is_empty());

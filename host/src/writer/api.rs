@@ -55,8 +55,12 @@ impl From<kube::Error> for ApiError {
 /// Create, patch (merge) and delete by resource; events are created like any object.
 pub trait WriteApi: Send + Sync + fmt::Debug {
     /// POST `body`; returns the stored object.
-    fn create<'a>(&'a self, res: &'a Resource, ns: &'a str, body: Value)
-    -> BoxFut<'a, Result<Value, ApiError>>;
+    fn create<'a>(
+        &'a self,
+        res: &'a Resource,
+        ns: &'a str,
+        body: Value,
+    ) -> BoxFut<'a, Result<Value, ApiError>>;
     /// PATCH (JSON merge patch) the object or, with `status`, its status subresource.
     fn patch<'a>(
         &'a self,
@@ -116,7 +120,11 @@ impl WriteApi for KubeWriteApi {
     ) -> BoxFut<'a, Result<Value, ApiError>> {
         Box::pin(async move {
             let obj: DynamicObject = serde_json::from_value(body).map_err(ApiError::Body)?;
-            to_value(self.api(res, ns).create(&PostParams::default(), &obj).await?)
+            to_value(
+                self.api(res, ns)
+                    .create(&PostParams::default(), &obj)
+                    .await?,
+            )
         })
     }
 

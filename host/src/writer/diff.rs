@@ -143,7 +143,10 @@ mod tests {
             spec_patch(&c, &d),
             Some(json!({"metadata": {"labels": {"b": "3", "c": "4"}}, "spec": {"replicas": 2}}))
         );
-        assert_eq!(status_patch(&c, &d), Some(json!({"status": {"phase": "Running"}})));
+        assert_eq!(
+            status_patch(&c, &d),
+            Some(json!({"status": {"phase": "Running"}}))
+        );
     }
 
     #[test]
@@ -153,8 +156,10 @@ mod tests {
                        "spec": {"template": {"x": [1, 2, 3]}}});
         assert_eq!(
             spec_patch(&c, &d),
-            Some(json!({"metadata": {"finalizers": null, "labels": {"a": null}},
-                        "spec": {"template": {"x": [1, 2, 3]}}}))
+            Some(
+                json!({"metadata": {"finalizers": null, "labels": {"a": null}},
+                        "spec": {"template": {"x": [1, 2, 3]}}})
+            )
         );
         let s = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
         assert_eq!(status_patch(&c, &s), Some(s.clone()));
@@ -165,7 +170,10 @@ mod tests {
         let mut c = current();
         c.as_object_mut().unwrap().remove("status");
         let d = json!({"status": {"ready": true}});
-        assert_eq!(status_patch(&c, &d), Some(json!({"status": {"ready": true}})));
+        assert_eq!(
+            status_patch(&c, &d),
+            Some(json!({"status": {"ready": true}}))
+        );
         assert_eq!(status_patch(&c, &json!({"spec": {}})), None);
         // Applying the patch to current gives the overlay.
         let c = current();

@@ -188,12 +188,19 @@ mod tests {
         for _ in 0..5 {
             svc.ready().await.unwrap().call(()).await.unwrap();
         }
-        assert!(start.elapsed() < Duration::from_millis(15), "burst is immediate");
+        assert!(
+            start.elapsed() < Duration::from_millis(15),
+            "burst is immediate"
+        );
         for _ in 0..5 {
             svc.ready().await.unwrap().call(()).await.unwrap();
         }
         // Five more at 50/s need about 100 ms.
-        assert!(start.elapsed() >= Duration::from_millis(80), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(80),
+            "{:?}",
+            start.elapsed()
+        );
         assert!(RateLimitLayer::new(0.0, 1).is_none());
         assert!(RateLimitLayer::new(-1.0, 1).is_none());
     }

@@ -32,9 +32,7 @@ pub use api::{ApiError, BoxFut, KubeWriteApi, Resource, WriteApi};
 
 use crate::cache::{Cache, CachedObject, Gvk, ObjectKey};
 use crate::metrics::ControllerMetrics;
-use crate::runtime::bindings::capstan::reconciler::types::{
-    EventType, Outcome, Permission, Verbs,
-};
+use crate::runtime::bindings::capstan::reconciler::types::{EventType, Outcome, Permission, Verbs};
 use kube::core::ApiResource;
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
@@ -238,8 +236,7 @@ fn parse_object(plugin: &str, text: &str) -> Result<(Gvk, ObjectKey, Value), Wri
         plugin: plugin.to_string(),
         reason,
     };
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| invalid(format!("not JSON: {e}")))?;
     let s = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
     let api_version = s(value.get("apiVersion"));
     let kind = s(value.get("kind"));
@@ -314,7 +311,13 @@ impl WritePath {
     }
 
     /// Record our write's response; returns its resourceVersion.
-    fn remember(&self, gvk: &Gvk, key: &ObjectKey, before: &str, response: Value) -> Option<String> {
+    fn remember(
+        &self,
+        gvk: &Gvk,
+        key: &ObjectKey,
+        before: &str,
+        response: Value,
+    ) -> Option<String> {
         let after = CachedObject::from_value(response).ok()?;
         let rv = after.resource_version.clone();
         let mut recent = self.recent.lock();
@@ -356,7 +359,11 @@ impl WritePath {
     }
 
     /// Validate the outcome, check every write against the grants, then send what differs.
-    pub async fn write(&self, w: &Writer<'_>, outcome: &Outcome) -> Result<WriteReport, WriteError> {
+    pub async fn write(
+        &self,
+        w: &Writer<'_>,
+        outcome: &Outcome,
+    ) -> Result<WriteReport, WriteError> {
         let mut plan = Vec::with_capacity(outcome.apply.len() + outcome.status.len());
         for text in &outcome.apply {
             let (gvk, key, value) = parse_object(w.plugin, text)?;
@@ -438,7 +445,9 @@ impl WritePath {
         guards: &mut Guards,
         report: &mut WriteReport,
     ) -> Result<(), WriteError> {
-        let res = self.resource(gvk).ok_or_else(|| self.refuse(w, Verb::Patch, gvk, key))?;
+        let res = self
+            .resource(gvk)
+            .ok_or_else(|| self.refuse(w, Verb::Patch, gvk, key))?;
         let id = (gvk.clone(), key.clone());
         let lock = self.lock_for(&id);
         let result = async {
@@ -456,7 +465,8 @@ impl WritePath {
                             meta.remove("uid");
                         }
                     }
-                    let span = tracing::debug_span!("write", verb = "create", kind = %gvk, object = %key);
+                    let span =
+                        tracing::debug_span!("write", verb = "create", kind = %gvk, object = %key);
                     let created = self
                         .api
                         .create(&res, &key.namespace, body)
@@ -483,7 +493,8 @@ impl WritePath {
                         patch,
                         guard(guards, gvk, key, &current.resource_version),
                     );
-                    let span = tracing::debug_span!("write", verb = "patch", kind = %gvk, object = %key);
+                    let span =
+                        tracing::debug_span!("write", verb = "patch", kind = %gvk, object = %key);
                     let patched = self
                         .api
                         .patch(&res, &key.namespace, &key.name, patch, false)
@@ -519,10 +530,12 @@ impl WritePath {
         let lock = self.lock_for(&id);
         let result = async {
             let _held = lock.lock().await;
-            let current = self.freshest(gvk, key).ok_or_else(|| WriteError::NotFound {
-                kind: gvk.clone(),
-                object: key.clone(),
-            })?;
+            let current = self
+                .freshest(gvk, key)
+                .ok_or_else(|| WriteError::NotFound {
+                    kind: gvk.clone(),
+                    object: key.clone(),
+                })?;
             let cur: Value = serde_json::from_str(&current.json).unwrap_or(Value::Null);
             let Some(patch) = diff::status_patch(&cur, &value) else {
                 report.skipped += 1;
@@ -533,7 +546,8 @@ impl WritePath {
                 patch,
                 guard(guards, gvk, key, &current.resource_version),
             );
-            let span = tracing::debug_span!("write", verb = "patch-status", kind = %gvk, object = %key);
+            let span =
+                tracing::debug_span!("write", verb = "patch-status", kind = %gvk, object = %key);
             let patched = self
                 .api
                 .patch(&res, &key.namespace, &key.name, patch, true)
@@ -596,8 +610,16 @@ impl WritePath {
         };
         let regarding_uid = self
             .cache
-            .kind(&Gvk::from_api_version(&ev.regarding.api_version, &ev.regarding.kind))
-            .and_then(|k| k.get(&ObjectKey::new(ev.regarding.namespace.clone(), ev.regarding.name.clone())))
+            .kind(&Gvk::from_api_version(
+                &ev.regarding.api_version,
+                &ev.regarding.kind,
+            ))
+            .and_then(|k| {
+                k.get(&ObjectKey::new(
+                    ev.regarding.namespace.clone(),
+                    ev.regarding.name.clone(),
+                ))
+            })
             .map(|o| o.uid.clone())
             .unwrap_or_default();
         let body = json!({
