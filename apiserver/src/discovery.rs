@@ -33,18 +33,29 @@ pub fn api_versions(addr: &str) -> Value {
 }
 
 fn gv(group: &str, version: &str) -> String {
-    if group.is_empty() { version.to_string() } else { format!("{group}/{version}") }
+    if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    }
 }
 
 fn group_json(group: &str, versions: &[String]) -> Value {
-    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": gv(group, v), "version": v})).collect();
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": gv(group, v), "version": v}))
+        .collect();
     json!({"name": group, "versions": vs, "preferredVersion": vs.first().cloned().unwrap_or_default()})
 }
 
 /// `/apis` (legacy APIGroupList).
 pub fn api_groups(reg: &Registry) -> Value {
-    let groups: Vec<Value> =
-        reg.groups().iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_json(g, vs)).collect();
+    let groups: Vec<Value> = reg
+        .groups()
+        .iter()
+        .filter(|(g, _)| !g.is_empty())
+        .map(|(g, vs)| group_json(g, vs))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -87,7 +98,11 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
     if !reg.has_version(group, version) {
         return None;
     }
-    let resources: Vec<Value> = reg.resources(group, version).iter().flat_map(|t| resource_entries(t)).collect();
+    let resources: Vec<Value> = reg
+        .resources(group, version)
+        .iter()
+        .flat_map(|t| resource_entries(t))
+        .collect();
     let mut v = json!({"kind": "APIResourceList", "groupVersion": gv(group, version), "resources": resources});
     if !group.is_empty() {
         v["apiVersion"] = json!("v1");
@@ -96,7 +111,8 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
 }
 
 /// Content type of aggregated discovery v2.
-pub const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_V2: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// Aggregated discovery (`apidiscovery.k8s.io/v2`) for the core group (`core`) or all others.
 pub fn aggregated(reg: &Registry, core: bool) -> Value {
@@ -156,7 +172,11 @@ pub fn openapi_v3_root(reg: &Registry) -> Value {
     let mut paths = serde_json::Map::new();
     for (g, vs) in reg.groups() {
         for v in vs {
-            let p = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
+            let p = if g.is_empty() {
+                format!("api/{v}")
+            } else {
+                format!("apis/{g}/{v}")
+            };
             let url = format!("/openapi/v3/{p}?hash={}", hash_of(reg, g, v));
             paths.insert(p, json!({"serverRelativeURL": url}));
         }
@@ -168,7 +188,15 @@ fn hash_of(reg: &Registry, g: &str, v: &str) -> String {
     // Changes whenever the set of resources or their schemas change.
     let mut h: u64 = 0xcbf29ce484222325;
     for t in reg.resources(g, v) {
-        let s = format!("{}{}{}", t.plural, t.kind, t.raw_schema.as_ref().map(|s| s.to_string().len()).unwrap_or(0));
+        let s = format!(
+            "{}{}{}",
+            t.plural,
+            t.kind,
+            t.raw_schema
+                .as_ref()
+                .map(|s| s.to_string().len())
+                .unwrap_or(0)
+        );
         for b in s.bytes() {
             h ^= b as u64;
             h = h.wrapping_mul(0x100000001b3);
@@ -220,7 +248,11 @@ pub fn openapi_v3_group(reg: &Registry, group: &str, version: &str) -> Option<Va
             m.insert("x-kubernetes-group-version-kind".into(), gvk.clone());
         }
         schemas.insert(name.clone(), s);
-        let base = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+        let base = if group.is_empty() {
+            format!("/api/{version}")
+        } else {
+            format!("/apis/{group}/{version}")
+        };
         let item = if t.namespaced {
             format!("{base}/namespaces/{{namespace}}/{}/{{name}}", t.plural)
         } else {

@@ -108,7 +108,8 @@ pub struct Inner {
 type Query = HashMap<String, String>;
 
 fn parse_query(q: Option<&str>) -> Query {
-    q.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+    q.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
 }
 
 fn full(code: StatusCode, content_type: &str, body: Bytes) -> Response<Body> {
@@ -122,7 +123,11 @@ fn full(code: StatusCode, content_type: &str, body: Bytes) -> Response<Body> {
 
 fn json_response(code: u16, v: &Value) -> Response<Body> {
     let code = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
-    full(code, "application/json", Bytes::from(serde_json::to_vec(v).unwrap_or_default()))
+    full(
+        code,
+        "application/json",
+        Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+    )
 }
 
 /// A Status error response.
@@ -144,23 +149,39 @@ struct Labels {
 }
 
 /// Handles one request.
-pub async fn handle(inner: Arc<Inner>, req: http::Request<Incoming>, cert_authenticated: bool) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    inner: Arc<Inner>,
+    req: http::Request<Incoming>,
+    cert_authenticated: bool,
+) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let latency = inner.knobs.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let mut labels = Labels { verb: "OTHER", resource: String::new() };
+    let mut labels = Labels {
+        verb: "OTHER",
+        resource: String::new(),
+    };
     let resp = match route(&inner, req, cert_authenticated, &mut labels).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
-    inner.metrics.observe(labels.verb, &labels.resource, resp.status().as_u16(), start.elapsed());
+    inner.metrics.observe(
+        labels.verb,
+        &labels.resource,
+        resp.status().as_u16(),
+        start.elapsed(),
+    );
     Ok(resp)
 }
 
 fn accepts_table(parts: &http::request::Parts) -> bool {
-    parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("as=Table"))
+    parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"))
 }
 
 fn wants_aggregated(parts: &http::request::Parts) -> bool {
@@ -168,13 +189,27 @@ fn wants_aggregated(parts: &http::request::Parts) -> bool {
         .headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.split(',').any(|p| p.contains("as=APIGroupDiscoveryList") && p.contains("v=v2") && !p.contains("v2beta1")))
+        .is_some_and(|a| {
+            a.split(',').any(|p| {
+                p.contains("as=APIGroupDiscoveryList")
+                    && p.contains("v=v2")
+                    && !p.contains("v2beta1")
+            })
+        })
 }
 
-async fn route(inner: &Arc<Inner>, req: http::Request<Incoming>, cert_ok: bool, labels: &mut Labels) -> Result<Response<Body>, ApiError> {
+async fn route(
+    inner: &Arc<Inner>,
+    req: http::Request<Incoming>,
+    cert_ok: bool,
+    labels: &mut Labels,
+) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let public = matches!(path.as_str(), "/healthz" | "/livez" | "/readyz" | "/version");
+    let public = matches!(
+        path.as_str(),
+        "/healthz" | "/livez" | "/readyz" | "/version"
+    );
     if inner.require_auth && !cert_ok && !public {
         let token_ok = parts
             .headers
@@ -192,12 +227,24 @@ async fn route(inner: &Arc<Inner>, req: http::Request<Incoming>, cert_ok: bool, 
     let query = parse_query(parts.uri.query());
     if parts.method == Method::GET {
         match path.as_str() {
-            "/healthz" | "/livez" | "/readyz" => return Ok(full(StatusCode::OK, "text/plain; charset=utf-8", Bytes::from_static(b"ok"))),
+            "/healthz" | "/livez" | "/readyz" => {
+                return Ok(full(
+                    StatusCode::OK,
+                    "text/plain; charset=utf-8",
+                    Bytes::from_static(b"ok"),
+                ));
+            }
             "/version" => return Ok(json_response(200, &discovery::version())),
             "/metrics" => {
                 let st = inner.state.read();
-                let text = inner.metrics.render(st.object_count(), st.json_bytes, st.rv);
-                return Ok(full(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(text)));
+                let text = inner
+                    .metrics
+                    .render(st.object_count(), st.json_bytes, st.rv);
+                return Ok(full(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    Bytes::from(text),
+                ));
             }
             "/api" | "/api/" => {
                 labels.verb = "GET";
@@ -213,9 +260,17 @@ async fn route(inner: &Arc<Inner>, req: http::Request<Incoming>, cert_ok: bool, 
                     let v = discovery::aggregated(&inner.state.read().registry, false);
                     return Ok(aggregated_response(&v));
                 }
-                return Ok(json_response(200, &discovery::api_groups(&inner.state.read().registry)));
+                return Ok(json_response(
+                    200,
+                    &discovery::api_groups(&inner.state.read().registry),
+                ));
             }
-            "/openapi/v3" => return Ok(json_response(200, &discovery::openapi_v3_root(&inner.state.read().registry))),
+            "/openapi/v3" => {
+                return Ok(json_response(
+                    200,
+                    &discovery::openapi_v3_root(&inner.state.read().registry),
+                ));
+            }
             _ => {}
         }
         if let Some(rest) = path.strip_prefix("/openapi/v3/") {
@@ -225,16 +280,24 @@ async fn route(inner: &Arc<Inner>, req: http::Request<Incoming>, cert_ok: bool, 
                 ["apis", g, v] => discovery::openapi_v3_group(reg, g, v),
                 _ => None,
             };
-            return doc.map(|d| json_response(200, &d)).ok_or_else(ApiError::no_route);
+            return doc
+                .map(|d| json_response(200, &d))
+                .ok_or_else(ApiError::no_route);
         }
     }
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let (group, version, rest) = match segs.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
         ["apis", g] if parts.method == Method::GET => {
             let g = inner.state.read().registry.clone();
-            return discovery::api_group(&g, segs[1]).map(|v| json_response(200, &v)).ok_or_else(ApiError::no_route);
+            return discovery::api_group(&g, segs[1])
+                .map(|v| json_response(200, &v))
+                .ok_or_else(ApiError::no_route);
         }
         _ => return Err(ApiError::no_route()),
     };
@@ -243,7 +306,9 @@ async fn route(inner: &Arc<Inner>, req: http::Request<Incoming>, cert_ok: bool, 
             return Err(ApiError::method_not_allowed(parts.method.as_str()));
         }
         let reg = &inner.state.read().registry;
-        return discovery::resource_list(reg, group, version).map(|v| json_response(200, &v)).ok_or_else(ApiError::no_route);
+        return discovery::resource_list(reg, group, version)
+            .map(|v| json_response(200, &v))
+            .ok_or_else(ApiError::no_route);
     }
     // Resolve the resource.
     let (rt, ns, name, sub) = {
@@ -252,19 +317,47 @@ async fn route(inner: &Arc<Inner>, req: http::Request<Incoming>, cert_ok: bool, 
         if !reg.has_version(group, version) {
             return Err(ApiError::no_route());
         }
-        let namespaced_path = rest.len() >= 3 && rest[0] == "namespaces" && reg.get(group, version, rest[2]).is_some_and(|t| t.namespaced);
+        let namespaced_path = rest.len() >= 3
+            && rest[0] == "namespaces"
+            && reg
+                .get(group, version, rest[2])
+                .is_some_and(|t| t.namespaced);
         let (ns, res, name, sub, extra) = if namespaced_path {
-            (Some(rest[1]), rest[2], rest.get(3).copied(), rest.get(4).copied(), rest.len() > 5)
+            (
+                Some(rest[1]),
+                rest[2],
+                rest.get(3).copied(),
+                rest.get(4).copied(),
+                rest.len() > 5,
+            )
         } else {
-            (None, rest[0], rest.get(1).copied(), rest.get(2).copied(), rest.len() > 3)
+            (
+                None,
+                rest[0],
+                rest.get(1).copied(),
+                rest.get(2).copied(),
+                rest.len() > 3,
+            )
         };
-        let rt = reg.get(group, version, res).cloned().ok_or_else(ApiError::no_route)?;
+        let rt = reg
+            .get(group, version, res)
+            .cloned()
+            .ok_or_else(ApiError::no_route)?;
         if extra || (ns.is_some() && !rt.namespaced) {
             return Err(ApiError::no_route());
         }
-        (rt, ns.map(str::to_string), name.map(str::to_string), sub.map(str::to_string))
+        (
+            rt,
+            ns.map(str::to_string),
+            name.map(str::to_string),
+            sub.map(str::to_string),
+        )
     };
-    labels.resource = if rt.group.is_empty() { rt.plural.clone() } else { format!("{}.{}", rt.plural, rt.group) };
+    labels.resource = if rt.group.is_empty() {
+        rt.plural.clone()
+    } else {
+        format!("{}.{}", rt.plural, rt.group)
+    };
     if let Some(s) = &sub {
         let ok = (s == "status" && rt.status_subresource) || (s == "scale" && rt.scale.is_some());
         if !ok {
@@ -274,7 +367,14 @@ async fn route(inner: &Arc<Inner>, req: http::Request<Incoming>, cert_ok: bool, 
         labels.resource.push_str(s);
     }
     let table_wanted = accepts_table(&parts);
-    let ctx = Ctx { inner, rt: &rt, ns: ns.as_deref(), query: &query, parts: &parts, table: table_wanted };
+    let ctx = Ctx {
+        inner,
+        rt: &rt,
+        ns: ns.as_deref(),
+        query: &query,
+        parts: &parts,
+        table: table_wanted,
+    };
     match (&parts.method, name.as_deref()) {
         (&Method::GET, None) if is_true(query.get("watch")) => {
             labels.verb = "WATCH";
@@ -303,7 +403,11 @@ async fn route(inner: &Arc<Inner>, req: http::Request<Incoming>, cert_ok: bool, 
         }
         (&Method::PATCH, Some(n)) => {
             let ct = content_type(&parts);
-            labels.verb = if ct.starts_with("application/apply-patch") { "APPLY" } else { "PATCH" };
+            labels.verb = if ct.starts_with("application/apply-patch") {
+                "APPLY"
+            } else {
+                "PATCH"
+            };
             let body = read_body(body).await?;
             ctx.patch(n, sub.as_deref(), &ct, &body)
         }
@@ -322,7 +426,11 @@ async fn route(inner: &Arc<Inner>, req: http::Request<Incoming>, cert_ok: bool, 
 }
 
 fn aggregated_response(v: &Value) -> Response<Body> {
-    full(StatusCode::OK, discovery::AGGREGATED_V2, Bytes::from(serde_json::to_vec(v).unwrap_or_default()))
+    full(
+        StatusCode::OK,
+        discovery::AGGREGATED_V2,
+        Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+    )
 }
 
 fn is_true(v: Option<&String>) -> bool {
@@ -345,21 +453,29 @@ fn content_type(parts: &http::request::Parts) -> String {
 async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(MAX_BODY)),
-        Err(e) => Err(ApiError::bad_request(format!("error reading request body: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::too_large(MAX_BODY))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "error reading request body: {e}"
+        ))),
     }
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
+    })
 }
 
 fn parse_body(ct: &str, body: &[u8]) -> Result<Value, ApiError> {
     match ct {
         "application/json" | "" | "*/*" => parse_json(body),
-        "application/yaml" | "application/x-yaml" | "text/yaml" => {
-            serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))
-        }
+        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}"))),
         other => Err(ApiError::unsupported_body(other)),
     }
 }
@@ -399,7 +515,13 @@ impl Ctx<'_> {
     fn manager(&self) -> String {
         match self.query.get("fieldManager") {
             Some(m) if !m.is_empty() => m.clone(),
-            _ => ops::manager_from_agent(self.parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("")),
+            _ => ops::manager_from_agent(
+                self.parts
+                    .headers
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+            ),
         }
     }
 
@@ -414,20 +536,40 @@ impl Ctx<'_> {
             let t = table::table(self.rt, &[v], o.rv, None, include, true);
             return json_response(code, &t);
         }
-        full(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), "application/json", render(self.rt, o))
+        full(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
+            "application/json",
+            render(self.rt, o),
+        )
     }
 
     fn selectors(&self) -> Result<(LabelSelector, Vec<FieldTerm>), ApiError> {
-        let ls = LabelSelector::parse(self.query.get("labelSelector").map(String::as_str).unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let fs = meta::parse_field_selector(self.query.get("fieldSelector").map(String::as_str).unwrap_or(""), &self.rt.field_labels)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let ls = LabelSelector::parse(
+            self.query
+                .get("labelSelector")
+                .map(String::as_str)
+                .unwrap_or(""),
+        )
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let fs = meta::parse_field_selector(
+            self.query
+                .get("fieldSelector")
+                .map(String::as_str)
+                .unwrap_or(""),
+            &self.rt.field_labels,
+        )
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok((ls, fs))
     }
 
     fn get(&self, name: &str, sub: Option<&str>) -> Result<Response<Body>, ApiError> {
         let key = store::key(self.ns.unwrap_or(""), name);
-        let o = self.inner.state.read().get(&self.table_key(), &key).cloned();
+        let o = self
+            .inner
+            .state
+            .read()
+            .get(&self.table_key(), &key)
+            .cloned();
         let o = o.ok_or_else(|| ApiError::not_found(&self.rt.group, &self.rt.plural, name))?;
         if sub == Some("scale") {
             return Ok(json_response(200, &scale_of(self.rt, &o.value())));
@@ -437,7 +579,11 @@ impl Ctx<'_> {
 
     fn list(&self) -> Result<Response<Body>, ApiError> {
         let (ls, fs) = self.selectors()?;
-        let rv_param = self.query.get("resourceVersion").map(String::as_str).unwrap_or("");
+        let rv_param = self
+            .query
+            .get("resourceVersion")
+            .map(String::as_str)
+            .unwrap_or("");
         let limit: usize = match self.query.get("limit").map(|l| l.parse::<i64>()) {
             Some(Ok(n)) if n > 0 && rv_param != "0" => n as usize,
             Some(Err(_)) => return Err(ApiError::bad_request("limit: invalid value")),
@@ -451,7 +597,11 @@ impl Ctx<'_> {
         if let Ok(want) = rv_param.parse::<u64>()
             && want > st.rv
         {
-            return Err(ApiError::new(504, "Timeout", format!("Too large resource version: {want}, current: {}", st.rv)));
+            return Err(ApiError::new(
+                504,
+                "Timeout",
+                format!("Too large resource version: {want}, current: {}", st.rv),
+            ));
         }
         let table_key = self.table_key();
         let mut items: Vec<Arc<Obj>> = Vec::new();
@@ -478,7 +628,10 @@ impl Ctx<'_> {
         let cont = next_key.map(|k| encode_continue(rv, &k));
         if self.table {
             let include = Include::parse(self.query.get("includeObject").map(String::as_str));
-            let vals: Vec<Value> = items.iter().map(|o| render_value(self.rt, o.value())).collect();
+            let vals: Vec<Value> = items
+                .iter()
+                .map(|o| render_value(self.rt, o.value()))
+                .collect();
             let t = table::table(self.rt, &vals, rv, cont.as_deref(), include, true);
             return Ok(json_response(200, &t));
         }
@@ -489,7 +642,8 @@ impl Ctx<'_> {
                 md["remainingItemCount"] = json!(remaining);
             }
         }
-        let head = json!({"kind": self.rt.list_kind, "apiVersion": self.rt.api_version(), "metadata": md});
+        let head =
+            json!({"kind": self.rt.list_kind, "apiVersion": self.rt.api_version(), "metadata": md});
         let head = serde_json::to_vec(&head).unwrap_or_default();
         let total: usize = items.iter().map(|o| o.json.len() + 1).sum();
         let mut buf = BytesMut::with_capacity(head.len() + total + 16);
@@ -508,13 +662,27 @@ impl Ctx<'_> {
     fn decode_continue(&self, c: &str) -> Result<String, ApiError> {
         use base64::Engine;
         let bad = |why: &str| ApiError::bad_request(format!("continue key is not valid: {why}"));
-        let raw = base64::engine::general_purpose::URL_SAFE.decode(c).or_else(|_| base64::engine::general_purpose::STANDARD.decode(c)).map_err(|_| bad("incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?;
-        let v: Value = serde_json::from_slice(&raw).map_err(|_| bad("incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?;
+        let raw = base64::engine::general_purpose::URL_SAFE
+            .decode(c)
+            .or_else(|_| base64::engine::general_purpose::STANDARD.decode(c))
+            .map_err(|_| bad("incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?;
+        let v: Value = serde_json::from_slice(&raw)
+            .map_err(|_| bad("incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?;
         let rv = v.get("rv").and_then(Value::as_u64).unwrap_or(0);
-        if rv < self.inner.continue_floor.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
+        if rv
+            < self
+                .inner
+                .continue_floor
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(ApiError::expired(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+            ));
         }
-        v.get("start").and_then(Value::as_str).map(str::to_string).ok_or_else(|| bad("missing start"))
+        v.get("start")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| bad("missing start"))
     }
 
     fn create(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
@@ -527,7 +695,12 @@ impl Ctx<'_> {
         Ok(self.object_response(201, &stored))
     }
 
-    fn update(&self, name: &str, sub: Option<&str>, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    fn update(
+        &self,
+        name: &str,
+        sub: Option<&str>,
+        body: &[u8],
+    ) -> Result<Response<Body>, ApiError> {
         let new = parse_body(&content_type(self.parts), body)?;
         if sub == Some("scale") {
             return self.update_scale(name, |_| Ok(new.clone()));
@@ -535,7 +708,9 @@ impl Ctx<'_> {
         ops::check_type(self.rt, &new, body.len())?;
         let body_name = ops::name_of(&new).to_string();
         if body_name != name {
-            return Err(ApiError::bad_request(format!("the name of the object ({body_name}) does not match the name on the URL ({name})")));
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
         }
         let ns = self.ns.unwrap_or("");
         if self.rt.namespaced
@@ -543,25 +718,45 @@ impl Ctx<'_> {
             && !bns.is_empty()
             && bns != ns
         {
-            return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
         }
-        let body_rv = new.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string).filter(|s| !s.is_empty());
+        let body_rv = new
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .filter(|s| !s.is_empty());
         let key = store::key(ns, name);
         let mut st = self.inner.state.write();
-        let old = st.get(&self.table_key(), &key).cloned().ok_or_else(|| ApiError::not_found(&self.rt.group, &self.rt.plural, name))?;
+        let old = st
+            .get(&self.table_key(), &key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&self.rt.group, &self.rt.plural, name))?;
         match &body_rv {
-            Some(rv) if *rv != old.rv.to_string() => return Err(ApiError::stale(&self.rt.group, &self.rt.plural, name)),
+            Some(rv) if *rv != old.rv.to_string() => {
+                return Err(ApiError::stale(&self.rt.group, &self.rt.plural, name));
+            }
             None if !self.rt.allow_unconditional_update => {
-                return Err(ApiError::invalid(&self.rt.qualified_kind(), &self.rt.group, name, vec![crate::status::invalid_value(
-                    "metadata.resourceVersion",
-                    &json!("0x0"),
-                    "must be specified for an update",
-                )]));
+                return Err(ApiError::invalid(
+                    &self.rt.qualified_kind(),
+                    &self.rt.group,
+                    name,
+                    vec![crate::status::invalid_value(
+                        "metadata.resourceVersion",
+                        &json!("0x0"),
+                        "must be specified for an update",
+                    )],
+                ));
             }
             _ => {}
         }
         let oldv = old.value();
-        let s = if sub == Some("status") { Sub::Status } else { Sub::Main };
+        let s = if sub == Some("status") {
+            Sub::Status
+        } else {
+            Sub::Main
+        };
         let Some(newv) = ops::prepare_update(self.rt, &oldv, new, s, &self.manager(), true)? else {
             return Ok(self.object_response(200, &old));
         };
@@ -569,33 +764,63 @@ impl Ctx<'_> {
         Ok(self.object_response(200, &stored))
     }
 
-    fn update_scale(&self, name: &str, f: impl Fn(&Value) -> Result<Value, ApiError>) -> Result<Response<Body>, ApiError> {
-        let Some(scale) = &self.rt.scale else { return Err(ApiError::no_route()) };
+    fn update_scale(
+        &self,
+        name: &str,
+        f: impl Fn(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Response<Body>, ApiError> {
+        let Some(scale) = &self.rt.scale else {
+            return Err(ApiError::no_route());
+        };
         let key = store::key(self.ns.unwrap_or(""), name);
         let mut st = self.inner.state.write();
-        let old = st.get(&self.table_key(), &key).cloned().ok_or_else(|| ApiError::not_found(&self.rt.group, &self.rt.plural, name))?;
+        let old = st
+            .get(&self.table_key(), &key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&self.rt.group, &self.rt.plural, name))?;
         let oldv = old.value();
         let new_scale = f(&scale_of(self.rt, &oldv))?;
-        if let Some(rv) = new_scale.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+        if let Some(rv) = new_scale
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
             && !rv.is_empty()
             && rv != old.rv.to_string()
         {
             return Err(ApiError::stale(&self.rt.group, &self.rt.plural, name));
         }
-        let replicas = new_scale.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
+        let replicas = new_scale
+            .pointer("/spec/replicas")
+            .cloned()
+            .unwrap_or(json!(0));
         if !replicas.is_i64() {
-            return Err(ApiError::invalid("Scale.autoscaling", "autoscaling", name, vec![crate::status::invalid_value("spec.replicas", &replicas, "must be an integer")]));
+            return Err(ApiError::invalid(
+                "Scale.autoscaling",
+                "autoscaling",
+                name,
+                vec![crate::status::invalid_value(
+                    "spec.replicas",
+                    &replicas,
+                    "must be an integer",
+                )],
+            ));
         }
         let mut newv = oldv.clone();
         set_dotted(&mut newv, &scale.spec_replicas, replicas);
-        let stored = match ops::prepare_update(self.rt, &oldv, newv, Sub::Main, &self.manager(), true)? {
-            Some(n) => ops::commit_update(&mut st, self.rt, &key, n, self.dry_run()),
-            None => old,
-        };
+        let stored =
+            match ops::prepare_update(self.rt, &oldv, newv, Sub::Main, &self.manager(), true)? {
+                Some(n) => ops::commit_update(&mut st, self.rt, &key, n, self.dry_run()),
+                None => old,
+            };
         Ok(json_response(200, &scale_of(self.rt, &stored.value())))
     }
 
-    fn patch(&self, name: &str, sub: Option<&str>, ct: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    fn patch(
+        &self,
+        name: &str,
+        sub: Option<&str>,
+        ct: &str,
+        body: &[u8],
+    ) -> Result<Response<Body>, ApiError> {
         enum Kind {
             Json(json_patch::Patch),
             Merge(Value),
@@ -604,12 +829,16 @@ impl Ctx<'_> {
         }
         let kind = match ct {
             "application/json-patch+json" => Kind::Json(
-                serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?,
+                serde_json::from_slice(body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?,
             ),
             "application/merge-patch+json" => Kind::Merge(parse_json(body)?),
-            "application/strategic-merge-patch+json" if self.rt.strategic_merge() => Kind::Strategic(parse_json(body)?),
+            "application/strategic-merge-patch+json" if self.rt.strategic_merge() => {
+                Kind::Strategic(parse_json(body)?)
+            }
             "application/apply-patch+yaml" | "application/apply-patch+json" => Kind::Apply(
-                serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
+                serde_yaml::from_slice(body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
             ),
             other => return Err(ApiError::unsupported_patch(other)),
         };
@@ -617,7 +846,8 @@ impl Ctx<'_> {
             let mut v = target.clone();
             match &kind {
                 Kind::Json(p) => {
-                    json_patch::patch(&mut v, p).map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
+                    json_patch::patch(&mut v, p)
+                        .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
                 }
                 Kind::Merge(p) => json_patch::merge(&mut v, p),
                 Kind::Strategic(p) => ops::strategic_merge(&mut v, p, ""),
@@ -631,15 +861,23 @@ impl Ctx<'_> {
         let ns = self.ns.unwrap_or("");
         let key = store::key(ns, name);
         let manager = self.manager();
-        let s = if sub == Some("status") { Sub::Status } else { Sub::Main };
+        let s = if sub == Some("status") {
+            Sub::Status
+        } else {
+            Sub::Main
+        };
         if let Kind::Apply(applied) = &kind {
             if !self.query.contains_key("fieldManager") {
-                return Err(ApiError::bad_request("PATCH, application/apply-patch+yaml requests require fieldManager to be set"));
+                return Err(ApiError::bad_request(
+                    "PATCH, application/apply-patch+yaml requests require fieldManager to be set",
+                ));
             }
             ops::check_type(self.rt, applied, body.len())?;
             let an = ops::name_of(applied);
             if an != name {
-                return Err(ApiError::bad_request(format!("the name of the object ({an}) does not match the name on the URL ({name})")));
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({an}) does not match the name on the URL ({name})"
+                )));
             }
             let force = is_true(self.query.get("force"));
             let mut st = self.inner.state.write();
@@ -659,14 +897,21 @@ impl Ctx<'_> {
             return self.finish_patch(&mut st, &key, &old, oldv, merged, s, &manager, false);
         }
         let mut st = self.inner.state.write();
-        let old = st.get(&self.table_key(), &key).cloned().ok_or_else(|| ApiError::not_found(&self.rt.group, &self.rt.plural, name))?;
+        let old = st
+            .get(&self.table_key(), &key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&self.rt.group, &self.rt.plural, name))?;
         let oldv = old.value();
         let mut newv = apply_patch(&oldv)?;
         ops::check_type(self.rt, &newv, body.len())?;
         if ops::name_of(&newv) != name {
-            return Err(ApiError::bad_request("metadata.name: the name of the object cannot be changed by a patch"));
+            return Err(ApiError::bad_request(
+                "metadata.name: the name of the object cannot be changed by a patch",
+            ));
         }
-        if let Some(rv) = newv.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+        if let Some(rv) = newv
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
             && rv != old.rv.to_string()
         {
             return Err(ApiError::stale(&self.rt.group, &self.rt.plural, name));
@@ -678,7 +923,17 @@ impl Ctx<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn finish_patch(&self, st: &mut State, key: &str, old: &Arc<Obj>, oldv: Value, newv: Value, s: Sub, manager: &str, managed: bool) -> Result<Response<Body>, ApiError> {
+    fn finish_patch(
+        &self,
+        st: &mut State,
+        key: &str,
+        old: &Arc<Obj>,
+        oldv: Value,
+        newv: Value,
+        s: Sub,
+        manager: &str,
+        managed: bool,
+    ) -> Result<Response<Body>, ApiError> {
         let Some(n) = ops::prepare_update(self.rt, &oldv, newv, s, manager, managed)? else {
             return Ok(self.object_response(200, old));
         };
@@ -687,23 +942,40 @@ impl Ctx<'_> {
     }
 
     fn delete_opts(&self, body: &[u8]) -> Result<DeleteOpts, ApiError> {
-        let v: Value = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { parse_json(body)? };
+        let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            json!({})
+        } else {
+            parse_json(body)?
+        };
         let policy = v
             .get("propagationPolicy")
             .and_then(Value::as_str)
             .map(str::to_string)
             .or_else(|| self.query.get("propagationPolicy").cloned());
-        let orphan = v.get("orphanDependents").and_then(Value::as_bool).or_else(|| self.query.get("orphanDependents").map(|o| o == "true"));
+        let orphan = v
+            .get("orphanDependents")
+            .and_then(Value::as_bool)
+            .or_else(|| self.query.get("orphanDependents").map(|o| o == "true"));
         let propagation = match policy.as_deref() {
             Some("Foreground") => Some(Propagation::Foreground),
             Some("Background") => Some(Propagation::Background),
             Some("Orphan") => Some(Propagation::Orphan),
             Some(other) => {
-                return Err(ApiError::invalid("DeleteOptions", "", "", vec![crate::status::not_supported(
-                    "propagationPolicy",
-                    &json!(other),
-                    &[json!("Foreground"), json!("Background"), json!("Orphan"), json!("nil")],
-                )]));
+                return Err(ApiError::invalid(
+                    "DeleteOptions",
+                    "",
+                    "",
+                    vec![crate::status::not_supported(
+                        "propagationPolicy",
+                        &json!(other),
+                        &[
+                            json!("Foreground"),
+                            json!("Background"),
+                            json!("Orphan"),
+                            json!("nil"),
+                        ],
+                    )],
+                ));
             }
             None => match orphan {
                 Some(true) => Some(Propagation::Orphan),
@@ -711,11 +983,20 @@ impl Ctx<'_> {
                 None => None,
             },
         };
-        let dry = self.dry_run() || v.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == "All"));
+        let dry = self.dry_run()
+            || v.get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|x| x == "All"));
         Ok(DeleteOpts {
             propagation,
-            uid: v.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
-            rv: v.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string),
+            uid: v
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            rv: v
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string),
             dry_run: dry,
         })
     }
@@ -733,7 +1014,10 @@ impl Ctx<'_> {
             if !self.rt.group.is_empty() {
                 details["group"] = json!(self.rt.group);
             }
-            return Ok(json_response(200, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})));
+            return Ok(json_response(
+                200,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
+            ));
         }
         Ok(self.object_response(200, &d.obj))
     }
@@ -742,7 +1026,11 @@ impl Ctx<'_> {
         let opts = self.delete_opts(body)?;
         let (ls, fs) = self.selectors()?;
         let mut st = self.inner.state.write();
-        let keys: Vec<String> = st.range(&self.table_key(), self.ns, None).filter(|(k, o)| matches(&ls, &fs, k, o)).map(|(k, _)| k.clone()).collect();
+        let keys: Vec<String> = st
+            .range(&self.table_key(), self.ns, None)
+            .filter(|(k, o)| matches(&ls, &fs, k, o))
+            .map(|(k, _)| k.clone())
+            .collect();
         let mut items = Vec::new();
         for k in keys {
             let (ns, name) = k.split_once('/').unwrap_or(("", &k));
@@ -752,22 +1040,40 @@ impl Ctx<'_> {
         }
         let rv = st.rv;
         drop(st);
-        Ok(json_response(200, &json!({"kind": self.rt.list_kind, "apiVersion": self.rt.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": items})))
+        Ok(json_response(
+            200,
+            &json!({"kind": self.rt.list_kind, "apiVersion": self.rt.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+        ))
     }
 
     fn watch(&self) -> Result<Response<Body>, ApiError> {
         let (ls, fs) = self.selectors()?;
-        let rv_param = self.query.get("resourceVersion").cloned().unwrap_or_default();
+        let rv_param = self
+            .query
+            .get("resourceVersion")
+            .cloned()
+            .unwrap_or_default();
         let send_initial = is_true(self.query.get("sendInitialEvents"));
         let bookmarks = is_true(self.query.get("allowWatchBookmarks"));
-        let timeout = self.query.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs).unwrap_or(Duration::from_secs(1800));
+        let timeout = self
+            .query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(1800));
         let table_key = self.table_key();
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(256);
         let mut initial: Vec<Bytes> = Vec::new();
         let want_initial = rv_param.is_empty() || rv_param == "0" || send_initial;
         let (replay, sub_rx, start_rv, expired) = {
             let mut st = self.inner.state.write();
-            let from = if want_initial { st.rv } else { rv_param.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv_param}")))? };
+            let from = if want_initial {
+                st.rv
+            } else {
+                rv_param.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version: {rv_param}"))
+                })?
+            };
             if want_initial {
                 for (k, o) in st.range(&table_key, self.ns, None) {
                     if matches(&ls, &fs, k, o) {
@@ -781,17 +1087,29 @@ impl Ctx<'_> {
             }
         };
         let mut resp = Response::new(Either::Right(StreamBody::new(ReceiverStream::new(rx))));
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, private"),
+        );
         if let Some(compacted) = expired {
-            let status = ApiError::expired(format!("too old resource version: {start_rv} ({})", compacted + 1)).to_status();
+            let status = ApiError::expired(format!(
+                "too old resource version: {start_rv} ({})",
+                compacted + 1
+            ))
+            .to_status();
             let line = json!({"type": "ERROR", "object": status});
             let mut b = serde_json::to_vec(&line).unwrap_or_default();
             b.push(b'\n');
             let _ = tx.try_send(Ok(Frame::data(Bytes::from(b))));
             return Ok(resp);
         }
-        let Some(sub_rx) = sub_rx else { return Ok(resp) };
+        let Some(sub_rx) = sub_rx else {
+            return Ok(resp);
+        };
         let w = Watcher {
             inner: self.inner.clone(),
             rt: self.rt.clone(),
@@ -807,16 +1125,40 @@ impl Ctx<'_> {
         let interval = self.inner.bookmark_interval;
         let drop_rx = self.inner.drop_watches.subscribe();
         self.inner.metrics.watch_delta(1);
-        tokio::spawn(w.run(tx, initial, end_bookmark, replay, sub_rx, bookmarks, interval, timeout, drop_rx));
+        tokio::spawn(w.run(
+            tx,
+            initial,
+            end_bookmark,
+            replay,
+            sub_rx,
+            bookmarks,
+            interval,
+            timeout,
+            drop_rx,
+        ));
         Ok(resp)
     }
 
     fn event_line(&self, ty: &str, o: &Obj, first: bool) -> Bytes {
-        event_bytes(self.rt, self.table, Include::parse(self.query.get("includeObject").map(String::as_str)), ty, o, first)
+        event_bytes(
+            self.rt,
+            self.table,
+            Include::parse(self.query.get("includeObject").map(String::as_str)),
+            ty,
+            o,
+            first,
+        )
     }
 }
 
-fn event_bytes(rt: &ResourceType, table: bool, include: Include, ty: &str, o: &Obj, first: bool) -> Bytes {
+fn event_bytes(
+    rt: &ResourceType,
+    table: bool,
+    include: Include,
+    ty: &str,
+    o: &Obj,
+    first: bool,
+) -> Bytes {
     let mut b = BytesMut::with_capacity(o.json.len() + 32);
     b.put_slice(b"{\"type\":\"");
     b.put_slice(ty.as_bytes());
@@ -942,7 +1284,14 @@ impl Watcher {
         };
         let first = self.first_table_event;
         self.first_table_event = false;
-        Some(event_bytes(&self.rt, self.table, self.include, ty, &ev.obj, first))
+        Some(event_bytes(
+            &self.rt,
+            self.table,
+            self.include,
+            ty,
+            &ev.obj,
+            first,
+        ))
     }
 
     fn bookmark(&self, initial_end: bool) -> Bytes {
@@ -950,8 +1299,10 @@ impl Watcher {
         if initial_end {
             md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        let obj = json!({"kind": self.rt.kind, "apiVersion": self.rt.api_version(), "metadata": md});
-        let mut b = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).unwrap_or_default();
+        let obj =
+            json!({"kind": self.rt.kind, "apiVersion": self.rt.api_version(), "metadata": md});
+        let mut b =
+            serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).unwrap_or_default();
         b.push(b'\n');
         Bytes::from(b)
     }

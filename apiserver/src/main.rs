@@ -44,9 +44,14 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
-    let mut b = capstan_apiserver::Server::builder().history_limit(args.history).latency(Duration::from_millis(args.latency_ms));
+    let mut b = capstan_apiserver::Server::builder()
+        .history_limit(args.history)
+        .latency(Duration::from_millis(args.latency_ms));
     if args.plain_http {
         b = b.plain_http();
     }
@@ -59,13 +64,20 @@ async fn main() -> anyhow::Result<()> {
     if let Some(t) = &args.token {
         b = b.token(t);
     }
-    let server = b.start(&format!("{}:{}", args.address, args.port)).await.context("starting the API server")?;
+    let server = b
+        .start(&format!("{}:{}", args.address, args.port))
+        .await
+        .context("starting the API server")?;
     if let Some(p) = &args.kubeconfig {
-        server.write_kubeconfig(p).with_context(|| format!("writing kubeconfig {}", p.display()))?;
+        server
+            .write_kubeconfig(p)
+            .with_context(|| format!("writing kubeconfig {}", p.display()))?;
     }
     // The first stdout line is the URL, so a parent process can wait for readiness.
     println!("{}", server.url());
-    tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for ctrl-c")?;
     server.shutdown().await;
     Ok(())
 }

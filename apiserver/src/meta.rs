@@ -8,7 +8,9 @@ use crate::registry::NameRule;
 
 /// Now as RFC 3339 with second precision, like `metav1.Time`.
 pub fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// Kubernetes' `duration.HumanDuration` (what `kubectl get` prints as AGE).
@@ -25,7 +27,11 @@ pub fn human_duration(secs: i64) -> String {
     let minutes = secs / 60;
     if minutes < 10 {
         let s = secs % 60;
-        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
     }
     if minutes < 180 {
         return format!("{minutes}m");
@@ -33,21 +39,33 @@ pub fn human_duration(secs: i64) -> String {
     let hours = secs / 3600;
     if hours < 8 {
         let m = minutes % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
     }
     if hours < 48 {
         return format!("{hours}h");
     }
     if hours < 24 * 8 {
         let h = hours % 24;
-        return if h == 0 { format!("{}d", hours / 24) } else { format!("{}d{h}h", hours / 24) };
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
     }
     if hours < 24 * 365 * 2 {
         return format!("{}d", hours / 24);
     }
     if hours < 24 * 365 * 8 {
         let dy = (hours / 24) % 365;
-        return if dy == 0 { format!("{}y", hours / 24 / 365) } else { format!("{}y{dy}d", hours / 24 / 365) };
+        return if dy == 0 {
+            format!("{}y", hours / 24 / 365)
+        } else {
+            format!("{}y{dy}d", hours / 24 / 365)
+        };
     }
     format!("{}y", hours / 24 / 365)
 }
@@ -65,7 +83,8 @@ fn is_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -88,7 +107,12 @@ pub fn name_errors(rule: NameRule, name: &str) -> Vec<String> {
             if name.len() > 63 {
                 e.push("must be no more than 63 characters".to_string());
             }
-            if !is_label(&name[..name.len().min(63)]) || name.len() > 63 && !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+            if !is_label(&name[..name.len().min(63)])
+                || name.len() > 63
+                    && !name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
                 e.push(LABEL_MSG.to_string());
             }
             e
@@ -111,7 +135,8 @@ pub fn name_errors(rule: NameRule, name: &str) -> Vec<String> {
 pub fn label_value_errors(v: &str) -> Option<String> {
     let ok = v.is_empty()
         || v.len() <= 63
-            && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
             && v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
             && v.chars().last().is_some_and(|c| c.is_ascii_alphanumeric());
     if ok {
@@ -127,7 +152,10 @@ pub fn label_value_errors(v: &str) -> Option<String> {
 pub fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let bytes = uuid::Uuid::new_v4().into_bytes();
-    bytes[..5].iter().map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char).collect()
+    bytes[..5]
+        .iter()
+        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
+        .collect()
 }
 
 /// One requirement of a label selector.
@@ -191,10 +219,19 @@ fn valid_key(k: &str) -> bool {
     };
     let name_ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().last().is_some_and(|c| c.is_ascii_alphanumeric());
-    name_ok && prefix.is_none_or(|p| !p.is_empty() && name_errors(NameRule::Subdomain, p).is_empty())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    name_ok
+        && prefix.is_none_or(|p| !p.is_empty() && name_errors(NameRule::Subdomain, p).is_empty())
 }
 
 impl LabelSelector {
@@ -209,21 +246,27 @@ impl LabelSelector {
             let t = term.trim();
             let err = || SelectorError::Parse(format!("{t:?}: invalid selector term"));
             if t.is_empty() {
-                return Err(SelectorError::Parse("found '', expected: !, identifier, or 'end of string'".into()));
+                return Err(SelectorError::Parse(
+                    "found '', expected: !, identifier, or 'end of string'".into(),
+                ));
             }
             let key_ok = |k: &str| -> Result<String, SelectorError> {
                 let k = k.trim();
                 if valid_key(k) {
                     Ok(k.to_string())
                 } else {
-                    Err(SelectorError::Parse(format!("key: Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")))
+                    Err(SelectorError::Parse(format!(
+                        "key: Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+                    )))
                 }
             };
             let val_ok = |v: &str| -> Result<String, SelectorError> {
                 let v = v.trim();
                 match label_value_errors(v) {
                     None => Ok(v.to_string()),
-                    Some(m) => Err(SelectorError::Parse(format!("values[0]: Invalid value: {v:?}: {m}"))),
+                    Some(m) => Err(SelectorError::Parse(format!(
+                        "values[0]: Invalid value: {v:?}: {m}"
+                    ))),
                 }
             };
             if let Some(k) = t.strip_prefix('!') {
@@ -235,9 +278,15 @@ impl LabelSelector {
             } else if let Some((k, v)) = t.split_once('=') {
                 reqs.push(Requirement::In(key_ok(k)?, vec![val_ok(v)?]));
             } else if let Some((k, v)) = t.split_once('>') {
-                reqs.push(Requirement::Gt(key_ok(k)?, v.trim().parse().map_err(|_| err())?));
+                reqs.push(Requirement::Gt(
+                    key_ok(k)?,
+                    v.trim().parse().map_err(|_| err())?,
+                ));
             } else if let Some((k, v)) = t.split_once('<') {
-                reqs.push(Requirement::Lt(key_ok(k)?, v.trim().parse().map_err(|_| err())?));
+                reqs.push(Requirement::Lt(
+                    key_ok(k)?,
+                    v.trim().parse().map_err(|_| err())?,
+                ));
             } else if let Some(open) = t.find('(') {
                 let head = t[..open].trim();
                 let close = t.rfind(')').ok_or_else(err)?;
@@ -254,7 +303,9 @@ impl LabelSelector {
                     reqs.push(Requirement::NotIn(key_ok(k)?, values));
                 } else if let Some(k) = head.strip_suffix(" in") {
                     if values.is_empty() {
-                        return Err(SelectorError::Parse("for 'in', 'notin' operators, values set can't be empty".into()));
+                        return Err(SelectorError::Parse(
+                            "for 'in', 'notin' operators, values set can't be empty".into(),
+                        ));
                     }
                     reqs.push(Requirement::In(key_ok(k)?, values));
                 } else {
@@ -281,8 +332,12 @@ impl LabelSelector {
             Requirement::NotIn(k, vs) => labels(k).is_none_or(|v| !vs.iter().any(|x| x == v)),
             Requirement::Exists(k) => labels(k).is_some(),
             Requirement::DoesNotExist(k) => labels(k).is_none(),
-            Requirement::Gt(k, n) => labels(k).and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > *n),
-            Requirement::Lt(k, n) => labels(k).and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v < *n),
+            Requirement::Gt(k, n) => labels(k)
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v > *n),
+            Requirement::Lt(k, n) => labels(k)
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v < *n),
         })
     }
 }
@@ -299,7 +354,10 @@ pub struct FieldTerm {
 }
 
 /// Parses a field selector and checks fields against those supported.
-pub fn parse_field_selector(s: &str, supported: &[String]) -> Result<Vec<FieldTerm>, SelectorError> {
+pub fn parse_field_selector(
+    s: &str,
+    supported: &[String],
+) -> Result<Vec<FieldTerm>, SelectorError> {
     let mut out = vec![];
     if s.trim().is_empty() {
         return Ok(out);
@@ -315,10 +373,17 @@ pub fn parse_field_selector(s: &str, supported: &[String]) -> Result<Vec<FieldTe
             return Err(SelectorError::Field(s.to_string(), term.to_string()));
         };
         let field = field.trim();
-        if field != "metadata.name" && field != "metadata.namespace" && !supported.iter().any(|x| x == field) {
+        if field != "metadata.name"
+            && field != "metadata.namespace"
+            && !supported.iter().any(|x| x == field)
+        {
             return Err(SelectorError::FieldNotSupported(field.to_string()));
         }
-        out.push(FieldTerm { field: field.to_string(), value: value.trim().to_string(), negated });
+        out.push(FieldTerm {
+            field: field.to_string(),
+            value: value.trim().to_string(),
+            negated,
+        });
     }
     Ok(out)
 }
@@ -342,8 +407,14 @@ pub fn field_value(obj: &Value, field: &str) -> String {
 /// Known merge keys of associative lists in built-in kinds (strategic merge and field sets).
 pub fn builtin_merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "volumeMounts"
-        | "imagePullSecrets" | "secrets" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "volumeMounts"
+        | "imagePullSecrets"
+        | "secrets" => "name",
         "ports" => "containerPort",
         "conditions" => "type",
         "ownerReferences" => "uid",
@@ -359,7 +430,12 @@ pub type FieldPath = Vec<String>;
 
 /// Collects the leaf paths of a value as fieldsV1 keys. `list_key` gives the merge key of an
 /// associative list (by field name); other lists are atomic.
-pub fn leaf_paths(v: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPath>, list_key: &dyn Fn(&[String], &str) -> Option<String>) {
+pub fn leaf_paths(
+    v: &Value,
+    prefix: &mut FieldPath,
+    out: &mut BTreeSet<FieldPath>,
+    list_key: &dyn Fn(&[String], &str) -> Option<String>,
+) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, val) in m {
@@ -391,7 +467,9 @@ pub fn leaf_paths(v: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPat
                             }
                         }
                     }
-                    Value::Object(inner) if !inner.is_empty() => leaf_paths(val, prefix, out, list_key),
+                    Value::Object(inner) if !inner.is_empty() => {
+                        leaf_paths(val, prefix, out, list_key)
+                    }
                     _ => {
                         out.insert(prefix.clone());
                     }
@@ -406,8 +484,12 @@ pub fn leaf_paths(v: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPat
 /// Renders a set of paths as a fieldsV1 object.
 pub fn to_fields_v1(paths: &BTreeSet<FieldPath>) -> Value {
     fn insert(m: &mut Map<String, Value>, p: &[String]) {
-        let Some((first, rest)) = p.split_first() else { return };
-        let e = m.entry(first.clone()).or_insert_with(|| Value::Object(Map::new()));
+        let Some((first, rest)) = p.split_first() else {
+            return;
+        };
+        let e = m
+            .entry(first.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
         if !e.is_object() {
             *e = Value::Object(Map::new());
         }
@@ -451,8 +533,14 @@ mod tests {
 
     #[test]
     fn label_selectors() {
-        let s = LabelSelector::parse("app=web,tier!=db,env in (a, b),!legacy,owner,x notin (y)").unwrap();
-        let labels = [("app", "web"), ("env", "b"), ("owner", "me"), ("tier", "fe")];
+        let s = LabelSelector::parse("app=web,tier!=db,env in (a, b),!legacy,owner,x notin (y)")
+            .unwrap();
+        let labels = [
+            ("app", "web"),
+            ("env", "b"),
+            ("owner", "me"),
+            ("tier", "fe"),
+        ];
         let get = |k: &str| labels.iter().find(|(a, _)| *a == k).map(|(_, v)| *v);
         assert!(s.matches(get));
         let s2 = LabelSelector::parse("app=web,env in (c)").unwrap();
@@ -478,7 +566,10 @@ mod tests {
         let mut out = BTreeSet::new();
         leaf_paths(&v, &mut vec![], &mut out, &|_, _| None);
         let f = to_fields_v1(&out);
-        assert_eq!(f, json!({"f:metadata": {"f:labels": {"f:a": {}}}, "f:spec": {"f:list": {}, "f:x": {}}}));
+        assert_eq!(
+            f,
+            json!({"f:metadata": {"f:labels": {"f:a": {}}}, "f:spec": {"f:list": {}, "f:x": {}}})
+        );
         assert_eq!(from_fields_v1(&f), out);
     }
 }

@@ -45,8 +45,16 @@ pub struct Deleted {
 }
 
 const EXCLUDED_META: &[&str] = &[
-    "name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
-    "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds",
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
 ];
 
 fn obj_mut(v: &mut Value) -> &mut Map<String, Value> {
@@ -77,7 +85,12 @@ pub fn name_of(v: &Value) -> &str {
 fn finalizers(v: &Value) -> Vec<String> {
     v.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -91,22 +104,32 @@ fn set_finalizers(v: &mut Value, f: Vec<String>) {
 }
 
 fn is_deleting(v: &Value) -> bool {
-    v.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
+    v.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
 }
 
 /// Checks apiVersion and kind of a body against the resource (filling them when absent is not
 /// allowed: kube requires kind).
 pub fn check_type(rt: &ResourceType, obj: &Value, raw_len: usize) -> Result<(), ApiError> {
     let Some(m) = obj.as_object() else {
-        return Err(ApiError::bad_request("the object provided is not a JSON object"));
+        return Err(ApiError::bad_request(
+            "the object provided is not a JSON object",
+        ));
     };
     let kind = m.get("kind").and_then(Value::as_str).unwrap_or_default();
     if kind.is_empty() {
-        return Err(ApiError::bad_request(format!("Object 'Kind' is missing in object of {raw_len} bytes")));
+        return Err(ApiError::bad_request(format!(
+            "Object 'Kind' is missing in object of {raw_len} bytes"
+        )));
     }
-    let av = m.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let av = m
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if av.is_empty() {
-        return Err(ApiError::bad_request(format!("Object 'apiVersion' is missing in object of {raw_len} bytes")));
+        return Err(ApiError::bad_request(format!(
+            "Object 'apiVersion' is missing in object of {raw_len} bytes"
+        )));
     }
     if av != rt.api_version() {
         return Err(ApiError::bad_request(format!(
@@ -120,7 +143,9 @@ pub fn check_type(rt: &ResourceType, obj: &Value, raw_len: usize) -> Result<(), 
             rt.kind
         )));
     }
-    if m.get("metadata").is_some_and(|md| !md.is_object() && !md.is_null()) {
+    if m.get("metadata")
+        .is_some_and(|md| !md.is_object() && !md.is_null())
+    {
         return Err(ApiError::bad_request("metadata: expected an object"));
     }
     Ok(())
@@ -149,7 +174,10 @@ fn check_namespace(rt: &ResourceType, ns: Option<&str>, obj: &mut Value) -> Resu
 fn validate_meta(rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
     let name = name_of(obj);
     if name.is_empty() {
-        causes.push(status::required("metadata.name", "name or generateName is required"));
+        causes.push(status::required(
+            "metadata.name",
+            "name or generateName is required",
+        ));
     } else {
         for msg in meta::name_errors(rt.name_rule, name) {
             causes.push(status::invalid_value("metadata.name", &json!(name), &msg));
@@ -162,28 +190,50 @@ fn validate_meta(rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
                     match v.as_str() {
                         Some(s) => {
                             if let Some(msg) = meta::label_value_errors(s) {
-                                causes.push(status::invalid_value(&format!("metadata.labels"), v, &msg));
+                                causes.push(status::invalid_value(
+                                    &format!("metadata.labels"),
+                                    v,
+                                    &msg,
+                                ));
                             }
                         }
-                        None => causes.push(status::type_invalid(&format!("metadata.labels.{k}"), v, "must be a string")),
+                        None => causes.push(status::type_invalid(
+                            &format!("metadata.labels.{k}"),
+                            v,
+                            "must be a string",
+                        )),
                     }
                 }
             }
             None if labels.is_null() => {}
-            None => causes.push(status::type_invalid("metadata.labels", labels, "must be an object")),
+            None => causes.push(status::type_invalid(
+                "metadata.labels",
+                labels,
+                "must be an object",
+            )),
         }
     }
     if let Some(a) = obj.pointer("/metadata/annotations")
         && !a.is_null()
-        && !a.as_object().is_some_and(|m| m.values().all(Value::is_string))
+        && !a
+            .as_object()
+            .is_some_and(|m| m.values().all(Value::is_string))
     {
-        causes.push(status::type_invalid("metadata.annotations", a, "must be a map of strings"));
+        causes.push(status::type_invalid(
+            "metadata.annotations",
+            a,
+            "must be a map of strings",
+        ));
     }
     if let Some(f) = obj.pointer("/metadata/finalizers")
         && !f.is_null()
         && !f.as_array().is_some_and(|a| a.iter().all(Value::is_string))
     {
-        causes.push(status::type_invalid("metadata.finalizers", f, "must be a list of strings"));
+        causes.push(status::type_invalid(
+            "metadata.finalizers",
+            f,
+            "must be a list of strings",
+        ));
     }
 }
 
@@ -215,7 +265,10 @@ fn admit(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
                 let data = obj_mut(m.entry("data").or_insert_with(|| json!({})));
                 for (k, v) in sd {
                     let s = v.as_str().unwrap_or_default();
-                    data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(s)));
+                    data.insert(
+                        k,
+                        json!(base64::engine::general_purpose::STANDARD.encode(s)),
+                    );
                 }
             }
             m.entry("type").or_insert_with(|| json!("Opaque"));
@@ -228,21 +281,34 @@ fn admit(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             if let Err(e) = types_from_crd(obj) {
-                return Err(invalid(rt, obj, vec![status::invalid_value("spec", &Value::Null, &e.to_string())]));
+                return Err(invalid(
+                    rt,
+                    obj,
+                    vec![status::invalid_value("spec", &Value::Null, &e.to_string())],
+                ));
             }
             let spec = obj.get("spec").cloned().unwrap_or_default();
             let names = spec.get("names").cloned().unwrap_or_default();
             let expected = format!(
                 "{}.{}",
-                names.get("plural").and_then(Value::as_str).unwrap_or_default(),
-                spec.get("group").and_then(Value::as_str).unwrap_or_default()
+                names
+                    .get("plural")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                spec.get("group")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
             );
             if name_of(obj) != expected {
-                return Err(invalid(rt, obj, vec![status::invalid_value(
-                    "metadata.name",
-                    &json!(name_of(obj)),
-                    &format!("must be spec.names.plural+\".\"+spec.group"),
-                )]));
+                return Err(invalid(
+                    rt,
+                    obj,
+                    vec![status::invalid_value(
+                        "metadata.name",
+                        &json!(name_of(obj)),
+                        &format!("must be spec.names.plural+\".\"+spec.group"),
+                    )],
+                ));
             }
         }
         _ => {}
@@ -253,23 +319,49 @@ fn admit(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
 /// Default field manager from a User-Agent (`kubectl/v1.32 ...` -> `kubectl`).
 pub fn manager_from_agent(agent: &str) -> String {
     let m = agent.split('/').next().unwrap_or_default().trim();
-    if m.is_empty() { "unknown".into() } else { m.chars().take(128).collect() }
+    if m.is_empty() {
+        "unknown".into()
+    } else {
+        m.chars().take(128).collect()
+    }
 }
 
 /// Builds a new object for create (outside the store lock): metadata, defaults, validation.
-pub fn prepare_create(rt: &ResourceType, ns: Option<&str>, mut obj: Value, manager: &str, raw_len: usize) -> Result<Value, ApiError> {
+pub fn prepare_create(
+    rt: &ResourceType,
+    ns: Option<&str>,
+    mut obj: Value,
+    manager: &str,
+    raw_len: usize,
+) -> Result<Value, ApiError> {
     check_type(rt, &obj, raw_len)?;
     check_namespace(rt, ns, &mut obj)?;
     {
         let m = meta_mut(&mut obj);
-        let name = m.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let name = m
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if name.is_empty()
-            && let Some(g) = m.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty())
+            && let Some(g) = m
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|g| !g.is_empty())
         {
             let base: String = g.chars().take(58).collect();
-            m.insert("name".into(), json!(format!("{base}{}", meta::random_suffix())));
+            m.insert(
+                "name".into(),
+                json!(format!("{base}{}", meta::random_suffix())),
+            );
         }
-        for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"] {
+        for k in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+            "managedFields",
+        ] {
             m.remove(k);
         }
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -290,12 +382,16 @@ pub fn prepare_create(rt: &ResourceType, ns: Option<&str>, mut obj: Value, manag
             m.insert("status".into(), json!({"phase": "Active"}));
         }
         ("", "Pod") => {
-            obj_mut(&mut obj).insert("status".into(), json!({"phase": "Pending", "qosClass": "BestEffort"}));
+            obj_mut(&mut obj).insert(
+                "status".into(),
+                json!({"phase": "Pending", "qosClass": "BestEffort"}),
+            );
         }
         ("", "Service") => {
             let spec = obj_mut(obj_mut(&mut obj).entry("spec").or_insert_with(|| json!({})));
             spec.entry("type").or_insert_with(|| json!("ClusterIP"));
-            spec.entry("sessionAffinity").or_insert_with(|| json!("None"));
+            spec.entry("sessionAffinity")
+                .or_insert_with(|| json!("None"));
             obj_mut(&mut obj).insert("status".into(), json!({"loadBalancer": {}}));
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
@@ -331,15 +427,25 @@ pub fn prepare_create(rt: &ResourceType, ns: Option<&str>, mut obj: Value, manag
 }
 
 /// Stores a prepared object (under the lock): namespace checks, uniqueness, side effects.
-pub fn commit_create(st: &mut State, rt: &ResourceType, mut obj: Value, dry_run: bool) -> Result<Arc<Obj>, ApiError> {
+pub fn commit_create(
+    st: &mut State,
+    rt: &ResourceType,
+    mut obj: Value,
+    dry_run: bool,
+) -> Result<Arc<Obj>, ApiError> {
     let ns = meta_str(&obj, "namespace").unwrap_or_default().to_string();
     if rt.namespaced {
         match st.get("namespaces.", &store::key("", &ns)) {
             None => return Err(ApiError::not_found("", "namespaces", &ns)),
             Some(o) if is_deleting(&o.value()) => {
-                return Err(ApiError::forbidden(&rt.group, &rt.plural, name_of(&obj), &format!(
-                    "unable to create new content in namespace {ns} because it is being terminated"
-                )));
+                return Err(ApiError::forbidden(
+                    &rt.group,
+                    &rt.plural,
+                    name_of(&obj),
+                    &format!(
+                        "unable to create new content in namespace {ns} because it is being terminated"
+                    ),
+                ));
             }
             _ => {}
         }
@@ -347,7 +453,10 @@ pub fn commit_create(st: &mut State, rt: &ResourceType, mut obj: Value, dry_run:
     let table = rt.storage_key();
     let mut key = store::key(&ns, name_of(&obj));
     if st.get(&table, &key).is_some() {
-        let generated = obj.pointer("/metadata/generateName").and_then(Value::as_str).map(str::to_string);
+        let generated = obj
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         match generated {
             Some(g) if !g.is_empty() && name_of(&obj).starts_with(&g) => {
                 for _ in 0..8 {
@@ -359,16 +468,35 @@ pub fn commit_create(st: &mut State, rt: &ResourceType, mut obj: Value, dry_run:
                     }
                 }
                 if st.get(&table, &key).is_some() {
-                    return Err(ApiError::already_exists(&rt.group, &rt.plural, name_of(&obj)));
+                    return Err(ApiError::already_exists(
+                        &rt.group,
+                        &rt.plural,
+                        name_of(&obj),
+                    ));
                 }
             }
-            _ => return Err(ApiError::already_exists(&rt.group, &rt.plural, name_of(&obj))),
+            _ => {
+                return Err(ApiError::already_exists(
+                    &rt.group,
+                    &rt.plural,
+                    name_of(&obj),
+                ));
+            }
         }
     }
     if rt.group.is_empty() && rt.kind == "Service" {
         let spec = obj_mut(obj_mut(&mut obj).entry("spec").or_insert_with(|| json!({})));
-        let ty = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
-        if ty != "ExternalName" && spec.get("clusterIP").and_then(Value::as_str).is_none_or(str::is_empty) {
+        let ty = spec
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_string();
+        if ty != "ExternalName"
+            && spec
+                .get("clusterIP")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+        {
             let n = st.next_service_ip;
             st.next_service_ip += 1;
             let ip = format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff);
@@ -377,7 +505,11 @@ pub fn commit_create(st: &mut State, rt: &ResourceType, mut obj: Value, dry_run:
         }
     }
     if dry_run {
-        return Ok(Arc::new(Obj { rv: st.rv, json: serde_json::to_vec(&obj).unwrap_or_default().into(), labels: Box::new([]) }));
+        return Ok(Arc::new(Obj {
+            rv: st.rv,
+            json: serde_json::to_vec(&obj).unwrap_or_default().into(),
+            labels: Box::new([]),
+        }));
     }
     let is_crd = rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition";
     let stored = st.put(&table, &key, obj, EventType::Added);
@@ -451,7 +583,12 @@ fn list_key_for(rt: &ResourceType) -> impl Fn(&[String], &str) -> Option<String>
 
 fn paths_of(rt: &ResourceType, v: &Value) -> BTreeSet<FieldPath> {
     let mut out = BTreeSet::new();
-    meta::leaf_paths(&strip_for_fields(v), &mut vec![], &mut out, &list_key_for(rt));
+    meta::leaf_paths(
+        &strip_for_fields(v),
+        &mut vec![],
+        &mut out,
+        &list_key_for(rt),
+    );
     out
 }
 
@@ -472,7 +609,9 @@ fn step<'a>(cur: &'a Value, seg: &str) -> Option<&'a Value> {
         cur.get(f)
     } else if let Some(k) = seg.strip_prefix("k:") {
         let key: Map<String, Value> = serde_json::from_str(k).ok()?;
-        cur.as_array()?.iter().find(|i| key.iter().all(|(kk, kv)| i.get(kk) == Some(kv)))
+        cur.as_array()?
+            .iter()
+            .find(|i| key.iter().all(|(kk, kv)| i.get(kk) == Some(kv)))
     } else if let Some(v) = seg.strip_prefix("v:") {
         let val: Value = serde_json::from_str(v).ok()?;
         cur.as_array()?.iter().find(|i| **i == val)
@@ -482,7 +621,9 @@ fn step<'a>(cur: &'a Value, seg: &str) -> Option<&'a Value> {
 }
 
 fn remove_path(v: &mut Value, path: &[String]) {
-    let Some((last, parent_path)) = path.split_last() else { return };
+    let Some((last, parent_path)) = path.split_last() else {
+        return;
+    };
     if last == "." {
         remove_path(v, parent_path);
         return;
@@ -492,8 +633,13 @@ fn remove_path(v: &mut Value, path: &[String]) {
         let next = if let Some(f) = seg.strip_prefix("f:") {
             cur.get_mut(f)
         } else if let Some(k) = seg.strip_prefix("k:") {
-            let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) else { return };
-            cur.as_array_mut().and_then(|a| a.iter_mut().find(|i| key.iter().all(|(kk, kv)| i.get(kk) == Some(kv))))
+            let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) else {
+                return;
+            };
+            cur.as_array_mut().and_then(|a| {
+                a.iter_mut()
+                    .find(|i| key.iter().all(|(kk, kv)| i.get(kk) == Some(kv)))
+            })
         } else {
             None
         };
@@ -507,7 +653,10 @@ fn remove_path(v: &mut Value, path: &[String]) {
             m.remove(f);
         }
     } else if let Some(k) = last.strip_prefix("k:") {
-        if let (Ok(key), Some(a)) = (serde_json::from_str::<Map<String, Value>>(k), cur.as_array_mut()) {
+        if let (Ok(key), Some(a)) = (
+            serde_json::from_str::<Map<String, Value>>(k),
+            cur.as_array_mut(),
+        ) {
             a.retain(|i| !key.iter().all(|(kk, kv)| i.get(kk) == Some(kv)));
         }
     } else if let Some(val) = last.strip_prefix("v:")
@@ -533,12 +682,34 @@ fn read_managed(v: &Value) -> Vec<Managed> {
         .map(|a| {
             a.iter()
                 .map(|e| Managed {
-                    manager: e.get("manager").and_then(Value::as_str).unwrap_or_default().into(),
-                    operation: e.get("operation").and_then(Value::as_str).unwrap_or("Update").into(),
-                    api_version: e.get("apiVersion").and_then(Value::as_str).unwrap_or_default().into(),
-                    time: e.get("time").and_then(Value::as_str).unwrap_or_default().into(),
-                    subresource: e.get("subresource").and_then(Value::as_str).map(str::to_string),
-                    fields: e.get("fieldsV1").map(meta::from_fields_v1).unwrap_or_default(),
+                    manager: e
+                        .get("manager")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .into(),
+                    operation: e
+                        .get("operation")
+                        .and_then(Value::as_str)
+                        .unwrap_or("Update")
+                        .into(),
+                    api_version: e
+                        .get("apiVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .into(),
+                    time: e
+                        .get("time")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .into(),
+                    subresource: e
+                        .get("subresource")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    fields: e
+                        .get("fieldsV1")
+                        .map(meta::from_fields_v1)
+                        .unwrap_or_default(),
                 })
                 .collect()
         })
@@ -573,31 +744,43 @@ fn write_managed(v: &mut Value, entries: &[Managed]) {
 }
 
 /// Records an `Update` by `manager`: it takes the fields it changed from other managers.
-fn set_update_manager(rt: &ResourceType, old: Option<&Value>, new: &mut Value, manager: &str, sub: Option<&str>) {
+fn set_update_manager(
+    rt: &ResourceType,
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    sub: Option<&str>,
+) {
     let new_paths = paths_of(rt, new);
-    let (mut entries, changed, removed): (Vec<Managed>, BTreeSet<FieldPath>, BTreeSet<FieldPath>) = match old {
-        None => (vec![], new_paths.clone(), BTreeSet::new()),
-        Some(old) => {
-            let old_paths = paths_of(rt, old);
-            let changed = new_paths
-                .iter()
-                .filter(|p| p.last().is_some_and(|l| l != ".") && get_path(old, p) != get_path(new, p))
-                .cloned()
-                .collect();
-            let removed = old_paths.difference(&new_paths).cloned().collect();
-            (read_managed(old), changed, removed)
-        }
-    };
+    let (mut entries, changed, removed): (Vec<Managed>, BTreeSet<FieldPath>, BTreeSet<FieldPath>) =
+        match old {
+            None => (vec![], new_paths.clone(), BTreeSet::new()),
+            Some(old) => {
+                let old_paths = paths_of(rt, old);
+                let changed = new_paths
+                    .iter()
+                    .filter(|p| {
+                        p.last().is_some_and(|l| l != ".") && get_path(old, p) != get_path(new, p)
+                    })
+                    .cloned()
+                    .collect();
+                let removed = old_paths.difference(&new_paths).cloned().collect();
+                (read_managed(old), changed, removed)
+            }
+        };
     for e in &mut entries {
         if e.manager == manager && e.operation == "Update" && e.subresource.as_deref() == sub {
             continue;
         }
-        e.fields.retain(|p| !changed.contains(p) && !removed.contains(p));
+        e.fields
+            .retain(|p| !changed.contains(p) && !removed.contains(p));
     }
     entries.retain(|e| !e.fields.is_empty());
     if !changed.is_empty() {
         let now = meta::now();
-        match entries.iter_mut().find(|e| e.manager == manager && e.operation == "Update" && e.subresource.as_deref() == sub) {
+        match entries.iter_mut().find(|e| {
+            e.manager == manager && e.operation == "Update" && e.subresource.as_deref() == sub
+        }) {
             Some(e) => {
                 e.fields.extend(changed);
                 e.fields.retain(|p| !removed.contains(p));
@@ -665,7 +848,15 @@ pub fn prepare_update(
     {
         let om = old.get("metadata").cloned().unwrap_or_default();
         let m = meta_mut(&mut new);
-        for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name", "generation"] {
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "namespace",
+            "name",
+            "generation",
+        ] {
             match om.get(k) {
                 Some(v) => m.insert(k.into(), v.clone()),
                 None => m.remove(k),
@@ -682,10 +873,14 @@ pub fn prepare_update(
     if is_deleting(old) {
         let before = finalizers(old);
         if finalizers(&new).iter().any(|f| !before.contains(f)) {
-            return Err(invalid(rt, &new, vec![status::forbidden_field(
-                "metadata.finalizers",
-                "no new finalizers can be added if the object is being deleted",
-            )]));
+            return Err(invalid(
+                rt,
+                &new,
+                vec![status::forbidden_field(
+                    "metadata.finalizers",
+                    "no new finalizers can be added if the object is being deleted",
+                )],
+            ));
         }
     }
     if rt.group.is_empty() && rt.kind == "Service" {
@@ -702,7 +897,10 @@ pub fn prepare_update(
     }
     admit(rt, &mut new)?;
     if rt.has_generation && spec_view(old) != spec_view(&new) {
-        let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+        let g = old
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         meta_mut(&mut new).insert("generation".into(), json!(g + 1));
     }
     let mut old_cmp = old.clone();
@@ -718,7 +916,10 @@ pub fn prepare_update(
         let mut b = old_cmp.clone();
         meta_mut(&mut a).remove("managedFields");
         meta_mut(&mut b).remove("managedFields");
-        if a == b && new.pointer("/metadata/managedFields").map(strip_times) == old.pointer("/metadata/managedFields").map(strip_times) {
+        if a == b
+            && new.pointer("/metadata/managedFields").map(strip_times)
+                == old.pointer("/metadata/managedFields").map(strip_times)
+        {
             return Ok(None);
         }
     }
@@ -738,9 +939,19 @@ fn strip_times(v: &Value) -> Value {
 }
 
 /// Stores an updated object; removes it when it is being deleted and has no finalizers left.
-pub fn commit_update(st: &mut State, rt: &ResourceType, key: &str, new: Value, dry_run: bool) -> Arc<Obj> {
+pub fn commit_update(
+    st: &mut State,
+    rt: &ResourceType,
+    key: &str,
+    new: Value,
+    dry_run: bool,
+) -> Arc<Obj> {
     if dry_run {
-        return Arc::new(Obj { rv: st.rv, json: serde_json::to_vec(&new).unwrap_or_default().into(), labels: Box::new([]) });
+        return Arc::new(Obj {
+            rv: st.rv,
+            json: serde_json::to_vec(&new).unwrap_or_default().into(),
+            labels: Box::new([]),
+        });
     }
     let table = rt.storage_key();
     if is_deleting(&new) && finalizers(&new).is_empty() {
@@ -759,21 +970,32 @@ pub fn commit_update(st: &mut State, rt: &ResourceType, key: &str, new: Value, d
 
 /// Server-side apply of `applied` by `manager` onto `old` (None = create). Returns the new
 /// object with managedFields set, or 409 with conflicts.
-pub fn apply(rt: &ResourceType, old: Option<&Value>, applied: &Value, manager: &str, force: bool, sub: Sub) -> Result<Value, ApiError> {
+pub fn apply(
+    rt: &ResourceType,
+    old: Option<&Value>,
+    applied: &Value,
+    manager: &str,
+    force: bool,
+    sub: Sub,
+) -> Result<Value, ApiError> {
     let applied_paths = paths_of(rt, applied);
     let subname = (sub == Sub::Status).then_some("status".to_string());
     let now = meta::now();
-    let mine = |e: &Managed| e.manager == manager && e.operation == "Apply" && e.subresource == subname;
+    let mine =
+        |e: &Managed| e.manager == manager && e.operation == "Apply" && e.subresource == subname;
     let Some(old) = old else {
         let mut obj = applied.clone();
-        write_managed(&mut obj, &[Managed {
-            manager: manager.into(),
-            operation: "Apply".into(),
-            api_version: rt.api_version(),
-            time: now,
-            subresource: subname,
-            fields: applied_paths,
-        }]);
+        write_managed(
+            &mut obj,
+            &[Managed {
+                manager: manager.into(),
+                operation: "Apply".into(),
+                api_version: rt.api_version(),
+                time: now,
+                subresource: subname,
+                fields: applied_paths,
+            }],
+        );
         return Ok(obj);
     };
     let mut entries = read_managed(old);
@@ -787,19 +1009,35 @@ pub fn apply(rt: &ResourceType, old: Option<&Value>, applied: &Value, manager: &
                 let dotted = dotted_path(p);
                 conflicts.push(Cause {
                     reason: "FieldManagerConflict",
-                    message: format!("conflict with {:?} using {}: {dotted}", e.manager, e.api_version),
+                    message: format!(
+                        "conflict with {:?} using {}: {dotted}",
+                        e.manager, e.api_version
+                    ),
                     field: dotted,
                 });
             }
         }
     }
     if !conflicts.is_empty() && !force {
-        return Err(ApiError::apply_conflict(&rt.group, &rt.plural, name_of(old), conflicts));
+        return Err(ApiError::apply_conflict(
+            &rt.group,
+            &rt.plural,
+            name_of(old),
+            conflicts,
+        ));
     }
-    let previous: BTreeSet<FieldPath> = entries.iter().filter(|e| mine(e)).flat_map(|e| e.fields.clone()).collect();
+    let previous: BTreeSet<FieldPath> = entries
+        .iter()
+        .filter(|e| mine(e))
+        .flat_map(|e| e.fields.clone())
+        .collect();
     let mut merged = old.clone();
     merge_apply(&mut merged, applied, &mut vec![], &list_key_for(rt));
-    let others: BTreeSet<FieldPath> = entries.iter().filter(|e| !mine(e)).flat_map(|e| e.fields.clone()).collect();
+    let others: BTreeSet<FieldPath> = entries
+        .iter()
+        .filter(|e| !mine(e))
+        .flat_map(|e| e.fields.clone())
+        .collect();
     for p in previous.difference(&applied_paths) {
         if !others.contains(p) {
             remove_path(&mut merged, p);
@@ -839,14 +1077,25 @@ fn dotted_path(p: &[String]) -> String {
     s
 }
 
-fn merge_apply(live: &mut Value, applied: &Value, path: &mut Vec<String>, list_key: &dyn Fn(&[String], &str) -> Option<String>) {
+fn merge_apply(
+    live: &mut Value,
+    applied: &Value,
+    path: &mut Vec<String>,
+    list_key: &dyn Fn(&[String], &str) -> Option<String>,
+) {
     match (live, applied) {
         (Value::Object(l), Value::Object(a)) => {
             for (k, av) in a {
                 if path.is_empty() && k == "metadata" {
                     // Only labels, annotations, finalizers, ownerReferences are applied.
                     let lm = obj_mut(l.entry("metadata").or_insert_with(|| json!({})));
-                    for mk in ["labels", "annotations", "finalizers", "ownerReferences", "generateName"] {
+                    for mk in [
+                        "labels",
+                        "annotations",
+                        "finalizers",
+                        "ownerReferences",
+                        "generateName",
+                    ] {
                         if let Some(v) = av.get(mk) {
                             let mut lv = lm.remove(mk).unwrap_or(Value::Null);
                             path.push("f:metadata".into());
@@ -874,7 +1123,13 @@ fn merge_apply(live: &mut Value, applied: &Value, path: &mut Vec<String>, list_k
     }
 }
 
-fn merge_field(lv: &mut Value, av: &Value, path: &mut Vec<String>, k: &str, list_key: &dyn Fn(&[String], &str) -> Option<String>) {
+fn merge_field(
+    lv: &mut Value,
+    av: &Value,
+    path: &mut Vec<String>,
+    k: &str,
+    list_key: &dyn Fn(&[String], &str) -> Option<String>,
+) {
     match (&mut *lv, av) {
         (Value::Array(la), Value::Array(aa)) => match list_key(path, k) {
             Some(key) if key == "." => {
@@ -890,7 +1145,10 @@ fn merge_field(lv: &mut Value, av: &Value, path: &mut Vec<String>, k: &str, list
                     match la.iter_mut().find(|i| id.is_some() && i.get(&key) == id) {
                         Some(existing) => {
                             path.push(format!("f:{k}"));
-                            path.push(format!("k:{}", json!({ key.clone(): id.cloned().unwrap_or(Value::Null) })));
+                            path.push(format!(
+                                "k:{}",
+                                json!({ key.clone(): id.cloned().unwrap_or(Value::Null) })
+                            ));
                             merge_apply(existing, item, path, list_key);
                             path.pop();
                             path.pop();
@@ -965,15 +1223,26 @@ pub fn strategic_merge(target: &mut Value, patch: &Value, field: &str) {
                             }
                         }
                     }
-                    (Some(mk), Some(Value::Array(existing))) if items.iter().all(Value::is_object) => {
-                        if items.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) {
-                            *existing = items.iter().filter(|i| i.get("$patch").is_none()).cloned().collect();
+                    (Some(mk), Some(Value::Array(existing)))
+                        if items.iter().all(Value::is_object) =>
+                    {
+                        if items
+                            .iter()
+                            .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
+                        {
+                            *existing = items
+                                .iter()
+                                .filter(|i| i.get("$patch").is_none())
+                                .cloned()
+                                .collect();
                             continue;
                         }
                         for item in items {
                             let id = item.get(mk).cloned();
                             let del = item.get("$patch").and_then(Value::as_str) == Some("delete");
-                            let pos = existing.iter().position(|e| id.is_some() && e.get(mk) == id.as_ref());
+                            let pos = existing
+                                .iter()
+                                .position(|e| id.is_some() && e.get(mk) == id.as_ref());
                             match (pos, del) {
                                 (Some(i), true) => {
                                     existing.remove(i);
@@ -1010,7 +1279,13 @@ pub fn strategic_merge(target: &mut Value, patch: &Value, field: &str) {
 }
 
 /// Deletes an object: finalizers and propagation policy decide whether it goes now.
-pub fn delete(st: &mut State, rt: &ResourceType, ns: &str, name: &str, opts: &DeleteOpts) -> Result<Deleted, ApiError> {
+pub fn delete(
+    st: &mut State,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+    opts: &DeleteOpts,
+) -> Result<Deleted, ApiError> {
     let table = rt.storage_key();
     let key = store::key(ns, name);
     let Some(cur) = st.get(&table, &key).cloned() else {
@@ -1020,21 +1295,34 @@ pub fn delete(st: &mut State, rt: &ResourceType, ns: &str, name: &str, opts: &De
     if let Some(uid) = &opts.uid
         && meta_str(&v, "uid") != Some(uid.as_str())
     {
-        return Err(ApiError::conflict(&rt.group, &rt.plural, name, &format!(
-            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-            meta_str(&v, "uid").unwrap_or_default()
-        )));
+        return Err(ApiError::conflict(
+            &rt.group,
+            &rt.plural,
+            name,
+            &format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                meta_str(&v, "uid").unwrap_or_default()
+            ),
+        ));
     }
     if let Some(rv) = &opts.rv
         && *rv != cur.rv.to_string()
     {
-        return Err(ApiError::conflict(&rt.group, &rt.plural, name, &format!(
-            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-            cur.rv
-        )));
+        return Err(ApiError::conflict(
+            &rt.group,
+            &rt.plural,
+            name,
+            &format!(
+                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                cur.rv
+            ),
+        ));
     }
     if opts.dry_run {
-        return Ok(Deleted { obj: cur, removed: true });
+        return Ok(Deleted {
+            obj: cur,
+            removed: true,
+        });
     }
     let is_ns = rt.group.is_empty() && rt.kind == "Namespace";
     let policy = opts.propagation.unwrap_or(Propagation::Background);
@@ -1063,38 +1351,79 @@ pub fn delete(st: &mut State, rt: &ResourceType, ns: &str, name: &str, opts: &De
             obj_mut(&mut v).insert("status".into(), json!({"phase": "Terminating"}));
         }
         let changed = !already || Some(&v) != Some(&cur.value());
-        let stored = if changed { st.put(&table, &key, v, EventType::Modified) } else { cur.clone() };
+        let stored = if changed {
+            st.put(&table, &key, v, EventType::Modified)
+        } else {
+            cur.clone()
+        };
         if is_ns {
             empty_namespace(st, name);
-            return finish_namespace(st, name).map_or(Ok(Deleted { obj: stored, removed: false }), |o| Ok(Deleted { obj: o, removed: true }));
+            return finish_namespace(st, name).map_or(
+                Ok(Deleted {
+                    obj: stored,
+                    removed: false,
+                }),
+                |o| {
+                    Ok(Deleted {
+                        obj: o,
+                        removed: true,
+                    })
+                },
+            );
         }
         if fins.iter().any(|f| f == "foregroundDeletion") {
-            let deps: Vec<(Arc<str>, String)> = st.dependents.get(&uid).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+            let deps: Vec<(Arc<str>, String)> = st
+                .dependents
+                .get(&uid)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default();
             for (t, k) in deps {
                 delete_by_key(st, &t, &k, Propagation::Foreground);
             }
             if let Some(o) = check_foreground(st, &table, &key) {
-                return Ok(Deleted { obj: o, removed: true });
+                return Ok(Deleted {
+                    obj: o,
+                    removed: true,
+                });
             }
             let obj = st.get(&table, &key).cloned().unwrap_or(stored);
-            return Ok(Deleted { obj, removed: false });
+            return Ok(Deleted {
+                obj,
+                removed: false,
+            });
         }
-        return Ok(Deleted { obj: stored, removed: false });
+        return Ok(Deleted {
+            obj: stored,
+            removed: false,
+        });
     }
-    let removed = remove_object(st, &table, &key, v).ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
-    Ok(Deleted { obj: removed, removed: true })
+    let removed = remove_object(st, &table, &key, v)
+        .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
+    Ok(Deleted {
+        obj: removed,
+        removed: true,
+    })
 }
 
 fn delete_by_key(st: &mut State, table: &str, key: &str, policy: Propagation) {
-    let Some(rt) = st.registry.by_storage_key(table).cloned() else { return };
+    let Some(rt) = st.registry.by_storage_key(table).cloned() else {
+        return;
+    };
     let (ns, name) = key.split_once('/').unwrap_or(("", key));
-    let opts = DeleteOpts { propagation: Some(policy), ..Default::default() };
+    let opts = DeleteOpts {
+        propagation: Some(policy),
+        ..Default::default()
+    };
     // The dependent may already be gone or be waiting on its own finalizers: both are fine.
     let _ = delete(st, &rt, ns, name, &opts);
 }
 
 fn orphan_dependents(st: &mut State, owner_uid: &str) {
-    let deps: Vec<(Arc<str>, String)> = st.dependents.get(owner_uid).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+    let deps: Vec<(Arc<str>, String)> = st
+        .dependents
+        .get(owner_uid)
+        .map(|s| s.iter().cloned().collect())
+        .unwrap_or_default();
     for (t, k) in deps {
         if let Some(o) = st.get(&t, &k).cloned() {
             let mut v = o.value();
@@ -1115,36 +1444,57 @@ fn strip_owner(v: &mut Value, owner_uid: &str) {
 }
 
 fn owner_alive(st: &State, dependent_ns: &str, r: &Value) -> bool {
-    let api_version = r.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let api_version = r
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
     let kind = r.get("kind").and_then(Value::as_str).unwrap_or_default();
     let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
     let uid = r.get("uid").and_then(Value::as_str).unwrap_or_default();
-    let Some(rt) = st.registry.by_kind(group, kind) else { return false };
+    let Some(rt) = st.registry.by_kind(group, kind) else {
+        return false;
+    };
     let ns = if rt.namespaced { dependent_ns } else { "" };
-    st.get(&rt.storage_key(), &store::key(ns, name)).is_some_and(|o| meta_str(&o.value(), "uid") == Some(uid))
+    st.get(&rt.storage_key(), &store::key(ns, name))
+        .is_some_and(|o| meta_str(&o.value(), "uid") == Some(uid))
 }
 
 /// Removes an object now and runs what follows a removal: background garbage collection of
 /// its dependents, foreground owners waiting on it, namespace finalization, CRD cleanup.
 pub fn remove_object(st: &mut State, table: &str, key: &str, last: Value) -> Option<Arc<Obj>> {
     let uid = meta_str(&last, "uid").unwrap_or_default().to_string();
-    let owners: Vec<Value> = last.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
+    let owners: Vec<Value> = last
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let is_crd = table == "customresourcedefinitions.apiextensions.k8s.io";
     let removed = st.remove(table, key, last.clone())?;
     if is_crd {
         drop_crd(st, &last);
     }
     // Background collection of dependents.
-    let deps: Vec<(Arc<str>, String)> = st.dependents.get(&uid).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+    let deps: Vec<(Arc<str>, String)> = st
+        .dependents
+        .get(&uid)
+        .map(|s| s.iter().cloned().collect())
+        .unwrap_or_default();
     for (t, k) in deps {
-        let Some(o) = st.get(&t, &k).cloned() else { continue };
+        let Some(o) = st.get(&t, &k).cloned() else {
+            continue;
+        };
         let mut v = o.value();
         let ns = k.split_once('/').map(|(n, _)| n).unwrap_or("").to_string();
         let others: Vec<Value> = v
             .pointer("/metadata/ownerReferences")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str())).cloned().collect())
+            .map(|a| {
+                a.iter()
+                    .filter(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         if others.iter().any(|r| owner_alive(st, &ns, r)) {
             strip_owner(&mut v, &uid);
@@ -1154,9 +1504,16 @@ pub fn remove_object(st: &mut State, table: &str, key: &str, last: Value) -> Opt
         }
     }
     // Owners in foreground deletion that were waiting on this object.
-    let ns = key.split_once('/').map(|(n, _)| n).unwrap_or("").to_string();
+    let ns = key
+        .split_once('/')
+        .map(|(n, _)| n)
+        .unwrap_or("")
+        .to_string();
     for r in owners {
-        let api_version = r.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let api_version = r
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
         let kind = r.get("kind").and_then(Value::as_str).unwrap_or_default();
         let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
@@ -1196,10 +1553,17 @@ fn check_foreground(st: &mut State, table: &str, key: &str) -> Option<Arc<Obj>> 
 fn empty_namespace(st: &mut State, ns: &str) {
     let tables: Vec<Arc<str>> = st.tables.keys().cloned().collect();
     for t in tables {
-        if st.registry.by_storage_key(&t).is_none_or(|rt| !rt.namespaced) {
+        if st
+            .registry
+            .by_storage_key(&t)
+            .is_none_or(|rt| !rt.namespaced)
+        {
             continue;
         }
-        let keys: Vec<String> = st.range(&t, Some(ns), None).map(|(k, _)| k.clone()).collect();
+        let keys: Vec<String> = st
+            .range(&t, Some(ns), None)
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in keys {
             delete_by_key(st, &t, &k, Propagation::Background);
         }
@@ -1216,7 +1580,12 @@ fn finish_namespace(st: &mut State, ns: &str) -> Option<Arc<Obj>> {
     }
     let tables: Vec<Arc<str>> = st.tables.keys().cloned().collect();
     for t in &tables {
-        if st.registry.by_storage_key(t).is_some_and(|rt| rt.namespaced) && st.range(t, Some(ns), None).next().is_some() {
+        if st
+            .registry
+            .by_storage_key(t)
+            .is_some_and(|rt| rt.namespaced)
+            && st.range(t, Some(ns), None).next().is_some()
+        {
             return None;
         }
     }
@@ -1224,10 +1593,15 @@ fn finish_namespace(st: &mut State, ns: &str) -> Option<Arc<Obj>> {
 }
 
 fn drop_crd(st: &mut State, crd: &Value) {
-    let Ok(types) = types_from_crd(crd) else { return };
+    let Ok(types) = types_from_crd(crd) else {
+        return;
+    };
     let Some(t) = types.first() else { return };
     let table = t.storage_key();
-    let keys: Vec<String> = st.range(&table, None, None).map(|(k, _)| k.clone()).collect();
+    let keys: Vec<String> = st
+        .range(&table, None, None)
+        .map(|(k, _)| k.clone())
+        .collect();
     for k in keys {
         if let Some(o) = st.get(&table, &k).cloned() {
             st.remove(&table, &k, o.value());
@@ -1246,7 +1620,10 @@ mod tests {
         let mut t = json!({"metadata": {"finalizers": ["a"]}, "spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}});
         let p = json!({"metadata": {"finalizers": ["b"]}, "spec": {"containers": [{"name": "b", "image": "z"}, {"name": "a", "$patch": "delete"}]}});
         strategic_merge(&mut t, &p, "");
-        assert_eq!(t["spec"]["containers"], json!([{"name": "b", "image": "z"}]));
+        assert_eq!(
+            t["spec"]["containers"],
+            json!([{"name": "b", "image": "z"}])
+        );
         assert_eq!(t["metadata"]["finalizers"], json!(["a", "b"]));
     }
 }

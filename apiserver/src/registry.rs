@@ -96,7 +96,11 @@ pub struct ResourceType {
 impl ResourceType {
     /// `group/version` or `version` for core.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
     /// Key of the storage table shared by all versions: `plural.group`.
@@ -106,12 +110,25 @@ impl ResourceType {
 
     /// `Kind.group` for Invalid messages.
     pub fn qualified_kind(&self) -> String {
-        if self.group.is_empty() { self.kind.clone() } else { format!("{}.{}", self.kind, self.group) }
+        if self.group.is_empty() {
+            self.kind.clone()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
     }
 
     /// Verbs listed in discovery.
     pub fn verbs(&self) -> Vec<&'static str> {
-        vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        vec![
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ]
     }
 
     /// Whether a strategic merge patch is accepted (built-in kinds only).
@@ -132,7 +149,12 @@ impl Registry {
     /// The built-in kinds.
     pub fn builtin() -> Self {
         let mut r = Registry::default();
-        let b = |group: &str, version: &str, plural: &str, kind: &str, namespaced: bool, short: &[&str]| ResourceType {
+        let b = |group: &str,
+                 version: &str,
+                 plural: &str,
+                 kind: &str,
+                 namespaced: bool,
+                 short: &[&str]| ResourceType {
             group: group.into(),
             version: version.into(),
             plural: plural.into(),
@@ -168,9 +190,22 @@ impl Registry {
         r.insert(secret);
         r.insert(b("", "v1", "configmaps", "ConfigMap", true, &["cm"]));
         let mut ev = b("", "v1", "events", "Event", true, &["ev"]);
-        ev.field_labels = ["involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
-            "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type"]
-            .iter().map(|s| s.to_string()).collect();
+        ev.field_labels = [
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         r.insert(ev);
         let mut node = b("", "v1", "nodes", "Node", false, &["no"]);
         node.status_subresource = true;
@@ -180,22 +215,52 @@ impl Registry {
         pod.status_subresource = true;
         pod.return_deleted_object = true;
         pod.categories = vec!["all".into()];
-        pod.field_labels = ["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
-            "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"]
-            .iter().map(|s| s.to_string()).collect();
-        pod.columns = vec![col("Status", "string", ".status.phase", 0), col("Node", "string", ".spec.nodeName", 1)];
+        pod.field_labels = [
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        pod.columns = vec![
+            col("Status", "string", ".status.phase", 0),
+            col("Node", "string", ".spec.nodeName", 1),
+        ];
         r.insert(pod);
         let mut svc = b("", "v1", "services", "Service", true, &["svc"]);
         svc.status_subresource = true;
         svc.name_rule = NameRule::Label;
         svc.categories = vec!["all".into()];
-        svc.columns = vec![col("Type", "string", ".spec.type", 0), col("Cluster-IP", "string", ".spec.clusterIP", 0)];
+        svc.columns = vec![
+            col("Type", "string", ".spec.type", 0),
+            col("Cluster-IP", "string", ".spec.clusterIP", 0),
+        ];
         r.insert(svc);
-        r.insert(b("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"]));
+        r.insert(b(
+            "",
+            "v1",
+            "serviceaccounts",
+            "ServiceAccount",
+            true,
+            &["sa"],
+        ));
         r.insert(b("", "v1", "endpoints", "Endpoints", true, &["ep"]));
         r.insert(b("events.k8s.io", "v1", "events", "Event", true, &["ev"]));
         r.insert(b("coordination.k8s.io", "v1", "leases", "Lease", true, &[]));
-        let mut crd = b("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, &["crd", "crds"]);
+        let mut crd = b(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            false,
+            &["crd", "crds"],
+        );
         crd.status_subresource = true;
         crd.has_generation = true;
         crd.return_deleted_object = true;
@@ -207,7 +272,14 @@ impl Registry {
             ("clusterroles", "ClusterRole", false),
             ("clusterrolebindings", "ClusterRoleBinding", false),
         ] {
-            let mut t = b("rbac.authorization.k8s.io", "v1", plural, kind, namespaced, &[]);
+            let mut t = b(
+                "rbac.authorization.k8s.io",
+                "v1",
+                plural,
+                kind,
+                namespaced,
+                &[],
+            );
             t.name_rule = NameRule::Path;
             r.insert(t);
         }
@@ -225,13 +297,21 @@ impl Registry {
             }
             None => self.groups.push((t.group.clone(), vec![t.version.clone()])),
         }
-        self.by_gvr.insert((t.group.clone(), t.version.clone(), t.plural.clone()), Arc::new(t));
+        self.by_gvr.insert(
+            (t.group.clone(), t.version.clone(), t.plural.clone()),
+            Arc::new(t),
+        );
     }
 
     /// Removes every version of `plural.group`.
     pub fn remove(&mut self, group: &str, plural: &str) {
-        self.by_gvr.retain(|(g, _, p), _| !(g == group && p == plural));
-        let live: Vec<(String, String)> = self.by_gvr.keys().map(|(g, v, _)| (g.clone(), v.clone())).collect();
+        self.by_gvr
+            .retain(|(g, _, p), _| !(g == group && p == plural));
+        let live: Vec<(String, String)> = self
+            .by_gvr
+            .keys()
+            .map(|(g, v, _)| (g.clone(), v.clone()))
+            .collect();
         for (g, versions) in &mut self.groups {
             versions.retain(|v| live.iter().any(|(lg, lv)| lg == g && lv == v));
         }
@@ -240,12 +320,15 @@ impl Registry {
 
     /// Looks up a resource by group, version and plural.
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<ResourceType>> {
-        self.by_gvr.get(&(group.to_string(), version.to_string(), plural.to_string()))
+        self.by_gvr
+            .get(&(group.to_string(), version.to_string(), plural.to_string()))
     }
 
     /// Whether a group/version is served.
     pub fn has_version(&self, group: &str, version: &str) -> bool {
-        self.groups.iter().any(|(g, vs)| g == group && vs.iter().any(|v| v == version))
+        self.groups
+            .iter()
+            .any(|(g, vs)| g == group && vs.iter().any(|v| v == version))
     }
 
     /// Groups with versions, preferred version first.
@@ -255,20 +338,31 @@ impl Registry {
 
     /// Resources of one group/version, sorted by plural.
     pub fn resources(&self, group: &str, version: &str) -> Vec<Arc<ResourceType>> {
-        let mut v: Vec<_> =
-            self.by_gvr.iter().filter(|((g, ver, _), _)| g == group && ver == version).map(|(_, t)| t.clone()).collect();
+        let mut v: Vec<_> = self
+            .by_gvr
+            .iter()
+            .filter(|((g, ver, _), _)| g == group && ver == version)
+            .map(|(_, t)| t.clone())
+            .collect();
         v.sort_by(|a, b| a.plural.cmp(&b.plural));
         v
     }
 
     /// Any version of a resource by kind within a group (for ownerReference lookups).
     pub fn by_kind(&self, group: &str, kind: &str) -> Option<&Arc<ResourceType>> {
-        self.by_gvr.values().find(|t| t.group == group && t.kind == kind)
+        self.by_gvr
+            .values()
+            .find(|t| t.group == group && t.kind == kind)
     }
 
     /// All types, one per storage table (the storage version).
     pub fn storage_types(&self) -> Vec<Arc<ResourceType>> {
-        let mut v: Vec<_> = self.by_gvr.values().filter(|t| t.version == t.storage_version).cloned().collect();
+        let mut v: Vec<_> = self
+            .by_gvr
+            .values()
+            .filter(|t| t.version == t.storage_version)
+            .cloned()
+            .collect();
         v.sort_by_key(|t| t.storage_key());
         v
     }
@@ -305,19 +399,46 @@ pub enum CrdError {
 /// The resource types a CRD object serves (one per served version).
 pub fn types_from_crd(crd: &Value) -> Result<Vec<ResourceType>, CrdError> {
     let spec = crd.get("spec").ok_or(CrdError::Missing("spec"))?;
-    let group = spec.get("group").and_then(Value::as_str).ok_or(CrdError::Missing("spec.group"))?;
+    let group = spec
+        .get("group")
+        .and_then(Value::as_str)
+        .ok_or(CrdError::Missing("spec.group"))?;
     let names = spec.get("names").ok_or(CrdError::Missing("spec.names"))?;
-    let plural = names.get("plural").and_then(Value::as_str).ok_or(CrdError::Missing("spec.names.plural"))?;
-    let kind = names.get("kind").and_then(Value::as_str).ok_or(CrdError::Missing("spec.names.kind"))?;
-    let singular = names.get("singular").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| kind.to_lowercase());
-    let list_kind = names.get("listKind").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| format!("{kind}List"));
+    let plural = names
+        .get("plural")
+        .and_then(Value::as_str)
+        .ok_or(CrdError::Missing("spec.names.plural"))?;
+    let kind = names
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or(CrdError::Missing("spec.names.kind"))?;
+    let singular = names
+        .get("singular")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| kind.to_lowercase());
+    let list_kind = names
+        .get("listKind")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{kind}List"));
     let strs = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()).unwrap_or_default()
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
     };
     let short_names = strs(names.get("shortNames"));
     let categories = strs(names.get("categories"));
     let namespaced = spec.get("scope").and_then(Value::as_str) != Some("Cluster");
-    let versions = spec.get("versions").and_then(Value::as_array).ok_or(CrdError::Missing("spec.versions"))?;
+    let versions = spec
+        .get("versions")
+        .and_then(Value::as_array)
+        .ok_or(CrdError::Missing("spec.versions"))?;
     let storage_version = versions
         .iter()
         .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
@@ -328,19 +449,36 @@ pub fn types_from_crd(crd: &Value) -> Result<Vec<ResourceType>, CrdError> {
         if v.get("served").and_then(Value::as_bool) != Some(true) {
             continue;
         }
-        let name = v.get("name").and_then(Value::as_str).ok_or(CrdError::Missing("spec.versions[].name"))?;
+        let name = v
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or(CrdError::Missing("spec.versions[].name"))?;
         let raw = v.pointer("/schema/openAPIV3Schema");
         let schema = match raw {
-            Some(s) => Some(Arc::new(
-                Node::compile(s).map_err(|source| CrdError::Schema { version: name.to_string(), source })?,
-            )),
+            Some(s) => Some(Arc::new(Node::compile(s).map_err(|source| {
+                CrdError::Schema {
+                    version: name.to_string(),
+                    source,
+                }
+            })?)),
             None => None,
         };
         let subs = v.get("subresources");
         let scale = subs.and_then(|s| s.get("scale")).map(|s| ScaleSpec {
-            spec_replicas: s.get("specReplicasPath").and_then(Value::as_str).unwrap_or(".spec.replicas").to_string(),
-            status_replicas: s.get("statusReplicasPath").and_then(Value::as_str).unwrap_or(".status.replicas").to_string(),
-            label_selector: s.get("labelSelectorPath").and_then(Value::as_str).map(str::to_string),
+            spec_replicas: s
+                .get("specReplicasPath")
+                .and_then(Value::as_str)
+                .unwrap_or(".spec.replicas")
+                .to_string(),
+            status_replicas: s
+                .get("statusReplicasPath")
+                .and_then(Value::as_str)
+                .unwrap_or(".status.replicas")
+                .to_string(),
+            label_selector: s
+                .get("labelSelectorPath")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         });
         let columns = v
             .get("additionalPrinterColumns")
@@ -348,12 +486,32 @@ pub fn types_from_crd(crd: &Value) -> Result<Vec<ResourceType>, CrdError> {
             .map(|cols| {
                 cols.iter()
                     .map(|c| PrinterColumn {
-                        name: c.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                        ty: c.get("type").and_then(Value::as_str).unwrap_or("string").to_string(),
-                        format: c.get("format").and_then(Value::as_str).unwrap_or_default().to_string(),
-                        description: c.get("description").and_then(Value::as_str).unwrap_or_default().to_string(),
+                        name: c
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                        ty: c
+                            .get("type")
+                            .and_then(Value::as_str)
+                            .unwrap_or("string")
+                            .to_string(),
+                        format: c
+                            .get("format")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                        description: c
+                            .get("description")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
                         priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
-                        json_path: c.get("jsonPath").and_then(Value::as_str).unwrap_or_default().to_string(),
+                        json_path: c
+                            .get("jsonPath")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
                     })
                     .collect()
             })
@@ -387,9 +545,13 @@ pub fn types_from_crd(crd: &Value) -> Result<Vec<ResourceType>, CrdError> {
 
 /// Kubernetes version priority: GA > beta > alpha > other, then by numbers (v1 > v1beta2).
 pub fn version_priority(v: &str) -> (u8, u32, u32) {
-    let Some(rest) = v.strip_prefix('v') else { return (0, 0, 0) };
+    let Some(rest) = v.strip_prefix('v') else {
+        return (0, 0, 0);
+    };
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    let Ok(major) = digits.parse::<u32>() else { return (0, 0, 0) };
+    let Ok(major) = digits.parse::<u32>() else {
+        return (0, 0, 0);
+    };
     let tail = &rest[digits.len()..];
     if tail.is_empty() {
         return (3, major, 0);
@@ -408,6 +570,8 @@ impl Registry {
     /// The storage-version type of a storage table (`plural.group`).
     pub fn by_storage_key(&self, key: &str) -> Option<&Arc<ResourceType>> {
         let (plural, group) = key.split_once('.')?;
-        self.by_gvr.values().find(|t| t.plural == plural && t.group == group && t.version == t.storage_version)
+        self.by_gvr
+            .values()
+            .find(|t| t.plural == plural && t.group == group && t.version == t.storage_version)
     }
 }

@@ -121,7 +121,9 @@ impl Node {
 }
 
 fn compile(v: &Value, path: &str) -> Result<Node, SchemaError> {
-    let m = v.as_object().ok_or_else(|| SchemaError::NotObject(path.to_string()))?;
+    let m = v
+        .as_object()
+        .ok_or_else(|| SchemaError::NotObject(path.to_string()))?;
     let mut n = Node {
         ty: m.get("type").and_then(Value::as_str).map(str::to_string),
         nullable: flag(m, "nullable"),
@@ -141,10 +143,17 @@ fn compile(v: &Value, path: &str) -> Result<Node, SchemaError> {
         unique_items: flag(m, "uniqueItems"),
         min_properties: m.get("minProperties").and_then(Value::as_u64),
         max_properties: m.get("maxProperties").and_then(Value::as_u64),
-        list_type: m.get("x-kubernetes-list-type").and_then(Value::as_str).map(str::to_string),
+        list_type: m
+            .get("x-kubernetes-list-type")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         list_map_keys: strings(m.get("x-kubernetes-list-map-keys")),
         required: strings(m.get("required")),
-        enumeration: m.get("enum").and_then(Value::as_array).cloned().unwrap_or_default(),
+        enumeration: m
+            .get("enum")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
         ..Node::default()
     };
     if let Some(p) = m.get("pattern").and_then(Value::as_str) {
@@ -165,14 +174,21 @@ fn compile(v: &Value, path: &str) -> Result<Node, SchemaError> {
     match m.get("additionalProperties") {
         Some(Value::Bool(true)) => n.preserve_unknown = true,
         Some(sub @ Value::Object(_)) => {
-            n.additional = Some(Box::new(compile(sub, &format!("{path}.additionalProperties"))?))
+            n.additional = Some(Box::new(compile(
+                sub,
+                &format!("{path}.additionalProperties"),
+            )?))
         }
         _ => {}
     }
     if let Some(items) = m.get("items") {
         n.items = Some(Box::new(compile(items, &format!("{path}.items"))?));
     }
-    for (key, dst) in [("allOf", &mut n.all_of), ("anyOf", &mut n.any_of), ("oneOf", &mut n.one_of)] {
+    for (key, dst) in [
+        ("allOf", &mut n.all_of),
+        ("anyOf", &mut n.any_of),
+        ("oneOf", &mut n.one_of),
+    ] {
         if let Some(Value::Array(list)) = m.get(key) {
             for (i, s) in list.iter().enumerate() {
                 dst.push(compile(s, &format!("{path}.{key}[{i}]"))?);
@@ -191,7 +207,12 @@ fn flag(m: &Map<String, Value>, k: &str) -> bool {
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -258,7 +279,10 @@ pub fn prune(n: &Node, v: &mut Value, root: bool) {
             // Nulls of non-nullable properties are pruned below the root as well.
             m.retain(|k, val| {
                 !(val.is_null()
-                    && n.properties.get(k).or(n.additional.as_deref()).is_some_and(|s| !s.nullable))
+                    && n.properties
+                        .get(k)
+                        .or(n.additional.as_deref())
+                        .is_some_and(|s| !s.nullable))
             });
         }
         Value::Array(a) => {
@@ -286,16 +310,24 @@ fn type_name(v: &Value) -> &'static str {
 
 fn type_ok(want: &str, v: &Value) -> bool {
     match (want, v) {
-        ("object", Value::Object(_)) | ("array", Value::Array(_)) | ("string", Value::String(_)) => true,
+        ("object", Value::Object(_))
+        | ("array", Value::Array(_))
+        | ("string", Value::String(_)) => true,
         ("boolean", Value::Bool(_)) => true,
         ("number", Value::Number(_)) => true,
-        ("integer", Value::Number(n)) => n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0),
+        ("integer", Value::Number(n)) => {
+            n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0)
+        }
         _ => false,
     }
 }
 
 fn child(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 fn validate(n: &Node, v: &Value, path: &str, out: &mut Vec<Cause>) {
@@ -304,18 +336,33 @@ fn validate(n: &Node, v: &Value, path: &str, out: &mut Vec<Cause>) {
             return;
         }
         let want = n.ty.as_deref().unwrap_or("string");
-        out.push(type_invalid(path, v, &format!("{path} in body must be of type {want}: \"null\"")));
+        out.push(type_invalid(
+            path,
+            v,
+            &format!("{path} in body must be of type {want}: \"null\""),
+        ));
         return;
     }
     if n.int_or_string {
         if !matches!(v, Value::String(_)) && !type_ok("integer", v) {
-            out.push(type_invalid(path, v, &format!("{path} in body must be of type integer,string: {:?}", type_name(v))));
+            out.push(type_invalid(
+                path,
+                v,
+                &format!(
+                    "{path} in body must be of type integer,string: {:?}",
+                    type_name(v)
+                ),
+            ));
             return;
         }
     } else if let Some(t) = &n.ty
         && !type_ok(t, v)
     {
-        out.push(type_invalid(path, v, &format!("{path} in body must be of type {t}: {:?}", type_name(v))));
+        out.push(type_invalid(
+            path,
+            v,
+            &format!("{path} in body must be of type {t}: {:?}", type_name(v)),
+        ));
         return;
     }
     if !n.enumeration.is_empty() && !n.enumeration.contains(v) {
@@ -379,8 +426,10 @@ fn validate(n: &Node, v: &Value, path: &str, out: &mut Vec<Cause>) {
                 }
             }
             if n.list_type.as_deref() == Some("map") && !n.list_map_keys.is_empty() {
-                let keys: Vec<Vec<Option<&Value>>> =
-                    a.iter().map(|x| n.list_map_keys.iter().map(|k| x.get(k)).collect()).collect();
+                let keys: Vec<Vec<Option<&Value>>> = a
+                    .iter()
+                    .map(|x| n.list_map_keys.iter().map(|k| x.get(k)).collect())
+                    .collect();
                 for i in 0..keys.len() {
                     if keys[..i].contains(&keys[i]) {
                         out.push(Cause {
@@ -419,30 +468,62 @@ fn validate(n: &Node, v: &Value, path: &str, out: &mut Vec<Cause>) {
             if let Some((p, re)) = &n.pattern
                 && !re.is_match(s)
             {
-                out.push(crate::status::invalid_value(path, v, &format!("{path} in body should match '{p}'")));
+                out.push(crate::status::invalid_value(
+                    path,
+                    v,
+                    &format!("{path} in body should match '{p}'"),
+                ));
             }
         }
         Value::Number(num) => {
             let f = num.as_f64().unwrap_or(0.0);
             if let Some(min) = n.minimum {
-                let bad = if n.exclusive_minimum { f <= min } else { f < min };
+                let bad = if n.exclusive_minimum {
+                    f <= min
+                } else {
+                    f < min
+                };
                 if bad {
-                    let op = if n.exclusive_minimum { "greater than" } else { "greater than or equal to" };
-                    out.push(crate::status::invalid_value(path, v, &format!("{path} in body should be {op} {}", fmt_num(min))));
+                    let op = if n.exclusive_minimum {
+                        "greater than"
+                    } else {
+                        "greater than or equal to"
+                    };
+                    out.push(crate::status::invalid_value(
+                        path,
+                        v,
+                        &format!("{path} in body should be {op} {}", fmt_num(min)),
+                    ));
                 }
             }
             if let Some(max) = n.maximum {
-                let bad = if n.exclusive_maximum { f >= max } else { f > max };
+                let bad = if n.exclusive_maximum {
+                    f >= max
+                } else {
+                    f > max
+                };
                 if bad {
-                    let op = if n.exclusive_maximum { "less than" } else { "less than or equal to" };
-                    out.push(crate::status::invalid_value(path, v, &format!("{path} in body should be {op} {}", fmt_num(max))));
+                    let op = if n.exclusive_maximum {
+                        "less than"
+                    } else {
+                        "less than or equal to"
+                    };
+                    out.push(crate::status::invalid_value(
+                        path,
+                        v,
+                        &format!("{path} in body should be {op} {}", fmt_num(max)),
+                    ));
                 }
             }
             if let Some(m) = n.multiple_of
                 && m != 0.0
                 && (f / m).fract() != 0.0
             {
-                out.push(crate::status::invalid_value(path, v, &format!("{path} in body should be a multiple of {}", fmt_num(m))));
+                out.push(crate::status::invalid_value(
+                    path,
+                    v,
+                    &format!("{path} in body should be a multiple of {}", fmt_num(m)),
+                ));
             }
         }
         _ => {}
@@ -451,18 +532,34 @@ fn validate(n: &Node, v: &Value, path: &str, out: &mut Vec<Cause>) {
         validate(s, v, path, out);
     }
     if !n.any_of.is_empty() && !n.any_of.iter().any(|s| s.validate_at(v, path).is_empty()) {
-        out.push(crate::status::invalid_value(path, v, &format!("{path} in body must match at least one schema in anyOf")));
+        out.push(crate::status::invalid_value(
+            path,
+            v,
+            &format!("{path} in body must match at least one schema in anyOf"),
+        ));
     }
     if !n.one_of.is_empty() {
-        let matching = n.one_of.iter().filter(|s| s.validate_at(v, path).is_empty()).count();
+        let matching = n
+            .one_of
+            .iter()
+            .filter(|s| s.validate_at(v, path).is_empty())
+            .count();
         if matching != 1 {
-            out.push(crate::status::invalid_value(path, v, &format!("{path} in body must match exactly one schema in oneOf")));
+            out.push(crate::status::invalid_value(
+                path,
+                v,
+                &format!("{path} in body must match exactly one schema in oneOf"),
+            ));
         }
     }
     if let Some(not) = &n.not
         && not.validate_at(v, path).is_empty()
     {
-        out.push(crate::status::invalid_value(path, v, &format!("{path} in body should not match the schema in not")));
+        out.push(crate::status::invalid_value(
+            path,
+            v,
+            &format!("{path} in body should not match the schema in not"),
+        ));
     }
 }
 
@@ -475,7 +572,11 @@ fn too_many(path: &str, have: usize, max: u64, what: &str) -> Cause {
 }
 
 fn fmt_num(f: f64) -> String {
-    if f.fract() == 0.0 && f.abs() < 1e15 { format!("{}", f as i64) } else { f.to_string() }
+    if f.fract() == 0.0 && f.abs() < 1e15 {
+        format!("{}", f as i64)
+    } else {
+        f.to_string()
+    }
 }
 
 #[cfg(test)]

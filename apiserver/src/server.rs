@@ -178,27 +178,64 @@ impl ServerBuilder {
 
     /// Binds `addr` (e.g. `127.0.0.1:0`) and starts serving.
     pub async fn start(self, addr: &str) -> Result<Server, ServerError> {
-        let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr: addr.into(), source })?;
-        let local = listener.local_addr().map_err(|source| ServerError::Bind { addr: addr.into(), source })?;
-        let token = self.token.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-        let tls = if self.tls { Some(TlsMaterial::generate(local)?) } else { None };
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: addr.into(),
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: addr.into(),
+            source,
+        })?;
+        let token = self
+            .token
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let tls = if self.tls {
+            Some(TlsMaterial::generate(local)?)
+        } else {
+            None
+        };
         let mut state = State::new(self.history);
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            let rt = state.registry.get("", "v1", "namespaces").cloned().ok_or_else(|| internal("namespaces type"))?;
+            let rt = state
+                .registry
+                .get("", "v1", "namespaces")
+                .cloned()
+                .ok_or_else(|| internal("namespaces type"))?;
             let obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            let prepared = ops::prepare_create(&rt, None, obj, "capstan-apiserver", 0).map_err(|e| ServerError::InstallCrd { name: ns.into(), source: e })?;
-            ops::commit_create(&mut state, &rt, prepared, false).map_err(|e| ServerError::InstallCrd { name: ns.into(), source: e })?;
+            let prepared =
+                ops::prepare_create(&rt, None, obj, "capstan-apiserver", 0).map_err(|e| {
+                    ServerError::InstallCrd {
+                        name: ns.into(),
+                        source: e,
+                    }
+                })?;
+            ops::commit_create(&mut state, &rt, prepared, false).map_err(|e| {
+                ServerError::InstallCrd {
+                    name: ns.into(),
+                    source: e,
+                }
+            })?;
         }
         let mut docs = self.crd_docs.clone();
         for src in &self.crd_sources {
             for f in yaml_files(src)? {
-                let text = std::fs::read_to_string(&f).map_err(|source| ServerError::ReadCrd { path: f.clone(), source })?;
+                let text = std::fs::read_to_string(&f).map_err(|source| ServerError::ReadCrd {
+                    path: f.clone(),
+                    source,
+                })?;
                 docs.push((f.display().to_string(), text));
             }
         }
         for (path, text) in docs {
             for doc in serde_yaml::Deserializer::from_str(&text) {
-                let v: Value = serde::Deserialize::deserialize(doc).map_err(|e| ServerError::ParseCrd { path: path.clone(), message: e.to_string() })?;
+                let v: Value =
+                    serde::Deserialize::deserialize(doc).map_err(|e| ServerError::ParseCrd {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
                 if v.is_null() {
                     continue;
                 }
@@ -245,7 +282,10 @@ impl ServerBuilder {
 }
 
 fn internal(what: &str) -> ServerError {
-    ServerError::InstallCrd { name: what.into(), source: crate::status::ApiError::internal(format!("missing {what}")) }
+    ServerError::InstallCrd {
+        name: what.into(),
+        source: crate::status::ApiError::internal(format!("missing {what}")),
+    }
 }
 
 fn install_crd(state: &mut State, v: Value) -> Result<(), ServerError> {
@@ -255,8 +295,14 @@ fn install_crd(state: &mut State, v: Value) -> Result<(), ServerError> {
         .cloned()
         .ok_or_else(|| internal("customresourcedefinitions type"))?;
     let name = ops::name_of(&v).to_string();
-    let prepared = ops::prepare_create(&rt, None, v, "capstan-apiserver", 0).map_err(|source| ServerError::InstallCrd { name: name.clone(), source })?;
-    ops::commit_create(state, &rt, prepared, false).map_err(|source| ServerError::InstallCrd { name, source })?;
+    let prepared = ops::prepare_create(&rt, None, v, "capstan-apiserver", 0).map_err(|source| {
+        ServerError::InstallCrd {
+            name: name.clone(),
+            source,
+        }
+    })?;
+    ops::commit_create(state, &rt, prepared, false)
+        .map_err(|source| ServerError::InstallCrd { name, source })?;
     Ok(())
 }
 
@@ -265,9 +311,15 @@ fn yaml_files(p: &Path) -> Result<Vec<PathBuf>, ServerError> {
         return Ok(vec![p.to_path_buf()]);
     }
     let mut out = vec![];
-    let rd = std::fs::read_dir(p).map_err(|source| ServerError::ReadCrd { path: p.to_path_buf(), source })?;
+    let rd = std::fs::read_dir(p).map_err(|source| ServerError::ReadCrd {
+        path: p.to_path_buf(),
+        source,
+    })?;
     for e in rd {
-        let e = e.map_err(|source| ServerError::ReadCrd { path: p.to_path_buf(), source })?;
+        let e = e.map_err(|source| ServerError::ReadCrd {
+            path: p.to_path_buf(),
+            source,
+        })?;
         let path = e.path();
         if path.is_dir() {
             out.extend(yaml_files(&path)?);
@@ -279,7 +331,12 @@ fn yaml_files(p: &Path) -> Result<Vec<PathBuf>, ServerError> {
     Ok(out)
 }
 
-async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, acceptor: Option<tokio_rustls::TlsAcceptor>, mut stop: oneshot::Receiver<()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    inner: Arc<Inner>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -332,18 +389,34 @@ pub struct TlsMaterial {
 
 impl TlsMaterial {
     fn generate(local: SocketAddr) -> Result<Self, ServerError> {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, ExtendedKeyUsagePurpose};
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose, SanType,
+        };
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, "capstan-apiserver-ca");
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca.distinguished_name
+            .push(DnType::CommonName, "capstan-apiserver-ca");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let ca_cert = ca.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca, ca_key);
         let srv_key = KeyPair::generate()?;
-        let mut srv = CertificateParams::new(vec!["localhost".to_string(), "kubernetes".to_string(), "kubernetes.default.svc".to_string()])?;
-        srv.distinguished_name.push(DnType::CommonName, "capstan-apiserver");
-        srv.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
+        let mut srv = CertificateParams::new(vec![
+            "localhost".to_string(),
+            "kubernetes".to_string(),
+            "kubernetes.default.svc".to_string(),
+        ])?;
+        srv.distinguished_name
+            .push(DnType::CommonName, "capstan-apiserver");
+        srv.subject_alt_names
+            .push(SanType::IpAddress(std::net::IpAddr::V4(
+                std::net::Ipv4Addr::LOCALHOST,
+            )));
         if !local.ip().is_unspecified() && !local.ip().is_loopback() {
             srv.subject_alt_names.push(SanType::IpAddress(local.ip()));
         }
@@ -351,8 +424,10 @@ impl TlsMaterial {
         let srv_cert = srv.signed_by(&srv_key, &issuer)?;
         let cli_key = KeyPair::generate()?;
         let mut cli = CertificateParams::new(Vec::<String>::new())?;
-        cli.distinguished_name.push(DnType::CommonName, "capstan-admin");
-        cli.distinguished_name.push(DnType::OrganizationName, "system:masters");
+        cli.distinguished_name
+            .push(DnType::CommonName, "capstan-admin");
+        cli.distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
         cli.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cli_cert = cli.signed_by(&cli_key, &issuer)?;
         Ok(Self {
@@ -369,10 +444,13 @@ impl TlsMaterial {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca_der.clone())?;
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.server_key_der.clone().into());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -443,7 +521,10 @@ impl Server {
 
     /// Admin client certificate and key PEM (HTTPS mode).
     pub fn client_cert_pem(&self) -> Option<(&str, &str)> {
-        self.core.tls.as_ref().map(|t| (t.client_cert_pem.as_str(), t.client_key_pem.as_str()))
+        self.core
+            .tls
+            .as_ref()
+            .map(|t| (t.client_cert_pem.as_str(), t.client_key_pem.as_str()))
     }
 
     /// A kubeconfig for this server: context `<name>` (token) and `<name>-cert` (client cert).
@@ -453,19 +534,30 @@ impl Server {
 
     /// Writes the kubeconfig to a file.
     pub fn write_kubeconfig(&self, path: impl AsRef<Path>) -> Result<(), ServerError> {
-        std::fs::write(path.as_ref(), &self.core.kubeconfig).map_err(|source| ServerError::WriteKubeconfig { path: path.as_ref().to_path_buf(), source })
+        std::fs::write(path.as_ref(), &self.core.kubeconfig).map_err(|source| {
+            ServerError::WriteKubeconfig {
+                path: path.as_ref().to_path_buf(),
+                source,
+            }
+        })
     }
 
     /// Request counts, watches, objects.
     pub fn metrics(&self) -> MetricsSnapshot {
         let st = self.core.inner.state.read();
-        self.core.inner.metrics.snapshot(st.object_count(), st.json_bytes, st.rv)
+        self.core
+            .inner
+            .metrics
+            .snapshot(st.object_count(), st.json_bytes, st.rv)
     }
 
     /// Prometheus text of /metrics.
     pub fn metrics_text(&self) -> String {
         let st = self.core.inner.state.read();
-        self.core.inner.metrics.render(st.object_count(), st.json_bytes, st.rv)
+        self.core
+            .inner
+            .metrics
+            .render(st.object_count(), st.json_bytes, st.rv)
     }
 
     /// Adds latency to every request from now on.
@@ -488,7 +580,10 @@ impl Server {
     pub fn compact(&self) {
         let mut st = self.core.inner.state.write();
         st.compact();
-        self.core.inner.continue_floor.store(st.rv + 1, std::sync::atomic::Ordering::Relaxed);
+        self.core
+            .inner
+            .continue_floor
+            .store(st.rv + 1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Stops listening, closes connections and watches.
@@ -514,7 +609,12 @@ impl ServerSet {
     }
 
     /// Starts a server named `name` on `addr` (use port 0 for a free port).
-    pub async fn start(&self, name: &str, builder: ServerBuilder, addr: &str) -> Result<Server, ServerError> {
+    pub async fn start(
+        &self,
+        name: &str,
+        builder: ServerBuilder,
+        addr: &str,
+    ) -> Result<Server, ServerError> {
         if self.servers.lock().contains_key(name) {
             return Err(ServerError::Duplicate(name.into()));
         }
@@ -536,7 +636,11 @@ impl ServerSet {
 
     /// Names and URLs of running servers.
     pub fn list(&self) -> Vec<(String, String)> {
-        self.servers.lock().iter().map(|(n, s)| (n.clone(), s.url().to_string())).collect()
+        self.servers
+            .lock()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.url().to_string()))
+            .collect()
     }
 
     /// Stops and forgets one server; false if there was none.
@@ -553,7 +657,9 @@ impl ServerSet {
 
     /// Stops every server.
     pub async fn stop_all(&self) {
-        let all: Vec<Server> = std::mem::take(&mut *self.servers.lock()).into_values().collect();
+        let all: Vec<Server> = std::mem::take(&mut *self.servers.lock())
+            .into_values()
+            .collect();
         for s in all {
             s.shutdown().await;
         }

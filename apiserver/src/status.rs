@@ -33,7 +33,13 @@ pub struct ApiError {
 impl ApiError {
     /// An error with no details.
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None, retry_after: None }
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+            retry_after: None,
+        }
     }
 
     fn with_details(mut self, details: Value) -> Self {
@@ -48,7 +54,12 @@ impl ApiError {
 
     /// 404 for a path no resource serves.
     pub fn no_route() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource").with_details(json!({}))
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .with_details(json!({}))
     }
 
     /// 404 NotFound for an object.
@@ -61,15 +72,23 @@ impl ApiError {
     /// 409 AlreadyExists.
     pub fn already_exists(group: &str, resource: &str, name: &str) -> Self {
         let qualified = qualified(group, resource);
-        Self::new(409, "AlreadyExists", format!("{qualified} \"{name}\" already exists"))
-            .with_details(details(name, group, resource))
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{qualified} \"{name}\" already exists"),
+        )
+        .with_details(details(name, group, resource))
     }
 
     /// 409 Conflict on a stale resourceVersion or failed precondition.
     pub fn conflict(group: &str, resource: &str, name: &str, why: &str) -> Self {
         let qualified = qualified(group, resource);
-        Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {qualified} \"{name}\": {why}"))
-            .with_details(details(name, group, resource))
+        Self::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {qualified} \"{name}\": {why}"),
+        )
+        .with_details(details(name, group, resource))
     }
 
     /// The optimistic-concurrency conflict message.
@@ -99,20 +118,33 @@ impl ApiError {
     /// 422 Invalid with field causes; `kind` is the qualified kind (`Cluster.cluster.x-k8s.io`).
     pub fn invalid(qualified_kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> Self {
         let parts: Vec<String> = causes.iter().map(render_cause).collect();
-        let body = if parts.len() == 1 { parts[0].clone() } else { format!("[{}]", parts.join(", ")) };
+        let body = if parts.len() == 1 {
+            parts[0].clone()
+        } else {
+            format!("[{}]", parts.join(", "))
+        };
         let kind = qualified_kind.split('.').next().unwrap_or(qualified_kind);
         let mut d = json!({"name": name, "group": group, "kind": kind});
         if group.is_empty() {
             d.as_object_mut().map(|m| m.remove("group"));
         }
         d["causes"] = causes_json(&causes);
-        Self::new(422, "Invalid", format!("{qualified_kind} \"{name}\" is invalid: {body}")).with_details(d)
+        Self::new(
+            422,
+            "Invalid",
+            format!("{qualified_kind} \"{name}\" is invalid: {body}"),
+        )
+        .with_details(d)
     }
 
     /// 405 MethodNotAllowed.
     pub fn method_not_allowed(verb: &str) -> Self {
-        Self::new(405, "MethodNotAllowed", format!("the server does not allow this method on the requested resource ({verb})"))
-            .with_details(json!({}))
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({verb})"),
+        )
+        .with_details(json!({}))
     }
 
     /// 415 UnsupportedMediaType for a PATCH content type.
@@ -142,13 +174,21 @@ impl ApiError {
 
     /// 413 RequestEntityTooLarge.
     pub fn too_large(limit: usize) -> Self {
-        Self::new(413, "RequestEntityTooLarge", format!("Request entity too large: limit is {limit}"))
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
     }
 
     /// 429 TooManyRequests with Retry-After.
     pub fn too_many_requests(retry_after: u64) -> Self {
-        let mut e = Self::new(429, "TooManyRequests", "Too many requests, please try again later.")
-            .with_details(json!({"retryAfterSeconds": retry_after}));
+        let mut e = Self::new(
+            429,
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+        )
+        .with_details(json!({"retryAfterSeconds": retry_after}));
         e.retry_after = Some(retry_after);
         e
     }
@@ -161,8 +201,12 @@ impl ApiError {
     /// 403 Forbidden.
     pub fn forbidden(group: &str, resource: &str, name: &str, why: &str) -> Self {
         let qualified = qualified(group, resource);
-        Self::new(403, "Forbidden", format!("{qualified} \"{name}\" is forbidden: {why}"))
-            .with_details(details(name, group, resource))
+        Self::new(
+            403,
+            "Forbidden",
+            format!("{qualified} \"{name}\" is forbidden: {why}"),
+        )
+        .with_details(details(name, group, resource))
     }
 
     /// 410 Expired (Gone) for a too-old resourceVersion or continue token.
@@ -194,7 +238,11 @@ impl ApiError {
 }
 
 fn qualified(group: &str, resource: &str) -> String {
-    if group.is_empty() { resource.to_string() } else { format!("{resource}.{group}") }
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
 }
 
 fn details(name: &str, group: &str, resource: &str) -> Value {
@@ -207,12 +255,19 @@ fn details(name: &str, group: &str, resource: &str) -> Value {
 
 fn causes_json(causes: &[Cause]) -> Value {
     Value::Array(
-        causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect(),
+        causes
+            .iter()
+            .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+            .collect(),
     )
 }
 
 fn render_cause(c: &Cause) -> String {
-    if c.field.is_empty() { c.message.clone() } else { format!("{}: {}", c.field, c.message) }
+    if c.field.is_empty() {
+        c.message.clone()
+    } else {
+        format!("{}: {}", c.field, c.message)
+    }
 }
 
 /// A `FieldValueInvalid` cause with kube's `Invalid value: <v>: <detail>` message.
@@ -226,13 +281,25 @@ pub fn invalid_value(field: &str, value: &Value, detail: &str) -> Cause {
 
 /// A `FieldValueRequired` cause.
 pub fn required(field: &str, detail: &str) -> Cause {
-    let message = if detail.is_empty() { "Required value".to_string() } else { format!("Required value: {detail}") };
-    Cause { reason: "FieldValueRequired", message, field: field.to_string() }
+    let message = if detail.is_empty() {
+        "Required value".to_string()
+    } else {
+        format!("Required value: {detail}")
+    };
+    Cause {
+        reason: "FieldValueRequired",
+        message,
+        field: field.to_string(),
+    }
 }
 
 /// A `FieldValueForbidden` cause.
 pub fn forbidden_field(field: &str, detail: &str) -> Cause {
-    Cause { reason: "FieldValueForbidden", message: format!("Forbidden: {detail}"), field: field.to_string() }
+    Cause {
+        reason: "FieldValueForbidden",
+        message: format!("Forbidden: {detail}"),
+        field: field.to_string(),
+    }
 }
 
 /// A `FieldValueNotSupported` cause (enum mismatch).
@@ -240,7 +307,11 @@ pub fn not_supported(field: &str, value: &Value, allowed: &[Value]) -> Cause {
     let list: Vec<String> = allowed.iter().map(go_value).collect();
     Cause {
         reason: "FieldValueNotSupported",
-        message: format!("Unsupported value: {}: supported values: {}", go_value(value), list.join(", ")),
+        message: format!(
+            "Unsupported value: {}: supported values: {}",
+            go_value(value),
+            list.join(", ")
+        ),
         field: field.to_string(),
     }
 }

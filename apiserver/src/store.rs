@@ -25,7 +25,10 @@ pub struct Obj {
 impl Obj {
     /// The value of one label.
     pub fn label(&self, k: &str) -> Option<&str> {
-        self.labels.iter().find(|(a, _)| &**a == k).map(|(_, v)| &**v)
+        self.labels
+            .iter()
+            .find(|(a, _)| &**a == k)
+            .map(|(_, v)| &**v)
     }
 
     /// Parses the stored JSON.
@@ -148,8 +151,15 @@ impl State {
     }
 
     /// All objects of a table, optionally within one namespace, from `start` (inclusive).
-    pub fn range<'a>(&'a self, table: &str, ns: Option<&str>, start: Option<&str>) -> Box<dyn Iterator<Item = (&'a String, &'a Arc<Obj>)> + 'a> {
-        let Some(t) = self.tables.get(table) else { return Box::new(std::iter::empty()) };
+    pub fn range<'a>(
+        &'a self,
+        table: &str,
+        ns: Option<&str>,
+        start: Option<&str>,
+    ) -> Box<dyn Iterator<Item = (&'a String, &'a Arc<Obj>)> + 'a> {
+        let Some(t) = self.tables.get(table) else {
+            return Box::new(std::iter::empty());
+        };
         match ns {
             Some(ns) => {
                 let lo = format!("{ns}/");
@@ -185,7 +195,10 @@ impl State {
         let stored = Arc::new(make_obj(rv, &obj));
         let owners = owner_uids(&obj);
         let table = self.table_arc(table);
-        let old = self.tables.get_mut(&table).and_then(|t| t.insert(key.to_string(), stored.clone()));
+        let old = self
+            .tables
+            .get_mut(&table)
+            .and_then(|t| t.insert(key.to_string(), stored.clone()));
         if let Some(old) = &old {
             self.json_bytes -= old.json.len();
             let old_owners = owner_uids(&old.value());
@@ -193,7 +206,14 @@ impl State {
         }
         self.json_bytes += stored.json.len();
         self.index(&table, key, &owners);
-        self.record(Event { rv, kind, table, key: key.to_string(), obj: stored.clone(), prev: old });
+        self.record(Event {
+            rv,
+            kind,
+            table,
+            key: key.to_string(),
+            obj: stored.clone(),
+            prev: old,
+        });
         stored
     }
 
@@ -209,13 +229,23 @@ impl State {
             meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
         }
         let stored = Arc::new(make_obj(rv, &last));
-        self.record(Event { rv, kind: EventType::Deleted, table, key: key.to_string(), obj: stored.clone(), prev: None });
+        self.record(Event {
+            rv,
+            kind: EventType::Deleted,
+            table,
+            key: key.to_string(),
+            obj: stored.clone(),
+            prev: None,
+        });
         Some(stored)
     }
 
     fn index(&mut self, table: &Arc<str>, key: &str, owners: &[String]) {
         for o in owners {
-            self.dependents.entry(o.clone()).or_default().insert((table.clone(), key.to_string()));
+            self.dependents
+                .entry(o.clone())
+                .or_default()
+                .insert((table.clone(), key.to_string()));
         }
     }
 
@@ -252,14 +282,27 @@ impl State {
 
     /// Events of `table` after `rv` plus a receiver for later ones, atomically.
     /// `None` when `rv` is older than the history window.
-    pub fn subscribe(&mut self, table: &str, rv: u64) -> Option<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>)> {
+    pub fn subscribe(
+        &mut self,
+        table: &str,
+        rv: u64,
+    ) -> Option<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>)> {
         if rv < self.compacted {
             return None;
         }
         let table = self.table_arc(table);
-        let rx = self.senders.entry(table.clone()).or_insert_with(|| broadcast::channel(FANOUT_CAPACITY).0).subscribe();
+        let rx = self
+            .senders
+            .entry(table.clone())
+            .or_insert_with(|| broadcast::channel(FANOUT_CAPACITY).0)
+            .subscribe();
         let start = self.history.partition_point(|e| e.rv <= rv);
-        let replay = self.history.range(start..).filter(|e| e.table == table).cloned().collect();
+        let replay = self
+            .history
+            .range(start..)
+            .filter(|e| e.table == table)
+            .cloned()
+            .collect();
         Some((replay, rx))
     }
 
@@ -278,7 +321,16 @@ fn make_obj(rv: u64, obj: &Value) -> Obj {
     let labels = obj
         .pointer("/metadata/labels")
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| (Box::from(k.as_str()), Box::from(v.as_str().unwrap_or_default()))).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    (
+                        Box::from(k.as_str()),
+                        Box::from(v.as_str().unwrap_or_default()),
+                    )
+                })
+                .collect()
+        })
         .unwrap_or_default();
     Obj { rv, json, labels }
 }
@@ -287,6 +339,11 @@ fn make_obj(rv: u64, obj: &Value) -> Obj {
 pub fn owner_uids(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
-        .map(|refs| refs.iter().filter_map(|r| r.get("uid").and_then(Value::as_str)).map(str::to_string).collect())
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| r.get("uid").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }

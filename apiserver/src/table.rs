@@ -52,9 +52,19 @@ fn columns(rt: &ResourceType) -> Vec<PrinterColumn> {
             cols.extend(rt.columns.iter().cloned());
         }
     } else {
-        cols.extend(rt.columns.iter().filter(|c| c.name != "Created At").cloned());
+        cols.extend(
+            rt.columns
+                .iter()
+                .filter(|c| c.name != "Created At")
+                .cloned(),
+        );
         if rt.columns.iter().any(|c| c.name == "Created At") {
-            cols.extend(rt.columns.iter().filter(|c| c.name == "Created At").cloned());
+            cols.extend(
+                rt.columns
+                    .iter()
+                    .filter(|c| c.name == "Created At")
+                    .cloned(),
+            );
         } else {
             cols.push(age);
         }
@@ -82,16 +92,25 @@ pub fn row(rt: &ResourceType, obj: &Value, include: Include) -> Value {
         .iter()
         .map(|c| {
             let vals = eval(obj, &c.json_path);
-            let Some(first) = vals.first() else { return Value::Null };
+            let Some(first) = vals.first() else {
+                return Value::Null;
+            };
             if c.ty == "date" && (rt.custom || c.name == "Age") {
-                return first.as_str().and_then(meta::age_secs).map(|s| json!(meta::human_duration(s))).unwrap_or(Value::Null);
+                return first
+                    .as_str()
+                    .and_then(meta::age_secs)
+                    .map(|s| json!(meta::human_duration(s)))
+                    .unwrap_or(Value::Null);
             }
             if vals.len() > 1 {
                 let parts: Vec<String> = vals.iter().map(|v| plain(v)).collect();
                 return json!(parts.join(","));
             }
             match (c.ty.as_str(), first) {
-                ("string", Value::String(_)) | ("integer", Value::Number(_)) | ("number", Value::Number(_)) | ("boolean", Value::Bool(_)) => first.clone(),
+                ("string", Value::String(_))
+                | ("integer", Value::Number(_))
+                | ("number", Value::Number(_))
+                | ("boolean", Value::Bool(_)) => first.clone(),
                 (_, v) => json!(plain(v)),
             }
         })
@@ -112,7 +131,14 @@ pub fn row(rt: &ResourceType, obj: &Value, include: Include) -> Value {
 }
 
 /// A full Table.
-pub fn table(rt: &ResourceType, objs: &[Value], rv: u64, cont: Option<&str>, include: Include, with_columns: bool) -> Value {
+pub fn table(
+    rt: &ResourceType,
+    objs: &[Value],
+    rv: u64,
+    cont: Option<&str>,
+    include: Include,
+    with_columns: bool,
+) -> Value {
     let mut md = json!({"resourceVersion": rv.to_string()});
     if let Some(c) = cont {
         md["continue"] = json!(c);
@@ -153,12 +179,17 @@ pub fn eval(obj: &Value, path: &str) -> Vec<Value> {
             }
             cur = cur.iter().filter_map(|v| v.get(field).cloned()).collect();
         } else if let Some(r) = rest.strip_prefix('[') {
-            let Some(end) = r.find(']') else { return vec![] };
+            let Some(end) = r.find(']') else {
+                return vec![];
+            };
             // Filters may contain ']' only inside quotes; the common ones do not.
             let inner = &r[..end];
             rest = &r[end + 1..];
             if inner == "*" {
-                cur = cur.iter().flat_map(|v| v.as_array().cloned().unwrap_or_default()).collect();
+                cur = cur
+                    .iter()
+                    .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+                    .collect();
             } else if let Ok(i) = inner.parse::<i64>() {
                 cur = cur
                     .iter()
@@ -205,7 +236,10 @@ mod tests {
     #[test]
     fn jsonpath_subset() {
         let o = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}, {"type": "X", "status": "False"}], "n": [1, 2]}});
-        assert_eq!(eval(&o, ".status.conditions[?(@.type==\"Ready\")].status"), vec![json!("True")]);
+        assert_eq!(
+            eval(&o, ".status.conditions[?(@.type==\"Ready\")].status"),
+            vec![json!("True")]
+        );
         assert_eq!(eval(&o, ".status.n[1]"), vec![json!(2)]);
         assert_eq!(eval(&o, ".status.n[*]"), vec![json!(1), json!(2)]);
         assert!(eval(&o, ".spec.x").is_empty());

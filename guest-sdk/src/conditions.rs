@@ -81,11 +81,12 @@ pub fn set(conditions: &mut Vec<Condition>, mut new: Condition, now: &str) -> bo
             true
         }
         Some(old) => {
-            new.last_transition_time = if old.status != new.status || old.last_transition_time.is_empty() {
-                now.to_owned()
-            } else {
-                old.last_transition_time.clone()
-            };
+            new.last_transition_time =
+                if old.status != new.status || old.last_transition_time.is_empty() {
+                    now.to_owned()
+                } else {
+                    old.last_transition_time.clone()
+                };
             let changed = *old != new;
             *old = new;
             changed
@@ -107,16 +108,32 @@ mod tests {
     #[test]
     fn transition_time_changes_only_with_status() {
         let mut cs = Vec::new();
-        assert!(set(&mut cs, Condition::new("Ready", FALSE, "Waiting"), "t1"));
+        assert!(set(
+            &mut cs,
+            Condition::new("Ready", FALSE, "Waiting"),
+            "t1"
+        ));
         assert_eq!(cs[0].last_transition_time, "t1");
         // Same status, new reason: changed, but the transition time stays.
-        assert!(set(&mut cs, Condition::new("Ready", FALSE, "StillWaiting"), "t2"));
+        assert!(set(
+            &mut cs,
+            Condition::new("Ready", FALSE, "StillWaiting"),
+            "t2"
+        ));
         assert_eq!(cs[0].last_transition_time, "t1");
         assert_eq!(cs[0].reason, "StillWaiting");
         // Identical: no change.
-        assert!(!set(&mut cs, Condition::new("Ready", FALSE, "StillWaiting"), "t3"));
+        assert!(!set(
+            &mut cs,
+            Condition::new("Ready", FALSE, "StillWaiting"),
+            "t3"
+        ));
         // Status flips: transition time moves.
-        assert!(set(&mut cs, Condition::new("Ready", TRUE, "Up").observed_generation(Some(2)), "t4"));
+        assert!(set(
+            &mut cs,
+            Condition::new("Ready", TRUE, "Up").observed_generation(Some(2)),
+            "t4"
+        ));
         assert_eq!(cs[0].last_transition_time, "t4");
         assert_eq!(cs[0].observed_generation, Some(2));
         assert!(is_true(&cs, "Ready"));

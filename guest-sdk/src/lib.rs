@@ -131,7 +131,7 @@ macro_rules! export {
                     $crate::__run::<$ty>(snapshot)
                 }
             }
-            $crate::bindings::__export_reconciler!(CapstanExport with_types_in $crate::bindings);
+    $crate::bindings::__export_reconciler!(CapstanExport with_types_in $crate::bindings);
         };
     };
 }

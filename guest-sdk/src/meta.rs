@@ -45,7 +45,9 @@ pub struct ObjectMeta {
 impl ObjectMeta {
     /// The owner reference with `controller: true`, if any.
     pub fn controller(&self) -> Option<&OwnerReference> {
-        self.owner_references.iter().find(|o| o.controller == Some(true))
+        self.owner_references
+            .iter()
+            .find(|o| o.controller == Some(true))
     }
 
     /// Whether `finalizer` is present.
@@ -83,7 +85,13 @@ impl OwnerReference {
     /// A controller reference to `owner` (controller and blockOwnerDeletion
     /// set), as controllerutil.SetControllerReference makes.
     pub fn controller_of(owner: &Value) -> Self {
-        let s = |p: &str| owner.pointer(p).and_then(Value::as_str).unwrap_or("").to_owned();
+        let s = |p: &str| {
+            owner
+                .pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
         Self {
             api_version: s("/apiVersion"),
             kind: s("/kind"),
@@ -260,9 +268,15 @@ mod tests {
         let mut o = json!({"metadata": {"name": "m"}});
         assert!(set_controller_reference(&mut o, &owner));
         assert!(set_controller_reference(&mut o, &owner));
-        assert_eq!(o["metadata"]["ownerReferences"].as_array().map(Vec::len), Some(1));
+        assert_eq!(
+            o["metadata"]["ownerReferences"].as_array().map(Vec::len),
+            Some(1)
+        );
         assert!(!set_controller_reference(&mut o, &other));
         let c = controller_of(&o).expect("controller");
-        assert_eq!((c.name.as_str(), c.block_owner_deletion), ("c1", Some(true)));
+        assert_eq!(
+            (c.name.as_str(), c.block_owner_deletion),
+            ("c1", Some(true))
+        );
     }
 }

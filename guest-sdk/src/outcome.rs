@@ -17,7 +17,8 @@ pub struct Outcome {
 }
 
 fn to_json(obj: &impl Serialize) -> Result<String, Error> {
-    serde_json::to_string(obj).map_err(|e| Error::terminal(format!("object does not serialize: {e}")))
+    serde_json::to_string(obj)
+        .map_err(|e| Error::terminal(format!("object does not serialize: {e}")))
 }
 
 impl Outcome {

@@ -48,7 +48,9 @@ impl Host for FakeHost {
     }
 
     fn memo_set(&self, key: &str, value: &[u8]) {
-        self.memo.borrow_mut().insert(key.to_owned(), value.to_vec());
+        self.memo
+            .borrow_mut()
+            .insert(key.to_owned(), value.to_vec());
     }
 
     fn memo_remove(&self, key: &str) {

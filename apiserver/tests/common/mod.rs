@@ -12,7 +12,8 @@ pub fn capi_crds() -> std::path::PathBuf {
     if let Ok(p) = std::env::var("CAPSTAN_CAPI_CRDS") {
         return p.into();
     }
-    let beside_repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/capi/crds");
+    let beside_repo =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/capi/crds");
     if beside_repo.is_dir() {
         return beside_repo;
     }
@@ -27,7 +28,10 @@ pub async fn client(server: &Server) -> anyhow::Result<kube::Client> {
 /// A kube client for a named kubeconfig context.
 pub async fn client_ctx(server: &Server, context: Option<&str>) -> anyhow::Result<kube::Client> {
     let kc = Kubeconfig::from_yaml(server.kubeconfig_yaml())?;
-    let opts = KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
+    let opts = KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
     let cfg = kube::Config::from_custom_kubeconfig(kc, &opts).await?;
     Ok(kube::Client::try_from(cfg)?)
 }

@@ -26,7 +26,9 @@ const WATCHERS: usize = 10;
 const WATCH_EVENTS: usize = 1_000;
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     if std::env::args().any(|a| a == "--serve") {
         return rt.block_on(serve());
     }
@@ -34,7 +36,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve() -> anyhow::Result<()> {
-    let server = capstan_apiserver::Server::builder().plain_http().history_limit(50_000).start("127.0.0.1:0").await?;
+    let server = capstan_apiserver::Server::builder()
+        .plain_http()
+        .history_limit(50_000)
+        .start("127.0.0.1:0")
+        .await?;
     println!("{}", server.url());
     // Runs until the parent closes stdin.
     let mut buf = [0u8; 1];
@@ -53,7 +59,13 @@ async fn connect(addr: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     Ok(sender)
 }
 
-async fn call(s: &mut SendRequest<Full<Bytes>>, method: &str, path: &str, ct: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
+async fn call(
+    s: &mut SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    ct: &str,
+    body: Bytes,
+) -> anyhow::Result<(u16, Bytes)> {
     s.ready().await?;
     let req = http::Request::builder()
         .method(method)
@@ -81,7 +93,10 @@ fn cm(ns: &str, name: &str, i: usize) -> Bytes {
 }
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 struct Phase {
@@ -111,7 +126,13 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 }
 
 /// Runs `total` requests over `CONNECTIONS` keep-alive connections; `make(i)` builds request i.
-async fn load<F>(addr: &str, name: &'static str, total: usize, expect: u16, make: F) -> anyhow::Result<Phase>
+async fn load<F>(
+    addr: &str,
+    name: &'static str,
+    total: usize,
+    expect: u16,
+    make: F,
+) -> anyhow::Result<Phase>
 where
     F: Fn(usize) -> (&'static str, String, &'static str, Bytes) + Send + Sync + 'static,
 {
@@ -148,7 +169,12 @@ where
     for t in tasks {
         lat_us.extend(t.await??);
     }
-    Ok(Phase { name, ops: total, secs: start.elapsed().as_secs_f64(), lat_us })
+    Ok(Phase {
+        name,
+        ops: total,
+        secs: start.elapsed().as_secs_f64(),
+        lat_us,
+    })
 }
 
 async fn metric(addr: &str, name: &str) -> anyhow::Result<f64> {
@@ -164,8 +190,17 @@ async fn metric(addr: &str, name: &str) -> anyhow::Result<f64> {
 
 async fn create_ns(addr: &str, ns: &str) -> anyhow::Result<()> {
     let mut c = connect(addr).await?;
-    let body = serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))?;
-    let (code, _) = call(&mut c, "POST", "/api/v1/namespaces", "application/json", body.into()).await?;
+    let body = serde_json::to_vec(
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+    )?;
+    let (code, _) = call(
+        &mut c,
+        "POST",
+        "/api/v1/namespaces",
+        "application/json",
+        body.into(),
+    )
+    .await?;
     if code != 201 {
         bail!("namespace {ns}: HTTP {code}");
     }
@@ -173,11 +208,19 @@ async fn create_ns(addr: &str, ns: &str) -> anyhow::Result<()> {
 }
 
 /// Opens a watch stream and returns delivery latencies (µs) of `expect` ADDED events.
-async fn watcher(addr: String, ns: &str, rv: String, expect: usize, ready: Arc<AtomicUsize>) -> anyhow::Result<Vec<f64>> {
+async fn watcher(
+    addr: String,
+    ns: &str,
+    rv: String,
+    expect: usize,
+    ready: Arc<AtomicUsize>,
+) -> anyhow::Result<Vec<f64>> {
     use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(&addr).await?;
     s.set_nodelay(true)?;
-    let req = format!("GET /api/v1/namespaces/{ns}/configmaps?watch=true&resourceVersion={rv} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    let req = format!(
+        "GET /api/v1/namespaces/{ns}/configmaps?watch=true&resourceVersion={rv} HTTP/1.1\r\nHost: bench\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await?;
     let mut r = BufReader::new(s);
     let mut line = String::new();
@@ -210,7 +253,10 @@ async fn watcher(addr: String, ns: &str, rv: String, expect: usize, ready: Arc<A
             let ev: Value = serde_json::from_str(&pending[..pos])?;
             pending.drain(..=pos);
             if ev["type"] == "ADDED" {
-                let sent: u128 = ev["object"]["metadata"]["annotations"]["bench.capstan.dev/sent"].as_str().and_then(|s| s.parse().ok()).unwrap_or(received);
+                let sent: u128 = ev["object"]["metadata"]["annotations"]["bench.capstan.dev/sent"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(received);
                 lat.push(received.saturating_sub(sent) as f64 / 1e3);
             }
         }
@@ -238,7 +284,12 @@ async fn bench() -> anyhow::Result<()> {
     let json0 = metric(&addr, "apiserver_stored_json_bytes").await?;
 
     let create = load(&addr, "create", CREATES, 201, |i| {
-        ("POST", "/api/v1/namespaces/bench/configmaps".into(), "application/json", cm("bench", &format!("cm-{i:06}"), i))
+        (
+            "POST",
+            "/api/v1/namespaces/bench/configmaps".into(),
+            "application/json",
+            cm("bench", &format!("cm-{i:06}"), i),
+        )
     })
     .await?;
     let rss1 = metric(&addr, "process_resident_memory_bytes").await?;
@@ -248,38 +299,84 @@ async fn bench() -> anyhow::Result<()> {
 
     let get = load(&addr, "get", GETS, 200, |i| {
         let n = (i * 7919) % CREATES;
-        ("GET", format!("/api/v1/namespaces/bench/configmaps/cm-{n:06}"), "application/json", Bytes::new())
+        (
+            "GET",
+            format!("/api/v1/namespaces/bench/configmaps/cm-{n:06}"),
+            "application/json",
+            Bytes::new(),
+        )
     })
     .await?;
 
     let patch = load(&addr, "patch (merge)", PATCHES, 200, |i| {
         let n = (i * 104_729) % CREATES;
-        let body = format!(r#"{{"metadata":{{"labels":{{"patched":"v{i}"}}}},"data":{{"owner":"patch-{i}"}}}}"#);
-        ("PATCH", format!("/api/v1/namespaces/bench/configmaps/cm-{n:06}"), "application/merge-patch+json", Bytes::from(body))
+        let body = format!(
+            r#"{{"metadata":{{"labels":{{"patched":"v{i}"}}}},"data":{{"owner":"patch-{i}"}}}}"#
+        );
+        (
+            "PATCH",
+            format!("/api/v1/namespaces/bench/configmaps/cm-{n:06}"),
+            "application/merge-patch+json",
+            Bytes::from(body),
+        )
     })
     .await?;
 
     load(&addr, "seed list", LIST_OBJECTS, 201, |i| {
-        ("POST", "/api/v1/namespaces/listing/configmaps".into(), "application/json", cm("listing", &format!("l-{i:05}"), i))
+        (
+            "POST",
+            "/api/v1/namespaces/listing/configmaps".into(),
+            "application/json",
+            cm("listing", &format!("l-{i:05}"), i),
+        )
     })
     .await?;
-    let list = load(&addr, "list 1k objects", LISTS, 200, |_| ("GET", "/api/v1/namespaces/listing/configmaps".into(), "application/json", Bytes::new())).await?;
+    let list = load(&addr, "list 1k objects", LISTS, 200, |_| {
+        (
+            "GET",
+            "/api/v1/namespaces/listing/configmaps".into(),
+            "application/json",
+            Bytes::new(),
+        )
+    })
+    .await?;
     let list_sel = load(&addr, "list 1k, labelSelector shard=3", LISTS, 200, |_| {
-        ("GET", "/api/v1/namespaces/listing/configmaps?labelSelector=shard%3D3".into(), "application/json", Bytes::new())
+        (
+            "GET",
+            "/api/v1/namespaces/listing/configmaps?labelSelector=shard%3D3".into(),
+            "application/json",
+            Bytes::new(),
+        )
     })
     .await?;
 
     // Watch fan-out: 10 watchers, paced writes, latency from just before the POST to receipt.
     let rv = {
         let mut c = connect(&addr).await?;
-        let (_, body) = call(&mut c, "GET", "/api/v1/namespaces/watch/configmaps", "application/json", Bytes::new()).await?;
+        let (_, body) = call(
+            &mut c,
+            "GET",
+            "/api/v1/namespaces/watch/configmaps",
+            "application/json",
+            Bytes::new(),
+        )
+        .await?;
         let v: Value = serde_json::from_slice(&body)?;
-        v["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string()
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .to_string()
     };
     let ready = Arc::new(AtomicUsize::new(0));
     let mut ws = Vec::new();
     for _ in 0..WATCHERS {
-        ws.push(tokio::spawn(watcher(addr.clone(), "watch", rv.clone(), WATCH_EVENTS, ready.clone())));
+        ws.push(tokio::spawn(watcher(
+            addr.clone(),
+            "watch",
+            rv.clone(),
+            WATCH_EVENTS,
+            ready.clone(),
+        )));
     }
     while ready.load(Ordering::SeqCst) < WATCHERS {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -289,7 +386,14 @@ async fn bench() -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(2));
     for i in 0..WATCH_EVENTS {
         tick.tick().await;
-        let (code, body) = call(&mut c, "POST", "/api/v1/namespaces/watch/configmaps", "application/json", cm("watch", &format!("w-{i:05}"), i)).await?;
+        let (code, body) = call(
+            &mut c,
+            "POST",
+            "/api/v1/namespaces/watch/configmaps",
+            "application/json",
+            cm("watch", &format!("w-{i:05}"), i),
+        )
+        .await?;
         if code != 201 {
             bail!("watch create: {code} {}", String::from_utf8_lossy(&body));
         }
@@ -298,7 +402,12 @@ async fn bench() -> anyhow::Result<()> {
     for w in ws {
         wl.extend(w.await??);
     }
-    let watch = Phase { name: "watch delivery (10 watchers)", ops: WATCHERS * WATCH_EVENTS, secs: wstart.elapsed().as_secs_f64(), lat_us: wl };
+    let watch = Phase {
+        name: "watch delivery (10 watchers)",
+        ops: WATCHERS * WATCH_EVENTS,
+        secs: wstart.elapsed().as_secs_f64(),
+        lat_us: wl,
+    };
 
     drop(child.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
@@ -306,9 +415,15 @@ async fn bench() -> anyhow::Result<()> {
     let phases = [&create, &get, &patch, &list, &list_sel, &watch];
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let machine = format!("{cores} cores, {cpu}");
     let command = "cargo run --release -p capstan-bench --bin apiserver";
     let j = json!({
@@ -332,7 +447,14 @@ async fn bench() -> anyhow::Result<()> {
     ));
     md.push_str("| phase | requests | requests/s | p50 latency (µs) | p99 latency (µs) |\n|---|---:|---:|---:|---:|\n");
     for p in phases {
-        md.push_str(&format!("| {} | {} | {:.0} | {:.0} | {:.0} |\n", p.name, p.ops, p.rate(), p.pct(0.5), p.pct(0.99)));
+        md.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} | {:.0} |\n",
+            p.name,
+            p.ops,
+            p.rate(),
+            p.pct(0.5),
+            p.pct(0.99)
+        ));
     }
     md.push_str(&format!(
         "\nWatch: {WATCHERS} watchers on one namespace, {WATCH_EVENTS} creates paced every 2 ms; latency is from just before the \
@@ -345,7 +467,10 @@ async fn bench() -> anyhow::Result<()> {
     ));
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("apiserver.json"), serde_json::to_string_pretty(&j)?)?;
+    std::fs::write(
+        dir.join("apiserver.json"),
+        serde_json::to_string_pretty(&j)?,
+    )?;
     std::fs::write(dir.join("apiserver.md"), &md)?;
     println!("{md}");
     Ok(())

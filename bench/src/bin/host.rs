@@ -162,10 +162,7 @@ async fn run(mode: Mode, blocking: bool) -> anyhow::Result<(Figures, usize, u64)
     let machine = Gvk::new("cluster.x-k8s.io", "v1beta2", "Machine");
     let cm = Gvk::new("", "v1", "ConfigMap");
     let cache = Arc::new(Cache::new());
-    let mk = |g: &Gvk, plural: &str| {
-        let kc = KindCache::new(g.clone(), plural, true, Gauge::default());
-        kc
-    };
+    let mk = |g: &Gvk, plural: &str| KindCache::new(g.clone(), plural, true, Gauge::default());
     let machines = cache.kind_or_insert(&machine, || mk(&machine, "machines"));
     let cms = cache.kind_or_insert(&cm, || mk(&cm, "configmaps"));
     let mut snapshot_bytes = 0;

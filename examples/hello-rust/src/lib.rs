@@ -105,13 +105,21 @@ mod tests {
         assert_eq!(out.applied().len(), 1);
         let applied: Value = serde_json::from_str(&out.applied()[0]).expect("json");
         assert_eq!(applied["metadata"]["annotations"][GREETING], "hello, web");
-        assert_eq!(applied["metadata"]["annotations"][OBSERVED], "9e8a4b9e1e6d07f6");
+        assert_eq!(
+            applied["metadata"]["annotations"][OBSERVED],
+            "9e8a4b9e1e6d07f6"
+        );
         assert_eq!(applied["metadata"]["namespace"], "default");
     }
 
     #[test]
     fn unlabelled_or_false_label_is_left_alone() {
-        assert!(run(cm(json!({}), json!({}), json!({}))).expect("ok").applied().is_empty());
+        assert!(
+            run(cm(json!({}), json!({}), json!({})))
+                .expect("ok")
+                .applied()
+                .is_empty()
+        );
         let off = run(cm(json!({LABEL: "false"}), json!({}), json!({}))).expect("ok");
         assert!(off.applied().is_empty());
     }
@@ -119,14 +127,23 @@ mod tests {
     #[test]
     fn up_to_date_configmap_needs_nothing() {
         let digest = data_digest(&BTreeMap::from([("a".to_owned(), "1".to_owned())]));
-        let done = cm(json!({LABEL: "true"}), json!({GREETING: "hello, web", OBSERVED: digest}), json!({"a": "1"}));
+        let done = cm(
+            json!({LABEL: "true"}),
+            json!({GREETING: "hello, web", OBSERVED: digest}),
+            json!({"a": "1"}),
+        );
         assert!(run(done).expect("ok").applied().is_empty());
     }
 
     #[test]
     fn digest_depends_on_keys_values_and_their_boundaries() {
         let d = |pairs: &[(&str, &str)]| {
-            data_digest(&pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+            data_digest(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            )
         };
         assert_eq!(d(&[]), "cbf29ce484222325");
         assert_ne!(d(&[("ab", "c")]), d(&[("a", "bc")]));
@@ -135,12 +152,17 @@ mod tests {
 
     #[test]
     fn a_primary_that_is_not_an_object_is_terminal() {
-        let snap = Snapshot::from_wit(capstan_sdk::bindings::capstan::reconciler::types::Snapshot {
-            primary: "[1,2]".to_owned(),
-            related: Vec::new(),
-            now: "2026-01-01T00:00:00Z".to_owned(),
-        });
-        assert!(matches!(FakeHost::new().reconcile::<Hello>(&snap), Err(Error::Terminal(_))));
+        let snap = Snapshot::from_wit(
+            capstan_sdk::bindings::capstan::reconciler::types::Snapshot {
+                primary: "[1,2]".to_owned(),
+                related: Vec::new(),
+                now: "2026-01-01T00:00:00Z".to_owned(),
+            },
+        );
+        assert!(matches!(
+            FakeHost::new().reconcile::<Hello>(&snap),
+            Err(Error::Terminal(_))
+        ));
     }
 
     #[test]

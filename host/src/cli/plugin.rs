@@ -1,7 +1,8 @@
 //! `capstan plugin inspect|run`: look inside a component and run one reconcile.
 
 use crate::runtime::{
-    CallError, Outcome, Plugin, RelatedObjects, Runtime, RuntimeConfig, RuntimeError, Snapshot, info_to_json,
+    CallError, Outcome, Plugin, RelatedObjects, Runtime, RuntimeConfig, RuntimeError, Snapshot,
+    info_to_json,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -56,10 +57,12 @@ impl PluginCmdError {
 }
 
 fn load(runtime: &Runtime, path: &Path) -> Result<Plugin, PluginCmdError> {
-    runtime.load_file(path).map_err(|source| PluginCmdError::Load {
-        path: path.display().to_string(),
-        source,
-    })
+    runtime
+        .load_file(path)
+        .map_err(|source| PluginCmdError::Load {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// A runtime for one-shot commands: default limits, artifacts cached under
@@ -138,7 +141,12 @@ pub fn read_snapshot(path: &Path) -> Result<Snapshot, PluginCmdError> {
 /// The key (`namespace/name`) of a snapshot's primary, for log lines.
 fn key_of(snapshot: &Snapshot) -> String {
     let v: Value = serde_json::from_str(&snapshot.primary).unwrap_or(Value::Null);
-    let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or("").to_owned();
+    let s = |p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
     match s("/metadata/namespace") {
         ns if ns.is_empty() => s("/metadata/name"),
         ns => format!("{ns}/{}", s("/metadata/name")),
@@ -147,10 +155,9 @@ fn key_of(snapshot: &Snapshot) -> String {
 
 /// The outcome as YAML with objects parsed back into structures.
 pub fn outcome_to_yaml(o: &Outcome) -> Result<String, PluginCmdError> {
-    let parse = |t: &String| serde_json::from_str::<Value>(t).unwrap_or_else(|_| Value::String(t.clone()));
-    let r = |r: &crate::runtime::ObjectRef| {
-        json!({"apiVersion": r.api_version, "kind": r.kind, "namespace": r.namespace, "name": r.name})
-    };
+    let parse =
+        |t: &String| serde_json::from_str::<Value>(t).unwrap_or_else(|_| Value::String(t.clone()));
+    let r = |r: &crate::runtime::ObjectRef| json!({"apiVersion": r.api_version, "kind": r.kind, "namespace": r.namespace, "name": r.name});
     let doc = json!({
         "apply": o.apply.iter().map(parse).collect::<Vec<_>>(),
         "status": o.status.iter().map(parse).collect::<Vec<_>>(),

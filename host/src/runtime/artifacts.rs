@@ -108,7 +108,8 @@ impl ArtifactCache {
     }
 
     fn compile(&self, engine: &Engine, bytes: &[u8]) -> Result<Component, RuntimeError> {
-        let c = Component::new(engine, bytes).map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
+        let c =
+            Component::new(engine, bytes).map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
         self.counters.compiles.fetch_add(1, Ordering::Relaxed);
         Ok(c)
     }

@@ -109,7 +109,10 @@ impl Memo {
     /// Store `value` under `key`; refused when the key or value is too big.
     pub fn set(&self, key: String, value: Vec<u8>) -> Result<(), String> {
         if key.len() > MAX_MEMO_KEY_BYTES {
-            return Err(format!("key of {} bytes exceeds {MAX_MEMO_KEY_BYTES}", key.len()));
+            return Err(format!(
+                "key of {} bytes exceeds {MAX_MEMO_KEY_BYTES}",
+                key.len()
+            ));
         }
         let size = key.len() + value.len();
         if value.len() > self.max_value || size > self.max_total {
@@ -128,7 +131,9 @@ impl Memo {
         m.total += size;
         m.order.push_back((seq, key));
         while m.total > self.max_total {
-            let Some((s, k)) = m.order.pop_front() else { break };
+            let Some((s, k)) = m.order.pop_front() else {
+                break;
+            };
             if m.entries.get(&k).is_some_and(|(cur, _)| *cur == s)
                 && let Some((_, v)) = m.entries.remove(&k)
             {

@@ -69,7 +69,8 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let engine = engine::build(&config)?;
         let mut linker = Linker::new(&engine);
-        store::link(&mut linker).map_err(|e| RuntimeError::Engine(format!("cannot link capabilities: {e:#}")))?;
+        store::link(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("cannot link capabilities: {e:#}")))?;
         let tick = config.epoch_tick.max(std::time::Duration::from_micros(100));
         // Ticks until the deadline, plus one because the current tick may be
         // nearly over when the call starts.
@@ -78,7 +79,10 @@ impl Runtime {
             .saturating_add(1);
         let artifacts = artifacts::ArtifactCache::new(config.cache_dir.clone(), &engine)?;
         let ticker = engine::EpochTicker::start(engine.clone(), tick)?;
-        let memos = capabilities::MemoRegistry::new(config.memo_max_value_bytes, config.memo_max_total_bytes);
+        let memos = capabilities::MemoRegistry::new(
+            config.memo_max_value_bytes,
+            config.memo_max_total_bytes,
+        );
         Ok(Self {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -128,7 +132,10 @@ impl Runtime {
 
         let mut wit_version = None;
         for (name, _) in component.component_type().imports(&rt.engine) {
-            let Some(rest) = name.strip_prefix(WIT_PACKAGE).and_then(|r| r.strip_prefix('/')) else {
+            let Some(rest) = name
+                .strip_prefix(WIT_PACKAGE)
+                .and_then(|r| r.strip_prefix('/'))
+            else {
                 continue;
             };
             let version = rest.split_once('@').map_or("(unversioned)", |(_, v)| v);
@@ -144,13 +151,14 @@ impl Runtime {
             reason,
             served: WIT_VERSION,
         };
-        let wit_version =
-            wit_version.ok_or_else(|| wrong_world(format!("it imports nothing from {WIT_PACKAGE}")))?;
+        let wit_version = wit_version
+            .ok_or_else(|| wrong_world(format!("it imports nothing from {WIT_PACKAGE}")))?;
         let instance_pre = rt
             .linker
             .instantiate_pre(&component)
             .map_err(|e| wrong_world(format!("{e:#}")))?;
-        let pre = bindings::ReconcilerPre::new(instance_pre).map_err(|e| wrong_world(format!("{e:#}")))?;
+        let pre = bindings::ReconcilerPre::new(instance_pre)
+            .map_err(|e| wrong_world(format!("{e:#}")))?;
 
         let label = format!("sha256:{}", &digest[..12]);
         let info = plugin::describe(&self.inner, &pre, &label).map_err(RuntimeError::Describe)?;
@@ -160,7 +168,14 @@ impl Runtime {
         })?;
         let memo = rt.memos.for_plugin(&info.name);
         tracing::info!(plugin = %info.name, version = %info.version, %digest, "plugin loaded");
-        Ok(Plugin::new(self.inner.clone(), pre, info, digest, wit_version, memo))
+        Ok(Plugin::new(
+            self.inner.clone(),
+            pre,
+            info,
+            digest,
+            wit_version,
+            memo,
+        ))
     }
 }
 
@@ -189,8 +204,18 @@ mod tests {
         let core = [0, b'a', b's', b'm', 1, 0, 0, 0];
         let comp = [0, b'a', b's', b'm', 0x0d, 0, 1, 0];
         assert!(check_header(&comp).is_ok());
-        assert!(check_header(&core).unwrap_err().to_string().contains("core WebAssembly module"));
-        assert!(check_header(b"hello world").unwrap_err().to_string().contains("not a WebAssembly"));
+        assert!(
+            check_header(&core)
+                .unwrap_err()
+                .to_string()
+                .contains("core WebAssembly module")
+        );
+        assert!(
+            check_header(b"hello world")
+                .unwrap_err()
+                .to_string()
+                .contains("not a WebAssembly")
+        );
         assert!(check_header(b"").is_err());
     }
 }

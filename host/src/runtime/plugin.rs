@@ -58,7 +58,12 @@ pub(crate) fn describe(
         .map_err(|e| classify(rt, &label, &store, e, false))
 }
 
-fn new_store(rt: &RuntimeInner, plugin: Arc<str>, key: Arc<str>, memo: Arc<Memo>) -> Store<StoreData> {
+fn new_store(
+    rt: &RuntimeInner,
+    plugin: Arc<str>,
+    key: Arc<str>,
+    memo: Arc<Memo>,
+) -> Store<StoreData> {
     let caps = CallCaps {
         plugin,
         key,
@@ -220,7 +225,11 @@ impl Plugin {
     }
 
     /// [`Plugin::reconcile`] on tokio's blocking pool.
-    pub async fn reconcile_async(&self, key: String, snapshot: Snapshot) -> Result<Outcome, CallError> {
+    pub async fn reconcile_async(
+        &self,
+        key: String,
+        snapshot: Snapshot,
+    ) -> Result<Outcome, CallError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.reconcile(&key, &snapshot))
             .await
@@ -236,9 +245,7 @@ impl Plugin {
 /// plugin-info as JSON with the WIT field names (for `plugin inspect`,
 /// logs and the API).
 pub fn info_to_json(info: &PluginInfo) -> Value {
-    let gvk = |g: &super::bindings::capstan::reconciler::types::Gvk| {
-        json!({"group": g.group, "version": g.version, "kind": g.kind})
-    };
+    let gvk = |g: &super::bindings::capstan::reconciler::types::Gvk| json!({"group": g.group, "version": g.version, "kind": g.kind});
     let verbs = |v: Verbs| {
         let mut out = Vec::new();
         for (flag, name) in [

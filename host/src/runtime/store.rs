@@ -32,8 +32,12 @@ impl StoreData {
             .stderr(stderr.clone())
             // Deterministic "randomness": std seeds its HashMaps from
             // wasi:random, and a plugin must not depend on entropy.
-            .secure_random(wasmtime_wasi::Deterministic::new(vec![0x5a, 0xc3, 0x96, 0x3c]))
-            .insecure_random(wasmtime_wasi::Deterministic::new(vec![0x3c, 0x96, 0xc3, 0x5a]))
+            .secure_random(wasmtime_wasi::Deterministic::new(vec![
+                0x5a, 0xc3, 0x96, 0x3c,
+            ]))
+            .insecure_random(wasmtime_wasi::Deterministic::new(vec![
+                0x3c, 0x96, 0xc3, 0x5a,
+            ]))
             .insecure_random_seed(0x5a5a_c3c3_9696_3c3c)
             .build();
         Self {

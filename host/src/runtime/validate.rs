@@ -13,7 +13,8 @@ pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -25,14 +26,23 @@ fn is_group(s: &str) -> bool {
 
 fn check_gvk(what: &str, g: &Gvk) -> Result<(), String> {
     if !is_group(&g.group) {
-        return Err(format!("{what}: group {:?} is not a DNS subdomain", g.group));
+        return Err(format!(
+            "{what}: group {:?} is not a DNS subdomain",
+            g.group
+        ));
     }
     if g.version.is_empty() || !g.version.bytes().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(format!("{what}: version {:?} is not an API version", g.version));
+        return Err(format!(
+            "{what}: version {:?} is not an API version",
+            g.version
+        ));
     }
     let k = g.kind.as_bytes();
     if k.is_empty() || !k[0].is_ascii_uppercase() || !k.iter().all(u8::is_ascii_alphanumeric) {
-        return Err(format!("{what}: kind {:?} is not an UpperCamelCase kind", g.kind));
+        return Err(format!(
+            "{what}: kind {:?} is not an UpperCamelCase kind",
+            g.kind
+        ));
     }
     Ok(())
 }
@@ -110,7 +120,10 @@ pub fn validate_info(info: &PluginInfo) -> Result<(), String> {
 pub fn permits(info: &PluginInfo, api_version: &str, kind: &str, verb: Verbs) -> bool {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     info.permissions.iter().any(|p| {
-        p.kind.group == group && p.kind.version == version && p.kind.kind == kind && p.verbs.contains(verb)
+        p.kind.group == group
+            && p.kind.version == version
+            && p.kind.kind == kind
+            && p.verbs.contains(verb)
     })
 }
 
@@ -132,23 +145,36 @@ struct Meta {
 }
 
 fn check_object(field: &str, i: usize, text: &str, need_status: bool) -> Result<(), String> {
-    let id: Identity = serde_json::from_str(text)
-        .map_err(|e| format!("{field}[{i}] is not an object with apiVersion, kind and metadata.name: {e}"))?;
+    let id: Identity = serde_json::from_str(text).map_err(|e| {
+        format!("{field}[{i}] is not an object with apiVersion, kind and metadata.name: {e}")
+    })?;
     if id.api_version.is_empty() || id.kind.is_empty() || id.metadata.name.is_empty() {
-        return Err(format!("{field}[{i}] has an empty apiVersion, kind or metadata.name"));
+        return Err(format!(
+            "{field}[{i}] has an empty apiVersion, kind or metadata.name"
+        ));
     }
-    if id.metadata.namespace.as_deref().is_some_and(|n| !n.is_empty() && !is_dns_label(n)) {
+    if id
+        .metadata
+        .namespace
+        .as_deref()
+        .is_some_and(|n| !n.is_empty() && !is_dns_label(n))
+    {
         return Err(format!("{field}[{i}] has an invalid namespace"));
     }
     if need_status && id.status.is_none() {
-        return Err(format!("{field}[{i}] ({} {}) has no status", id.kind, id.metadata.name));
+        return Err(format!(
+            "{field}[{i}] ({} {}) has no status",
+            id.kind, id.metadata.name
+        ));
     }
     Ok(())
 }
 
 fn check_ref(field: &str, i: usize, r: &ObjectRef) -> Result<(), String> {
     if r.api_version.is_empty() || r.kind.is_empty() || r.name.is_empty() {
-        return Err(format!("{field}[{i}] has an empty apiVersion, kind or name"));
+        return Err(format!(
+            "{field}[{i}] has an empty apiVersion, kind or name"
+        ));
     }
     Ok(())
 }
@@ -160,7 +186,10 @@ pub fn outcome_size(o: &Outcome) -> usize {
     o.apply.iter().map(String::len).sum::<usize>()
         + o.status.iter().map(String::len).sum::<usize>()
         + o.delete.iter().map(r).sum::<usize>()
-        + o.events.iter().map(|e| r(&e.regarding) + e.reason.len() + e.message.len()).sum::<usize>()
+        + o.events
+            .iter()
+            .map(|e| r(&e.regarding) + e.reason.len() + e.message.len())
+            .sum::<usize>()
 }
 
 /// Validate an outcome: at most `max_bytes` in total; every `apply` and
@@ -170,7 +199,9 @@ pub fn outcome_size(o: &Outcome) -> usize {
 pub fn validate_outcome(o: &Outcome, max_bytes: usize) -> Result<(), String> {
     let size = outcome_size(o);
     if size > max_bytes {
-        return Err(format!("{size} bytes exceeds the limit of {max_bytes} bytes"));
+        return Err(format!(
+            "{size} bytes exceeds the limit of {max_bytes} bytes"
+        ));
     }
     for (i, t) in o.apply.iter().enumerate() {
         check_object("apply", i, t, false)?;
@@ -194,7 +225,11 @@ mod tests {
     use crate::runtime::bindings::capstan::reconciler::types::Permission;
 
     fn gvk(g: &str, v: &str, k: &str) -> Gvk {
-        Gvk { group: g.into(), version: v.into(), kind: k.into() }
+        Gvk {
+            group: g.into(),
+            version: v.into(),
+            kind: k.into(),
+        }
     }
 
     fn info() -> PluginInfo {
@@ -204,7 +239,10 @@ mod tests {
             primary: gvk("", "v1", "ConfigMap"),
             watches: vec![],
             relations: vec![],
-            permissions: vec![Permission { kind: gvk("", "v1", "ConfigMap"), verbs: Verbs::PATCH }],
+            permissions: vec![Permission {
+                kind: gvk("", "v1", "ConfigMap"),
+                verbs: Verbs::PATCH,
+            }],
             finalizer: None,
             concurrency: Some(2),
             resync_seconds: None,
@@ -250,15 +288,30 @@ mod tests {
 
     #[test]
     fn outcome_checks() {
-        let ok = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"ns"}}"#;
-        let mut o = Outcome { apply: vec![ok.into()], status: vec![], delete: vec![], events: vec![], requeue_after_ms: None };
+        let ok =
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"ns"}}"#;
+        let mut o = Outcome {
+            apply: vec![ok.into()],
+            status: vec![],
+            delete: vec![],
+            events: vec![],
+            requeue_after_ms: None,
+        };
         assert_eq!(validate_outcome(&o, 1 << 20), Ok(()));
         assert!(validate_outcome(&o, 10).unwrap_err().contains("exceeds"));
         o.status.push(ok.into());
-        assert!(validate_outcome(&o, 1 << 20).unwrap_err().contains("no status"));
+        assert!(
+            validate_outcome(&o, 1 << 20)
+                .unwrap_err()
+                .contains("no status")
+        );
         o.status.clear();
         o.apply.push("{not json".into());
-        assert!(validate_outcome(&o, 1 << 20).unwrap_err().contains("apply[1]"));
+        assert!(
+            validate_outcome(&o, 1 << 20)
+                .unwrap_err()
+                .contains("apply[1]")
+        );
         o.apply[1] = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{}}"#.into();
         assert!(validate_outcome(&o, 1 << 20).is_err());
     }

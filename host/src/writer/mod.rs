@@ -191,8 +191,9 @@ fn guard<'g>(guards: &'g Guards, gvk: &Gvk, key: &ObjectKey, current: &'g str) -
 
 #[derive(Debug)]
 struct Recent {
-    /// The resourceVersion the cache held before our write.
-    before: String,
+    /// resourceVersions older than `after` that the cache may still hold: what it held
+    /// before our first write, then each of our intermediate writes ("" = absent).
+    superseded: Vec<String>,
     /// The object our write returned.
     after: Arc<CachedObject>,
     at: Instant,
@@ -299,10 +300,8 @@ impl WritePath {
         let Some(r) = recent.get(&id) else {
             return cached;
         };
-        let stale = match &cached {
-            None => r.before.is_empty(),
-            Some(c) => c.resource_version == r.before,
-        };
+        let cached_rv = cached.as_ref().map_or("", |c| c.resource_version.as_str());
+        let stale = r.superseded.iter().any(|rv| rv == cached_rv);
         if stale && r.at.elapsed() < RECENT_TTL {
             return Some(Arc::clone(&r.after));
         }
@@ -311,23 +310,32 @@ impl WritePath {
     }
 
     /// Record our write's response; returns its resourceVersion.
-    fn remember(
-        &self,
-        gvk: &Gvk,
-        key: &ObjectKey,
-        before: &str,
-        response: Value,
-    ) -> Option<String> {
+    fn remember(&self, gvk: &Gvk, key: &ObjectKey, response: Value) -> Option<String> {
         let after = CachedObject::from_value(response).ok()?;
         let rv = after.resource_version.clone();
+        let cached_rv = self
+            .cache
+            .kind(gvk)
+            .and_then(|k| k.get(key))
+            .map(|c| c.resource_version.clone())
+            .unwrap_or_default();
+        let id = (gvk.clone(), key.clone());
         let mut recent = self.recent.lock();
         if recent.len() > 4096 {
             recent.retain(|_, r| r.at.elapsed() < RECENT_TTL);
         }
+        let superseded = match recent.remove(&id) {
+            // The cache still lags behind our earlier write: it may hold any of these.
+            Some(mut r) if r.superseded.contains(&cached_rv) => {
+                r.superseded.push(r.after.resource_version.clone());
+                r.superseded
+            }
+            _ => vec![cached_rv],
+        };
         recent.insert(
-            (gvk.clone(), key.clone()),
+            id,
             Recent {
-                before: before.to_string(),
+                superseded,
                 after: Arc::new(after),
                 at: Instant::now(),
             },
@@ -474,7 +482,7 @@ impl WritePath {
                         .await
                         .map_err(|e| Self::api_error(gvk, key, e))?;
                     report.requests += 1;
-                    if let Some(rv) = self.remember(gvk, key, "", created) {
+                    if let Some(rv) = self.remember(gvk, key, created) {
                         guards.insert(id.clone(), rv);
                     }
                     Ok(())
@@ -502,7 +510,7 @@ impl WritePath {
                         .await
                         .map_err(|e| Self::api_error(gvk, key, e))?;
                     report.requests += 1;
-                    if let Some(rv) = self.remember(gvk, key, &current.resource_version, patched) {
+                    if let Some(rv) = self.remember(gvk, key, patched) {
                         guards.insert(id.clone(), rv);
                     }
                     Ok(())
@@ -555,7 +563,7 @@ impl WritePath {
                 .await
                 .map_err(|e| Self::api_error(gvk, key, e))?;
             report.requests += 1;
-            if let Some(rv) = self.remember(gvk, key, &current.resource_version, patched) {
+            if let Some(rv) = self.remember(gvk, key, patched) {
                 guards.insert(id.clone(), rv);
             }
             Ok(())
@@ -649,5 +657,237 @@ impl WritePath {
         if let Err(error) = self.api.create(&res, ns, body).instrument(span).await {
             tracing::warn!(plugin = w.plugin, object = %ev.regarding.name, %error, "recording event failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::KindCache;
+    use crate::runtime::bindings::capstan::reconciler::types::Gvk as WitGvk;
+    use prometheus_client::metrics::gauge::Gauge;
+
+    /// Records requests; answers a patch with the object merged and its rv bumped.
+    #[derive(Debug, Default)]
+    struct FakeApi {
+        requests: Mutex<Vec<(String, Value)>>,
+        objects: Mutex<HashMap<String, Value>>,
+    }
+
+    impl WriteApi for FakeApi {
+        fn create<'a>(
+            &'a self,
+            _: &'a Resource,
+            _: &'a str,
+            body: Value,
+        ) -> BoxFut<'a, Result<Value, ApiError>> {
+            Box::pin(async move {
+                self.requests.lock().push(("create".into(), body.clone()));
+                let mut o = body;
+                o["metadata"]["resourceVersion"] = json!("1");
+                Ok(o)
+            })
+        }
+        fn patch<'a>(
+            &'a self,
+            _: &'a Resource,
+            _: &'a str,
+            name: &'a str,
+            patch: Value,
+            status: bool,
+        ) -> BoxFut<'a, Result<Value, ApiError>> {
+            Box::pin(async move {
+                // Let overlapping writers interleave.
+                tokio::task::yield_now().await;
+                self.requests.lock().push((
+                    if status { "status" } else { "patch" }.into(),
+                    patch.clone(),
+                ));
+                let mut objects = self.objects.lock();
+                let o = objects.get_mut(name).ok_or(ApiError::NotFound)?;
+                if patch["metadata"]["resourceVersion"] != o["metadata"]["resourceVersion"] {
+                    return Err(ApiError::Conflict);
+                }
+                json_patch::merge(o, &patch);
+                let rv: u64 = o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                o["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
+                Ok(o.clone())
+            })
+        }
+        fn delete<'a>(
+            &'a self,
+            _: &'a Resource,
+            _: &'a str,
+            _: &'a str,
+            _: &'a str,
+        ) -> BoxFut<'a, Result<(), ApiError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn widget(rv: &str) -> Value {
+        json!({"apiVersion": "test.dev/v1", "kind": "Widget",
+               "metadata": {"name": "w", "namespace": "ns", "uid": "u", "resourceVersion": rv},
+               "spec": {"a": 1}})
+    }
+
+    fn setup() -> (Arc<FakeApi>, WritePath, Grants) {
+        let gvk = Gvk::new("test.dev", "v1", "Widget");
+        let cache = Arc::new(Cache::new());
+        let kc = cache.kind_or_insert(&gvk, || {
+            KindCache::new(gvk.clone(), "widgets", true, Gauge::default())
+        });
+        kc.apply(CachedObject::from_value(widget("10")).unwrap());
+        let api = Arc::new(FakeApi::default());
+        api.objects.lock().insert("w".into(), widget("10"));
+        let path = WritePath::new(api.clone(), cache, "test");
+        path.add_resource(
+            gvk.clone(),
+            Resource {
+                api: ApiResource {
+                    group: "test.dev".into(),
+                    version: "v1".into(),
+                    api_version: "test.dev/v1".into(),
+                    kind: "Widget".into(),
+                    plural: "widgets".into(),
+                },
+                namespaced: true,
+            },
+        );
+        let grants = Grants::new(&[Permission {
+            kind: WitGvk {
+                group: "test.dev".into(),
+                version: "v1".into(),
+                kind: "Widget".into(),
+            },
+            verbs: Verbs::PATCH | Verbs::PATCH_STATUS,
+        }]);
+        (api, path, grants)
+    }
+
+    fn outcome(apply: &[Value], status: &[Value]) -> Outcome {
+        Outcome {
+            apply: apply.iter().map(Value::to_string).collect(),
+            status: status.iter().map(Value::to_string).collect(),
+            delete: vec![],
+            events: vec![],
+            requeue_after_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn spec_then_status_chain_their_resource_versions_and_repeat_is_free() {
+        let (api, path, grants) = setup();
+        let metrics = ControllerMetrics::detached();
+        let gvk = Gvk::new("test.dev", "v1", "Widget");
+        let key = ObjectKey::new("ns", "w");
+        let w = Writer {
+            plugin: "p",
+            grants: &grants,
+            metrics: &metrics,
+            observed: Some((&gvk, &key, "10")),
+        };
+        let desired = json!({"apiVersion": "test.dev/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "ns"},
+                             "spec": {"a": 2}, "status": {"ok": true}});
+        let r = path
+            .write(&w, &outcome(&[desired.clone()], &[desired.clone()]))
+            .await
+            .unwrap();
+        assert_eq!(r.requests, 2);
+        let reqs = api.requests.lock().clone();
+        assert_eq!(
+            reqs[0].1,
+            json!({"spec": {"a": 2}, "metadata": {"resourceVersion": "10"}})
+        );
+        assert_eq!(
+            reqs[1].1,
+            json!({"status": {"ok": true}, "metadata": {"resourceVersion": "11"}})
+        );
+        // The cache has not caught up; the same outcome again is diffed against our own
+        // write and sends nothing.
+        let w2 = Writer {
+            observed: None,
+            ..w
+        };
+        let r = path
+            .write(&w2, &outcome(&[desired.clone()], &[desired]))
+            .await
+            .unwrap();
+        assert_eq!((r.requests, r.skipped), (0, 2));
+        assert_eq!(metrics.writes_skipped.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn overlapping_identical_writes_coalesce_into_one_request() {
+        let (api, path, grants) = setup();
+        let metrics = ControllerMetrics::detached();
+        let w = Writer {
+            plugin: "p",
+            grants: &grants,
+            metrics: &metrics,
+            observed: None,
+        };
+        let desired = json!({"apiVersion": "test.dev/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "ns"}, "spec": {"a": 5}});
+        let o = outcome(&[desired], &[]);
+        let (a, b) = tokio::join!(path.write(&w, &o), path.write(&w, &o));
+        assert_eq!(a.unwrap().requests + b.unwrap().requests, 1);
+        assert_eq!(api.requests.lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stale_read_is_a_conflict_and_undeclared_writes_send_nothing() {
+        let (api, path, grants) = setup();
+        let metrics = ControllerMetrics::detached();
+        let gvk = Gvk::new("test.dev", "v1", "Widget");
+        let key = ObjectKey::new("ns", "w");
+        // The plugin read rv 9; the object is at 10 by now.
+        let w = Writer {
+            plugin: "p",
+            grants: &grants,
+            metrics: &metrics,
+            observed: Some((&gvk, &key, "9")),
+        };
+        let desired = json!({"apiVersion": "test.dev/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "ns"}, "spec": {"a": 3}});
+        assert!(matches!(
+            path.write(&w, &outcome(&[desired.clone()], &[])).await,
+            Err(WriteError::Conflict { .. })
+        ));
+        // Declared Widget only: a ConfigMap create is refused before the Widget patch goes out.
+        api.requests.lock().clear();
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "ns"}});
+        let w = Writer {
+            observed: None,
+            ..w
+        };
+        let err = path
+            .write(&w, &outcome(&[desired, cm], &[]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WriteError::Refused {
+                    verb: Verb::Create,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(api.requests.lock().is_empty());
+        assert_eq!(metrics.writes_refused.get(), 1);
+        let bad = path
+            .write(
+                &w,
+                &Outcome {
+                    apply: vec!["{not json".into()],
+                    ..outcome(&[], &[])
+                },
+            )
+            .await;
+        assert!(matches!(bad, Err(WriteError::Invalid { .. })));
     }
 }
