@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 pub enum ManagerError {
     /// The kube client could not be built.
     #[error("building the kube client failed")]
-    Client(#[source] kube::Error),
+    Client(#[source] Box<kube::Error>),
     /// A declared kind is not served by the API server.
     #[error("plugin {plugin}: kind {kind} not found by discovery")]
     Discovery {
@@ -44,7 +44,7 @@ pub enum ManagerError {
         kind: Gvk,
         /// Discovery's answer.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// Two plugins have the same name.
     #[error("plugin {0} is loaded twice")]
@@ -77,7 +77,7 @@ pub fn build_client(
         .map(|a| a.to_string())
         .unwrap_or_default();
     let builder = ClientBuilder::try_from(config)
-        .map_err(ManagerError::Client)?
+        .map_err(|e| ManagerError::Client(Box::new(e)))?
         .with_layer(&MetricsLayer::new(metrics, &host));
     Ok(match RateLimitLayer::new(qps, burst) {
         Some(limit) => builder.with_layer(&limit).build(),
@@ -215,7 +215,7 @@ impl Manager {
         .map_err(|source| ManagerError::Discovery {
             plugin: plugin.to_string(),
             kind: gvk.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let resource = Resource {
             namespaced: caps.scope == Scope::Namespaced,

@@ -101,6 +101,8 @@ impl Grants {
 }
 
 /// Why an outcome was not (fully) written.
+///
+/// Large (it names the kind and object), but only built on the rare failure path.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     /// The outcome holds an object that is not valid JSON or lacks apiVersion, kind or name.
@@ -232,6 +234,7 @@ enum Planned {
     },
 }
 
+#[allow(clippy::result_large_err)] // see WriteError
 fn parse_object(plugin: &str, text: &str) -> Result<(Gvk, ObjectKey, Value), WriteError> {
     let invalid = |reason: String| WriteError::Invalid {
         plugin: plugin.to_string(),
@@ -794,7 +797,13 @@ mod tests {
         let desired = json!({"apiVersion": "test.dev/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "ns"},
                              "spec": {"a": 2}, "status": {"ok": true}});
         let r = path
-            .write(&w, &outcome(&[desired.clone()], &[desired.clone()]))
+            .write(
+                &w,
+                &outcome(
+                    std::slice::from_ref(&desired),
+                    std::slice::from_ref(&desired),
+                ),
+            )
             .await
             .unwrap();
         assert_eq!(r.requests, 2);
@@ -814,7 +823,13 @@ mod tests {
             ..w
         };
         let r = path
-            .write(&w2, &outcome(&[desired.clone()], &[desired]))
+            .write(
+                &w2,
+                &outcome(
+                    std::slice::from_ref(&desired),
+                    std::slice::from_ref(&desired),
+                ),
+            )
             .await
             .unwrap();
         assert_eq!((r.requests, r.skipped), (0, 2));
@@ -853,7 +868,8 @@ mod tests {
         };
         let desired = json!({"apiVersion": "test.dev/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "ns"}, "spec": {"a": 3}});
         assert!(matches!(
-            path.write(&w, &outcome(&[desired.clone()], &[])).await,
+            path.write(&w, &outcome(std::slice::from_ref(&desired), &[]))
+                .await,
             Err(WriteError::Conflict { .. })
         ));
         // Declared Widget only: a ConfigMap create is refused before the Widget patch goes out.
