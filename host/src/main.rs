@@ -15,6 +15,8 @@ struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the controller manager: every plugin in a directory against a cluster.
+    Run(Box<capstan::manager::RunArgs>),
     /// Work with a plugin component file.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -58,7 +60,33 @@ enum PluginCommand {
     },
 }
 
+/// `capstan run`: its own telemetry setup (`--log-format`), a tokio runtime, exit 0 on a
+/// clean shutdown.
+fn run_manager(args: capstan::manager::RunArgs) -> ExitCode {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(capstan::manager::run_command(args, |dir| {
+                capstan::manager::load_plugin_dir(dir, capstan::runtime::RuntimeConfig::default())
+            }))
+            .map_err(anyhow::Error::from)
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let plugin = match Cli::parse().command {
+        Command::Run(args) => return run_manager(*args),
+        Command::Plugin(plugin) => plugin,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -67,14 +95,13 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Plugin(PluginCommand::New {
+    let result = match plugin {
+        PluginCommand::New {
             lang,
             name,
             dir,
             sdk_path,
-        }) => {
+        } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
             let opts = capstan::scaffold::Options {
                 lang,
@@ -93,15 +120,13 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Plugin(PluginCommand::Inspect { file }) => {
-            capstan::cli::plugin::command_runtime(None)
-                .and_then(|rt| capstan::cli::plugin::inspect(&rt, &file))
-        }
-        Command::Plugin(PluginCommand::Run {
+        PluginCommand::Inspect { file } => capstan::cli::plugin::command_runtime(None)
+            .and_then(|rt| capstan::cli::plugin::inspect(&rt, &file)),
+        PluginCommand::Run {
             file,
             snapshot,
             cache_dir,
-        }) => capstan::cli::plugin::command_runtime(cache_dir)
+        } => capstan::cli::plugin::command_runtime(cache_dir)
             .and_then(|rt| capstan::cli::plugin::run(&rt, &file, &snapshot)),
     };
     match result {

@@ -50,3 +50,4 @@ pub fn fixture(rel: &str) -> PathBuf {
 }
 
 pub mod conformance;
+pub mod host;
