@@ -1,4 +1,13 @@
 //! Structural OpenAPI v3 schemas of CRDs, compiled once: defaulting, pruning and validation.
+//!
+//! Why not a JSON-schema validator crate: kube-apiserver does three things in one
+//! walk of a structural schema (apply `default:`s, prune unknown fields unless
+//! `x-kubernetes-preserve-unknown-fields`, validate), and clients depend on its
+//! exact 422 causes (`spec.replicas: Invalid value: ...`, field paths with list
+//! indexes, `Unsupported value` for enums). A generic validator only validates,
+//! reports JSON pointers and its own wording, and would still need the defaulting
+//! and pruning walk beside it; the subset of OpenAPI v3 that structural CRD
+//! schemas allow is small enough to interpret directly here.
 
 use std::collections::BTreeMap;
 
