@@ -124,7 +124,7 @@ fn primary(i: usize) -> Value {
             "resourceVersion": "100", "generation": 1,
             "labels": {"cluster.x-k8s.io/cluster-name": format!("c-{}", i / 10)},
             "managedFields": [{"manager": "capstan", "fieldsV1": padding(10)}]},
-        "spec": {"clusterName": format!("c-{}", i / 10), "template": padding(50)},
+        "spec": {"clusterName": format!("c-{}", i / 10), "template": padding(88)},
         "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
     })
 }
@@ -136,7 +136,7 @@ fn owned(i: usize, j: usize) -> Value {
             "resourceVersion": "100",
             "ownerReferences": [{"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
                 "name": format!("m-{i:05}"), "uid": format!("uid-m-{i}"), "controller": true}]},
-        "data": padding(25)
+        "data": padding(42)
     })
 }
 

@@ -121,7 +121,12 @@ fn store(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
         path: path.to_owned(),
         reason,
     };
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per write, not only per process: threads of one host (and tests
+    // in one binary) may compile the same component at once, and two writers
+    // sharing a temporary file interleave into a corrupt artifact.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| err(format!("cannot write: {e}")))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
