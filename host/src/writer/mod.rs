@@ -447,6 +447,34 @@ impl WritePath {
         }
     }
 
+    /// Send one guarded merge patch, of the object or of its status subresource, and
+    /// remember the response so the next diff of this object starts from it.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_patch(
+        &self,
+        res: &Resource,
+        gvk: &Gvk,
+        key: &ObjectKey,
+        patch: Value,
+        status: bool,
+        guards: &mut Guards,
+        report: &mut WriteReport,
+    ) -> Result<(), WriteError> {
+        let verb = if status { "patch-status" } else { "patch" };
+        let span = tracing::debug_span!("write", verb, kind = %gvk, object = %key);
+        let patched = self
+            .api
+            .patch(res, &key.namespace, &key.name, patch, status)
+            .instrument(span)
+            .await
+            .map_err(|e| Self::api_error(gvk, key, e))?;
+        report.requests += 1;
+        if let Some(rv) = self.remember(gvk, key, patched) {
+            guards.insert((gvk.clone(), key.clone()), rv);
+        }
+        Ok(())
+    }
+
     async fn apply(
         &self,
         w: &Writer<'_>,
@@ -504,19 +532,8 @@ impl WritePath {
                         patch,
                         guard(guards, gvk, key, &current.resource_version),
                     );
-                    let span =
-                        tracing::debug_span!("write", verb = "patch", kind = %gvk, object = %key);
-                    let patched = self
-                        .api
-                        .patch(&res, &key.namespace, &key.name, patch, false)
-                        .instrument(span)
+                    self.send_patch(&res, gvk, key, patch, false, guards, report)
                         .await
-                        .map_err(|e| Self::api_error(gvk, key, e))?;
-                    report.requests += 1;
-                    if let Some(rv) = self.remember(gvk, key, patched) {
-                        guards.insert(id.clone(), rv);
-                    }
-                    Ok(())
                 }
             }
         }
@@ -557,19 +574,8 @@ impl WritePath {
                 patch,
                 guard(guards, gvk, key, &current.resource_version),
             );
-            let span =
-                tracing::debug_span!("write", verb = "patch-status", kind = %gvk, object = %key);
-            let patched = self
-                .api
-                .patch(&res, &key.namespace, &key.name, patch, true)
-                .instrument(span)
+            self.send_patch(&res, gvk, key, patch, true, guards, report)
                 .await
-                .map_err(|e| Self::api_error(gvk, key, e))?;
-            report.requests += 1;
-            if let Some(rv) = self.remember(gvk, key, patched) {
-                guards.insert(id.clone(), rv);
-            }
-            Ok(())
         }
         .await;
         self.release(&id, lock);
