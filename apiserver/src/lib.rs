@@ -11,7 +11,7 @@
 //! # async fn demo() -> Result<(), capstan_apiserver::ServerError> {
 //! let server = capstan_apiserver::Server::builder()
 //!     .plain_http()                       // or .tls() (the default)
-//!     .crds_from_dir("../shared/capi/crds")
+//!     .crds_from_dir("tests/fixtures/capi-crds")
 //!     .start("127.0.0.1:0")
 //!     .await?;
 //! let _kubeconfig: &str = server.kubeconfig_yaml(); // kube::config::Kubeconfig::from_yaml

@@ -7,17 +7,15 @@ use std::time::Duration;
 use capstan_apiserver::Server;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-/// The CAPI CRDs shipped with the workspace.
+/// The CAPI CRDs vendored in the repository (`tests/fixtures/capi-crds`, an unchanged
+/// copy of Cluster API's), or `$CAPSTAN_CAPI_CRDS` when set.
 pub fn capi_crds() -> std::path::PathBuf {
-    if let Ok(p) = std::env::var("CAPSTAN_CAPI_CRDS") {
-        return p.into();
+    match std::env::var_os("CAPSTAN_CAPI_CRDS") {
+        Some(p) => p.into(),
+        None => {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/capi-crds")
+        }
     }
-    let beside_repo =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/capi/crds");
-    if beside_repo.is_dir() {
-        return beside_repo;
-    }
-    "/work/shared/capi/crds".into()
 }
 
 /// A kube client for a server's default (token) context.
