@@ -14,13 +14,15 @@
 //! 6. [`writer`]: diff against the cache, one patch per object (+ status),
 //!    permissions, optimistic concurrency, the client's QPS limiter and REST metrics.
 //! 7. [`metrics`] and [`telemetry`]: controller-runtime metrics, spans and logs.
-//! 8. [`manager`]: the composition root behind `capstan run`.
+//! 8. [`manager`]: the composition root behind `capstan run`; [`leader`]: its Lease-based
+//!    leader election.
 //!
 //! [`cli`] holds the other subcommands' implementations (the binary only parses).
 pub mod runtime;
 
 pub mod cache;
 pub mod controller;
+pub mod leader;
 pub mod manager;
 pub mod metrics;
 pub mod queue;

@@ -5,7 +5,8 @@
 //! plugin declares through discovery, registers one shared cache per kind and wires a
 //! [`Controller`]. [`Manager::run`] starts one watcher per kind, serves `/metrics`,
 //! `/healthz` and `/readyz` (ready once every cache has synced), starts the controllers once
-//! the caches are ready and, when `stop` fires (SIGTERM/SIGINT in `capstan run`), stops
+//! the caches are ready (and, with leader election, once it holds the Lease: see [`crate::leader`];
+//! losing the Lease stops the controllers and `run` returns [`ManagerError::LeaderLost`]) and, when `stop` fires (SIGTERM/SIGINT in `capstan run`), stops
 //! taking keys, lets in-flight reconciles and their writes finish, and returns.
 
 use crate::cache::{Cache, Gvk, KindCache};
@@ -52,6 +53,12 @@ pub enum ManagerError {
     /// Wiring the controller failed.
     #[error(transparent)]
     Controller(#[from] ControllerError),
+    /// Leader election settings are invalid.
+    #[error(transparent)]
+    LeaderElection(crate::leader::LeaderError),
+    /// This manager lost its leader Lease; it stopped reconciling.
+    #[error(transparent)]
+    LeaderLost(crate::leader::LeaderError),
     /// A listener could not be bound.
     #[error("binding {addr} failed")]
     Bind {
@@ -96,6 +103,8 @@ pub struct ManagerOptions {
     pub controller: ControllerOptions,
     /// This manager's identity in Events (`reportingInstance`).
     pub instance: String,
+    /// Run controllers only while holding this Lease; `None`: always.
+    pub leader_election: Option<crate::leader::LeaderElectionConfig>,
 }
 
 impl Default for ManagerOptions {
@@ -105,6 +114,7 @@ impl Default for ManagerOptions {
             health_addr: None,
             controller: ControllerOptions::default(),
             instance: "capstan".into(),
+            leader_election: None,
         }
     }
 }
@@ -288,6 +298,13 @@ impl Manager {
 
     /// Run until `stop`; then drain and return. See the module docs.
     pub async fn run(mut self, stop: CancellationToken) -> Result<(), ManagerError> {
+        let mut elector = match self.options.leader_election.clone() {
+            Some(config) => Some(
+                crate::leader::Elector::new(self.client.clone(), config)
+                    .map_err(ManagerError::LeaderElection)?,
+            ),
+            None => None,
+        };
         self.bind().await?;
         let watch_stop = CancellationToken::new();
         let mut watchers = Vec::new();
@@ -345,22 +362,42 @@ impl Manager {
                 kc.wait_synced().await;
             }
         };
-        let started = tokio::select! {
+        let mut started = tokio::select! {
             _ = stop.cancelled() => false,
             _ = synced => true,
         };
-        let mut running = Vec::new();
+        // Controllers stop on `stop` or when the Lease is lost; standbys stay ready (warm caches).
+        let work_stop = stop.child_token();
+        // Renewals go on while in-flight reconciles drain; the Lease is released after.
+        let release = CancellationToken::new();
+        let mut leading = None;
         if started {
             self.ready.store(true, Ordering::Release);
+            if let Some(mut e) = elector.take() {
+                started = e.acquire(&stop).await;
+                if started {
+                    leading = Some(tokio::spawn({
+                        let (release, work_stop) = (release.clone(), work_stop.clone());
+                        async move {
+                            let held = e.hold(release).await;
+                            work_stop.cancel();
+                            held
+                        }
+                    }));
+                }
+            }
+        }
+        let mut running = Vec::new();
+        if started {
             tracing::info!(
                 kinds = self.watched.len(),
                 "caches synced; starting controllers"
             );
             for c in &self.controllers {
-                running.push(tokio::spawn(Arc::clone(c).run(stop.clone())));
+                running.push(tokio::spawn(Arc::clone(c).run(work_stop.clone())));
             }
         }
-        stop.cancelled().await;
+        work_stop.cancelled().await;
         tracing::info!("shutting down: finishing in-flight reconciles");
         for r in running {
             let _ = r.await;
@@ -374,6 +411,13 @@ impl Manager {
             let _ = s.await;
         }
         tracing::info!("manager stopped");
+        // After the drain: a leader releases its Lease only once its controllers stopped.
+        if let Some(held) = leading {
+            release.cancel();
+            if let Ok(Err(lost)) = held.await {
+                return Err(ManagerError::LeaderLost(lost));
+            }
+        }
         Ok(())
     }
 }
@@ -444,6 +488,58 @@ pub struct RunArgs {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     pub log_format: crate::telemetry::LogFormat,
+    /// Cache compiled plugin artifacts in this directory (native code: as trusted as this
+    /// binary); default: compile every plugin at start.
+    #[arg(long, env = "CAPSTAN_CACHE_DIR")]
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Run controllers only while holding a coordination.k8s.io/v1 Lease, so that several
+    /// replicas can run with one active (off by default, as in controller-runtime and CAPI;
+    /// deployments of more than one replica must set it).
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Name of the leader election Lease.
+    #[arg(long, default_value = "capstan-leader-election")]
+    pub leader_election_id: String,
+    /// Namespace of the Lease; default: the pod's own namespace when running in a cluster,
+    /// else `default`.
+    #[arg(long)]
+    pub leader_election_namespace: Option<String>,
+    /// How long a Lease stays held without renewal before a standby may take it.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub leader_elect_lease_duration: Duration,
+    /// How long the leader tries to renew before it gives up leadership (and exits).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub leader_elect_renew_deadline: Duration,
+    /// Pause between attempts to acquire or renew the Lease.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub leader_elect_retry_period: Duration,
+}
+
+/// The namespace of the service account the pod runs as, when in a cluster.
+const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// Leader election settings from the flags, or `None` without `--leader-elect`.
+fn leader_election(args: &RunArgs) -> Option<crate::leader::LeaderElectionConfig> {
+    if !args.leader_elect {
+        return None;
+    }
+    let namespace = args.leader_election_namespace.clone().unwrap_or_else(|| {
+        std::fs::read_to_string(POD_NAMESPACE_FILE)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into())
+    });
+    Some(crate::leader::LeaderElectionConfig {
+        lease_duration: args.leader_elect_lease_duration,
+        renew_deadline: args.leader_elect_renew_deadline,
+        retry_period: args.leader_elect_retry_period,
+        ..crate::leader::LeaderElectionConfig::new(
+            &args.leader_election_id,
+            namespace,
+            crate::leader::default_identity(),
+        )
+    })
 }
 
 /// Errors of `capstan run` before the manager runs.
@@ -540,6 +636,7 @@ where
             ..ControllerOptions::default()
         },
         instance: std::env::var("HOSTNAME").unwrap_or_else(|_| "capstan".into()),
+        leader_election: leader_election(&args),
     };
     let mut manager = Manager::new(client, Arc::new(registry), metrics, options);
     for p in plugins {

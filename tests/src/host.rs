@@ -1,4 +1,13 @@
-//! Helpers for the host integration tests: an in-memory API server, a manager, native fake plugins.
+//! Helpers for the host integration tests: a per-test Widget kind on either test server, a manager, native fake plugins.
+//!
+//! Host test bodies run on capstan-apiserver and on the real kube-apiserver
+//! ([`server_test!`](crate::server_test)). The real control plane is shared by the tests of a
+//! binary, so each test gets a Widget kind of its own ([`HostFixture::new`]: a CRD in group
+//! `<tag>.test.capstan.dev`) and its manager sees only its own objects. Write counts come
+//! from the manager's own `rest_client_requests_total`, which both servers give the same
+//! meaning.
+
+use crate::server::TestServer;
 
 use anyhow::Context as _;
 use capstan::controller::{CallFailure, ControllerOptions, Reconcile};
@@ -8,7 +17,6 @@ use capstan::runtime::bindings::capstan::reconciler::types::{
     Gvk, KeyMapping, Outcome, Permission, PluginInfo, Relation, RelationSelector, Snapshot, Verbs,
     Watch,
 };
-use capstan_apiserver::Server;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
@@ -18,31 +26,33 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-/// The test kind: `test.capstan.dev/v1 Widget`, namespaced, with a status subresource.
-pub const WIDGET_CRD: &str = r#"
+/// The Widget CRD of `group`: namespaced, with a status subresource, any fields.
+pub fn widget_crd(group: &str) -> String {
+    format!(
+        r#"
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:
-  name: widgets.test.capstan.dev
+  name: widgets.{group}
 spec:
-  group: test.capstan.dev
-  names: {kind: Widget, listKind: WidgetList, plural: widgets, singular: widget}
+  group: {group}
+  names: {{kind: Widget, listKind: WidgetList, plural: widgets, singular: widget}}
   scope: Namespaced
   versions:
   - name: v1
     served: true
     storage: true
-    subresources: {status: {}}
+    subresources: {{status: {{}}}}
     schema:
       openAPIV3Schema:
         type: object
         x-kubernetes-preserve-unknown-fields: true
-"#;
-
-/// `test.capstan.dev/v1 Widget`.
-pub fn widget_gvk() -> Gvk {
-    gvk("test.capstan.dev", "v1", "Widget")
+"#
+    )
 }
+
+/// The group the built guest fixtures (`host-status`, `host-trap`) reconcile.
+pub const GUEST_GROUP: &str = "test.capstan.dev";
 
 /// A WIT gvk.
 pub fn gvk(group: &str, version: &str, kind: &str) -> Gvk {
@@ -53,47 +63,184 @@ pub fn gvk(group: &str, version: &str, kind: &str) -> Gvk {
     }
 }
 
-/// Start an in-memory API server (plain HTTP) serving the Widget CRD.
-pub async fn api_server() -> anyhow::Result<Server> {
-    Ok(Server::builder()
-        .plain_http()
-        .crd_yaml(WIDGET_CRD)
-        .start("127.0.0.1:0")
-        .await?)
+/// One host test's world: the server, a client for the test's own actions and a Widget kind
+/// of the test's own.
+#[derive(Clone)]
+pub struct HostFixture {
+    /// The test's own (unthrottled) client.
+    pub client: kube::Client,
+    /// The Widget kind's group.
+    pub group: String,
+    /// The server's `host:port`, as the manager's REST metrics name it.
+    pub host: String,
+    kubeconfig: std::path::PathBuf,
 }
 
-/// An unthrottled client for the test's own actions.
-pub async fn test_client(server: &Server) -> anyhow::Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::from_yaml(server.kubeconfig_yaml())?;
+impl std::fmt::Debug for HostFixture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostFixture")
+            .field("group", &self.group)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostFixture {
+    /// Install the Widget kind of group `<tag>.test.capstan.dev` on `server` and wait until
+    /// it is served. `tag` must be a DNS label unique among the binary's tests.
+    pub async fn new(server: &TestServer, tag: &str) -> anyhow::Result<Self> {
+        Self::with_group(server, &format!("{tag}.{GUEST_GROUP}")).await
+    }
+
+    /// The same with an exact group (the built guests reconcile [`GUEST_GROUP`]).
+    pub async fn with_group(server: &TestServer, group: &str) -> anyhow::Result<Self> {
+        let client = server.client().await?;
+        let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+            serde_yaml::from_str(&widget_crd(group))?;
+        let crds: kube::Api<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        > = kube::Api::all(client.clone());
+        match crds.create(&kube::api::PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => {
+                return Err(
+                    anyhow::Error::from(e).context(format!("installing the Widget CRD of {group}"))
+                );
+            }
+        }
+        let fixture = Self {
+            client,
+            group: group.to_string(),
+            host: server_host(server.kubeconfig_path()).await?,
+            kubeconfig: server.kubeconfig_path().to_path_buf(),
+        };
+        // Served once a list answers (the real server establishes CRDs asynchronously).
+        eventually(Duration::from_secs(30), || async {
+            fixture
+                .widgets()
+                .list(&kube::api::ListParams::default().limit(1))
+                .await
+                .is_ok()
+        })
+        .await
+        .with_context(|| format!("Widget kind of {group} never served"))?;
+        Ok(fixture)
+    }
+
+    /// `<group>/v1 Widget`.
+    pub fn widget_gvk(&self) -> Gvk {
+        gvk(&self.group, "v1", "Widget")
+    }
+
+    /// `<group>/v1`.
+    pub fn api_version(&self) -> String {
+        format!("{}/v1", self.group)
+    }
+
+    /// Plugin info reconciling this test's Widgets; may patch and patch-status them.
+    pub fn widget_info(&self, name: &str) -> PluginInfo {
+        PluginInfo {
+            name: name.into(),
+            version: "0.0.1".into(),
+            primary: self.widget_gvk(),
+            watches: Vec::new(),
+            relations: Vec::new(),
+            permissions: vec![Permission {
+                kind: self.widget_gvk(),
+                verbs: Verbs::PATCH | Verbs::PATCH_STATUS,
+            }],
+            finalizer: None,
+            concurrency: Some(2),
+            resync_seconds: None,
+        }
+    }
+
+    /// A Widget named `name` in `default` with `extra` top-level fields (`metadata`
+    /// entries merged), as JSON text for an outcome.
+    pub fn widget_json(&self, name: &str, extra: Value) -> String {
+        let mut w = serde_json::json!({"apiVersion": self.api_version(), "kind": "Widget",
+            "metadata": {"name": name, "namespace": "default"}});
+        if let Value::Object(extra) = extra {
+            for (k, v) in extra {
+                match (k.as_str(), v) {
+                    ("metadata", Value::Object(m)) => {
+                        for (mk, mv) in m {
+                            w["metadata"][mk] = mv;
+                        }
+                    }
+                    (_, v) => w[k] = v,
+                }
+            }
+        }
+        w.to_string()
+    }
+
+    /// The Widget API in `default`.
+    pub fn widgets(&self) -> kube::Api<kube::api::DynamicObject> {
+        let ar = kube::core::ApiResource {
+            group: self.group.clone(),
+            version: "v1".into(),
+            api_version: self.api_version(),
+            kind: "Widget".into(),
+            plural: "widgets".into(),
+        };
+        kube::Api::namespaced_with(self.client.clone(), "default", &ar)
+    }
+
+    /// Create a Widget named `name` in `default` with `spec`.
+    pub async fn create_widget(&self, name: &str, spec: Value) -> anyhow::Result<Value> {
+        let obj: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": self.api_version(), "kind": "Widget",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": spec,
+        }))?;
+        Ok(serde_json::to_value(
+            self.widgets()
+                .create(&kube::api::PostParams::default(), &obj)
+                .await?,
+        )?)
+    }
+
+    /// Merge-patch a Widget (as an external actor).
+    pub async fn patch_widget(&self, name: &str, patch: Value) -> anyhow::Result<Value> {
+        let o = self
+            .widgets()
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await?;
+        Ok(serde_json::to_value(o)?)
+    }
+
+    /// Read a Widget.
+    pub async fn get_widget(&self, name: &str) -> anyhow::Result<Value> {
+        Ok(serde_json::to_value(self.widgets().get(name).await?)?)
+    }
+
+    /// Start a manager on this server with `plugins`, waiting until it reports ready.
+    pub async fn start_manager(
+        &self,
+        plugins: Vec<Arc<dyn Reconcile>>,
+        controller: ControllerOptions,
+    ) -> anyhow::Result<RunningManager> {
+        start_manager_with(&self.kubeconfig, plugins, controller, None).await
+    }
+}
+
+/// `host:port` of the server a kubeconfig points at.
+async fn server_host(kubeconfig: &std::path::Path) -> anyhow::Result<String> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
     let config =
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
             .await?;
-    Ok(kube::Client::try_from(config)?)
-}
-
-/// Write requests (create, update, patch, apply, delete) the server answered, events excluded.
-pub fn write_requests(server: &Server) -> u64 {
-    server
-        .metrics()
-        .requests
-        .iter()
-        .filter(|((verb, resource, _), _)| {
-            matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE")
-                && !resource.starts_with("events")
-        })
-        .map(|(_, n)| n)
-        .sum()
-}
-
-/// Requests of `verb` that got `code`.
-pub fn requests_with_code(server: &Server, verb: &str, code: u16) -> u64 {
-    server
-        .metrics()
-        .requests
-        .iter()
-        .filter(|((v, _, c), _)| v == verb && *c == code)
-        .map(|(_, n)| n)
-        .sum()
+    Ok(config
+        .cluster_url
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default())
 }
 
 type Behaviour = dyn Fn(&Snapshot, &Value) -> Result<Outcome, CallFailure> + Send + Sync;
@@ -158,24 +305,6 @@ impl Reconcile for FakePlugin {
     }
 }
 
-/// Plugin info reconciling Widgets with the given extras; may patch and patch-status Widgets.
-pub fn widget_info(name: &str) -> PluginInfo {
-    PluginInfo {
-        name: name.into(),
-        version: "0.0.1".into(),
-        primary: widget_gvk(),
-        watches: Vec::new(),
-        relations: Vec::new(),
-        permissions: vec![Permission {
-            kind: widget_gvk(),
-            verbs: Verbs::PATCH | Verbs::PATCH_STATUS,
-        }],
-        finalizer: None,
-        concurrency: Some(2),
-        resync_seconds: None,
-    }
-}
-
 /// A watch of `kind` mapped by `mapping`.
 pub fn watch(kind: Gvk, mapping: KeyMapping) -> Watch {
     Watch { kind, mapping }
@@ -212,28 +341,70 @@ pub struct RunningManager {
     pub metrics_addr: SocketAddr,
     /// Where /healthz and /readyz are served.
     pub health_addr: SocketAddr,
+    /// The manager's metrics (readable after shutdown too).
+    pub registry: Arc<Registry>,
 }
 
+/// HTTP methods that change objects.
+const WRITE_METHODS: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
+
 impl RunningManager {
-    /// Stop and wait for a clean exit.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    /// Stop and wait for a clean exit; returns the write requests the manager sent in all.
+    pub async fn shutdown(self) -> anyhow::Result<u64> {
         self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(20), self.task)
             .await
             .context("manager did not stop")???;
-        Ok(())
+        Ok(rest_requests(&self.registry, |method, _| {
+            WRITE_METHODS.contains(&method)
+        }))
+    }
+
+    /// Write requests (create, update, patch, delete) this manager sent so far, any answer.
+    pub fn writes(&self) -> u64 {
+        rest_requests(&self.registry, |method, _| WRITE_METHODS.contains(&method))
+    }
+
+    /// Requests with `method` this manager sent that got `code`.
+    pub fn requests_with(&self, method: &str, code: &str) -> u64 {
+        rest_requests(&self.registry, |m, c| m == method && c == code)
+    }
+
+    /// Requests with `method` this manager sent, any answer.
+    pub fn requests(&self, method: &str) -> u64 {
+        rest_requests(&self.registry, |m, _| m == method)
     }
 }
 
-/// Start a manager on `server` with `plugins`, waiting until it reports ready.
-pub async fn start_manager(
-    server: &Server,
+/// The sum of `rest_client_requests_total` series whose (method, code) match.
+fn rest_requests(registry: &Registry, keep: impl Fn(&str, &str) -> bool) -> u64 {
+    let body = capstan::metrics::encode(registry);
+    let label = |line: &str, name: &str| -> String {
+        let key = format!("{name}=\"");
+        line.split_once(&key)
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(v, _)| v.to_string())
+            .unwrap_or_default()
+    };
+    body.lines()
+        .filter(|l| l.starts_with("rest_client_requests_total{"))
+        .filter(|l| keep(&label(l, "method"), &label(l, "code")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Start a manager from `kubeconfig` with `plugins`, waiting until it reports ready (and,
+/// with `leader_election`, not waiting for leadership).
+pub async fn start_manager_with(
+    kubeconfig: &std::path::Path,
     plugins: Vec<Arc<dyn Reconcile>>,
     controller: ControllerOptions,
+    leader_election: Option<capstan::leader::LeaderElectionConfig>,
 ) -> anyhow::Result<RunningManager> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
-    let kc = kube::config::Kubeconfig::from_yaml(server.kubeconfig_yaml())?;
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
     let config =
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
             .await?;
@@ -243,8 +414,10 @@ pub async fn start_manager(
         health_addr: Some("127.0.0.1:0".parse()?),
         controller,
         instance: "capstan-test".into(),
+        leader_election,
     };
-    let mut manager = Manager::new(client, Arc::new(registry), metrics, options);
+    let registry = Arc::new(registry);
+    let mut manager = Manager::new(client, Arc::clone(&registry), metrics, options);
     for p in plugins {
         manager.add_plugin(p).await?;
     }
@@ -259,8 +432,9 @@ pub async fn start_manager(
         task,
         metrics_addr: m.context("metrics listener")?,
         health_addr: h.context("health listener")?,
+        registry,
     };
-    eventually(Duration::from_secs(10), || async {
+    eventually(Duration::from_secs(30), || async {
         http_get(running.health_addr, "/readyz")
             .await
             .is_ok_and(|(code, _)| code == 200)
@@ -306,56 +480,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Create a Widget named `name` in `default` with `spec`.
-pub async fn create_widget(
-    client: &kube::Client,
-    name: &str,
-    spec: Value,
-) -> anyhow::Result<Value> {
-    let api = widgets(client);
-    let obj: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
-        "apiVersion": "test.capstan.dev/v1", "kind": "Widget",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": spec,
-    }))?;
-    Ok(serde_json::to_value(
-        api.create(&kube::api::PostParams::default(), &obj).await?,
-    )?)
-}
-
-/// The Widget API in `default`.
-pub fn widgets(client: &kube::Client) -> kube::Api<kube::api::DynamicObject> {
-    let ar = kube::core::ApiResource {
-        group: "test.capstan.dev".into(),
-        version: "v1".into(),
-        api_version: "test.capstan.dev/v1".into(),
-        kind: "Widget".into(),
-        plural: "widgets".into(),
-    };
-    kube::Api::namespaced_with(client.clone(), "default", &ar)
-}
-
-/// Merge-patch a Widget (as an external actor).
-pub async fn patch_widget(
-    client: &kube::Client,
-    name: &str,
-    patch: Value,
-) -> anyhow::Result<Value> {
-    let o = widgets(client)
-        .patch(
-            name,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await?;
-    Ok(serde_json::to_value(o)?)
-}
-
-/// Read a Widget.
-pub async fn get_widget(client: &kube::Client, name: &str) -> anyhow::Result<Value> {
-    Ok(serde_json::to_value(widgets(client).get(name).await?)?)
 }
 
 /// The metric sample `line` (name{labels}) value in a /metrics body.

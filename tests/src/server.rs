@@ -128,6 +128,25 @@ impl TestServer {
 /// ```
 #[macro_export]
 macro_rules! server_test {
+    // `server_test!(body, multi_thread)`: the same on a two-worker runtime (bodies whose
+    // background tasks must progress while the test blocks, e.g. host managers).
+    ($body:ident, multi_thread) => {
+        mod $body {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() -> anyhow::Result<()> {
+                let server = $crate::server::TestServer::memory().await?;
+                super::$body(&server).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn real() -> anyhow::Result<()> {
+                let Some(server) = $crate::server::TestServer::real().await? else {
+                    return Ok(());
+                };
+                super::$body(&server).await
+            }
+        }
+    };
     ($body:ident) => {
         mod $body {
             #[tokio::test]

@@ -1,8 +1,9 @@
-//! Host against the in-memory API server: watch mapping, conflicts, permissions, faults, metrics.
+//! Host against both API servers: watch mapping, conflicts, permissions, faults, metrics.
 
 use capstan::controller::{CallFailure, ControllerOptions, Fault, Reconcile};
 use capstan::runtime::bindings::capstan::reconciler::types::{KeyMapping, RelationSelector};
 use capstan_tests::host::*;
+use capstan_tests::server::TestServer;
 use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -38,12 +39,13 @@ async fn patch_configmap(client: &kube::Client, name: &str, patch: Value) -> any
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn owned_and_labelled_secondaries_enqueue_their_primary() -> anyhow::Result<()> {
-    let server = api_server().await?;
-    let client = test_client(&server).await?;
+async fn owned_and_labelled_secondaries_enqueue_their_primary(
+    server: &TestServer,
+) -> anyhow::Result<()> {
+    let fx = HostFixture::new(server, "mapper").await?;
+    let client = fx.client.clone();
     let cm = gvk("", "v1", "ConfigMap");
-    let mut info = widget_info("mapper");
+    let mut info = fx.widget_info("mapper");
     info.watches = vec![
         watch(cm.clone(), KeyMapping::ControllerOwner),
         watch(cm.clone(), KeyMapping::Label("widget-name".into())),
@@ -67,15 +69,15 @@ async fn owned_and_labelled_secondaries_enqueue_their_primary() -> anyhow::Resul
         s.lock().push(counts);
         Ok(empty_outcome())
     });
-    let mgr = start_manager(
-        &server,
-        vec![plugin.clone() as Arc<dyn Reconcile>],
-        ControllerOptions::default(),
-    )
-    .await?;
-    let w = create_widget(&client, "owner", json!({})).await?;
+    let mgr = fx
+        .start_manager(
+            vec![plugin.clone() as Arc<dyn Reconcile>],
+            ControllerOptions::default(),
+        )
+        .await?;
+    let w = fx.create_widget("owner", json!({})).await?;
     let uid = w["metadata"]["uid"].as_str().unwrap().to_string();
-    create_widget(&client, "other", json!({})).await?;
+    fx.create_widget("other", json!({})).await?;
     eventually(Duration::from_secs(5), || async {
         plugin.calls_for("owner") == 1 && plugin.calls_for("other") == 1
     })
@@ -84,7 +86,7 @@ async fn owned_and_labelled_secondaries_enqueue_their_primary() -> anyhow::Resul
     // An owned ConfigMap appears: its controller owner is reconciled, nobody else.
     create_configmap(&client, json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "owned-cm", "namespace": "default", "ownerReferences": [
-            {"apiVersion": "test.capstan.dev/v1", "kind": "Widget", "name": "owner", "uid": uid, "controller": true}]},
+            {"apiVersion": fx.api_version(), "kind": "Widget", "name": "owner", "uid": uid, "controller": true}]},
         "data": {"ready": "false"}})).await?;
     eventually(Duration::from_secs(5), || async {
         plugin.calls_for("owner") == 2
@@ -122,17 +124,18 @@ async fn owned_and_labelled_secondaries_enqueue_their_primary() -> anyhow::Resul
             ("labelled".to_string(), true, 0)
         ]));
     mgr.shutdown().await?;
-    server.shutdown().await;
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_racing_external_patch_yields_a_retried_conflict_and_converges() -> anyhow::Result<()> {
-    let server = api_server().await?;
-    let client = test_client(&server).await?;
+async fn a_racing_external_patch_yields_a_retried_conflict_and_converges(
+    server: &TestServer,
+) -> anyhow::Result<()> {
+    let fx = HostFixture::new(server, "racer").await?;
+    let client = fx.client.clone();
     let gate = Arc::new(AtomicBool::new(false));
     let g = Arc::clone(&gate);
-    let plugin = FakePlugin::new(widget_info("racer"), move |_, primary| {
+    let fx2 = fx.clone();
+    let plugin = FakePlugin::new(fx.widget_info("racer"), move |_, primary| {
         while !g.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -140,37 +143,34 @@ async fn a_racing_external_patch_yields_a_retried_conflict_and_converges() -> an
         // Desired: spec.doubled = 2 x spec.n, computed from what the snapshot saw.
         let n = primary["spec"]["n"].as_i64().unwrap_or(0);
         let mut o = empty_outcome();
-        o.apply.push(
-            json!({"apiVersion": "test.capstan.dev/v1", "kind": "Widget",
-            "metadata": {"name": name, "namespace": "default"}, "spec": {"doubled": 2 * n}})
-            .to_string(),
-        );
+        o.apply
+            .push(fx2.widget_json(name, json!({"spec": {"doubled": 2 * n}})));
         Ok(o)
     });
-    let mgr = start_manager(
-        &server,
-        vec![plugin.clone() as Arc<dyn Reconcile>],
-        ControllerOptions::default(),
-    )
-    .await?;
-    create_widget(&client, "race", json!({"n": 1})).await?;
+    let mgr = fx
+        .start_manager(
+            vec![plugin.clone() as Arc<dyn Reconcile>],
+            ControllerOptions::default(),
+        )
+        .await?;
+    fx.create_widget("race", json!({"n": 1})).await?;
     eventually(Duration::from_secs(5), || async {
         plugin.calls_for("race") == 1
     })
     .await?;
     // While the plugin computes from n=1, an external actor changes n.
-    patch_widget(&client, "race", json!({"spec": {"n": 5}})).await?;
+    fx.patch_widget("race", json!({"spec": {"n": 5}})).await?;
     gate.store(true, Ordering::Release);
     eventually(Duration::from_secs(5), || async {
-        get_widget(&client, "race")
+        fx.get_widget("race")
             .await
             .is_ok_and(|w| w["spec"]["doubled"] == json!(10))
     })
     .await?;
-    let w = get_widget(&client, "race").await?;
+    let w = fx.get_widget("race").await?;
     assert_eq!(w["spec"]["n"], json!(5), "no lost update");
     assert!(
-        requests_with_code(&server, "PATCH", 409) >= 1,
+        mgr.requests_with("PATCH", "409") >= 1,
         "the stale write was refused with 409"
     );
     let body = http_get(mgr.metrics_addr, "/metrics").await?.1;
@@ -193,16 +193,16 @@ async fn a_racing_external_patch_yields_a_retried_conflict_and_converges() -> an
             >= 1.0
     );
     mgr.shutdown().await?;
-    server.shutdown().await;
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn undeclared_writes_are_refused_and_faults_stay_local() -> anyhow::Result<()> {
-    let server = api_server().await?;
-    let client = test_client(&server).await?;
+async fn undeclared_writes_are_refused_and_faults_stay_local(
+    server: &TestServer,
+) -> anyhow::Result<()> {
+    let fx = HostFixture::new(server, "refusals").await?;
+    let client = fx.client.clone();
     // Declares only Widget patch/patch-status, yet tries to create a ConfigMap.
-    let sneaky = FakePlugin::new(widget_info("sneaky"), |_, _| {
+    let sneaky = FakePlugin::new(fx.widget_info("sneaky"), |_, _| {
         let mut o = empty_outcome();
         o.apply.push(
             json!({"apiVersion": "v1", "kind": "ConfigMap",
@@ -212,26 +212,24 @@ async fn undeclared_writes_are_refused_and_faults_stay_local() -> anyhow::Result
         Ok(o)
     });
     // Traps on the widget named "bad", works on the others.
-    let trappy = FakePlugin::new(widget_info("trappy"), |_, primary| {
+    let fx2 = fx.clone();
+    let trappy = FakePlugin::new(fx.widget_info("trappy"), move |_, primary| {
         if primary["metadata"]["name"] == json!("bad") {
             Err(CallFailure::Fault(Fault::Trap(
                 "wasm trap: unreachable".into(),
             )))
         } else {
             let mut o = empty_outcome();
-            o.status.push(
-                json!({"apiVersion": "test.capstan.dev/v1", "kind": "Widget",
-                "metadata": {"name": primary["metadata"]["name"], "namespace": "default"},
-                "status": {"trappy": "ok"}})
-                .to_string(),
-            );
+            let name = primary["metadata"]["name"].as_str().unwrap_or_default();
+            o.status
+                .push(fx2.widget_json(name, json!({"status": {"trappy": "ok"}})));
             Ok(o)
         }
     });
-    let healthy = FakePlugin::new(widget_info("healthy"), |_, _| Ok(empty_outcome()));
+    let healthy = FakePlugin::new(fx.widget_info("healthy"), |_, _| Ok(empty_outcome()));
     // The ConfigMap kind must be known to the manager for the refusal to be about
     // permissions, not discovery: a third plugin reads ConfigMaps.
-    let mut reader_info = widget_info("reader");
+    let mut reader_info = fx.widget_info("reader");
     reader_info.relations = vec![relation(
         "cms",
         gvk("", "v1", "ConfigMap"),
@@ -240,12 +238,13 @@ async fn undeclared_writes_are_refused_and_faults_stay_local() -> anyhow::Result
     let reader = FakePlugin::new(reader_info, |_, _| Ok(empty_outcome()));
     let plugins: Vec<Arc<dyn Reconcile>> =
         vec![sneaky.clone(), trappy.clone(), healthy.clone(), reader];
-    let mgr = start_manager(&server, plugins, ControllerOptions::default()).await?;
-    let posts_before = server.metrics().by_verb("POST");
-    create_widget(&client, "bad", json!({})).await?;
-    create_widget(&client, "good", json!({})).await?;
+    let mgr = fx
+        .start_manager(plugins, ControllerOptions::default())
+        .await?;
+    fx.create_widget("bad", json!({})).await?;
+    fx.create_widget("good", json!({})).await?;
     eventually(Duration::from_secs(5), || async {
-        get_widget(&client, "good")
+        fx.get_widget("good")
             .await
             .is_ok_and(|w| w["status"]["trappy"] == json!("ok"))
     })
@@ -260,9 +259,9 @@ async fn undeclared_writes_are_refused_and_faults_stay_local() -> anyhow::Result
     .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        server.metrics().by_verb("POST") - posts_before,
-        2,
-        "only the test's own creates"
+        mgr.requests("POST"),
+        0,
+        "the refused ConfigMap was never sent"
     );
     let body = http_get(mgr.metrics_addr, "/metrics").await?.1;
     assert!(
@@ -309,10 +308,13 @@ async fn undeclared_writes_are_refused_and_faults_stay_local() -> anyhow::Result
         "workqueue_longest_running_processor_seconds{name=\"healthy\",controller=\"healthy\"}",
         "capstan_plugin_call_seconds_count{controller=\"healthy\"}",
         "capstan_writes_skipped_total{controller=\"healthy\"}",
-        "capstan_cache_objects{group=\"test.capstan.dev\",version=\"v1\",kind=\"Widget\"}",
     ] {
         assert!(metric_value(&body, series).is_some(), "missing {series}");
     }
+    let widgets_cached = format!(
+        "capstan_cache_objects{{group=\"{}\",version=\"v1\",kind=\"Widget\"}}",
+        fx.group
+    );
     assert_eq!(
         metric_value(
             &body,
@@ -320,13 +322,7 @@ async fn undeclared_writes_are_refused_and_faults_stay_local() -> anyhow::Result
         ),
         Some(2.0)
     );
-    assert_eq!(
-        metric_value(
-            &body,
-            "capstan_cache_objects{group=\"test.capstan.dev\",version=\"v1\",kind=\"Widget\"}"
-        ),
-        Some(2.0)
-    );
+    assert_eq!(metric_value(&body, &widgets_cached), Some(2.0));
     assert!(
         metric_value(
             &body,
@@ -335,7 +331,7 @@ async fn undeclared_writes_are_refused_and_faults_stay_local() -> anyhow::Result
         .unwrap()
             >= 2.0
     );
-    let host = server.local_addr().to_string();
+    let host = fx.host.clone();
     assert!(
         body.lines()
             .any(|l| l.starts_with("rest_client_requests_total{")
@@ -348,6 +344,18 @@ async fn undeclared_writes_are_refused_and_faults_stay_local() -> anyhow::Result
         body.contains("rest_client_request_duration_seconds_bucket{le=\"0.005\",verb=\"PATCH\"")
     );
     mgr.shutdown().await?;
-    server.shutdown().await;
     Ok(())
 }
+
+capstan_tests::server_test!(
+    owned_and_labelled_secondaries_enqueue_their_primary,
+    multi_thread
+);
+capstan_tests::server_test!(
+    a_racing_external_patch_yields_a_retried_conflict_and_converges,
+    multi_thread
+);
+capstan_tests::server_test!(
+    undeclared_writes_are_refused_and_faults_stay_local,
+    multi_thread
+);
