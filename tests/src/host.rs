@@ -511,3 +511,54 @@ pub fn guest_component(crate_name: &str) -> anyhow::Result<std::path::PathBuf> {
     );
     Ok(path)
 }
+
+/// The `capstan` binary for end-to-end tests: `CAPSTAN_BIN` when set, else
+/// `<target>/debug/capstan`, which `cargo test --workspace` (`make test`) builds fresh for
+/// the host's CLI tests. When it is missing or older than the host's sources (a narrower
+/// `cargo test -p capstan-tests`), it is built with `cargo build -p capstan` first.
+pub fn capstan_binary() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(bin) = std::env::var_os("CAPSTAN_BIN") {
+        return Ok(bin.into());
+    }
+    let bin = crate::target_dir().join("debug/capstan");
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let stale = match built {
+        None => true,
+        Some(built) => newest_source(&crate::workspace_root().join("host"))
+            .is_some_and(|newest| newest > built),
+    };
+    if stale {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "-p", "capstan", "--bin", "capstan"])
+            .current_dir(crate::workspace_root())
+            .env("CARGO_TARGET_DIR", crate::target_dir())
+            .status()
+            .context("running cargo build -p capstan")?;
+        anyhow::ensure!(status.success(), "cargo build -p capstan failed: {status}");
+    }
+    anyhow::ensure!(bin.is_file(), "{} is missing", bin.display());
+    Ok(bin)
+}
+
+/// The newest modification time of `host/src/**` and `host/Cargo.toml`.
+fn newest_source(host: &std::path::Path) -> Option<std::time::SystemTime> {
+    fn walk(dir: &std::path::Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, newest);
+            } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                *newest = (*newest).max(Some(t));
+            }
+        }
+    }
+    let mut newest = std::fs::metadata(host.join("Cargo.toml"))
+        .and_then(|m| m.modified())
+        .ok();
+    walk(&host.join("src"), &mut newest);
+    newest
+}

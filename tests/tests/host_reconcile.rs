@@ -3,7 +3,7 @@
 use capstan::controller::{CallFailure, ControllerOptions, Reconcile};
 use capstan_tests::host::*;
 use capstan_tests::server::TestServer;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

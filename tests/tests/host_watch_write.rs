@@ -131,7 +131,6 @@ async fn a_racing_external_patch_yields_a_retried_conflict_and_converges(
     server: &TestServer,
 ) -> anyhow::Result<()> {
     let fx = HostFixture::new(server, "racer").await?;
-    let client = fx.client.clone();
     let gate = Arc::new(AtomicBool::new(false));
     let g = Arc::clone(&gate);
     let fx2 = fx.clone();
@@ -200,7 +199,6 @@ async fn undeclared_writes_are_refused_and_faults_stay_local(
     server: &TestServer,
 ) -> anyhow::Result<()> {
     let fx = HostFixture::new(server, "refusals").await?;
-    let client = fx.client.clone();
     // Declares only Widget patch/patch-status, yet tries to create a ConfigMap.
     let sneaky = FakePlugin::new(fx.widget_info("sneaky"), |_, _| {
         let mut o = empty_outcome();

@@ -10,7 +10,7 @@
 
 use anyhow::{Context as _, bail, ensure};
 use capstan_tests::server::TestServer;
-use capstan_tests::{target_dir, workspace_root};
+use capstan_tests::target_dir;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -25,21 +25,6 @@ const GREETING: &str = "capstan.dev/hello-greeting";
 const OBSERVED: &str = "capstan.dev/hello-observed";
 /// Interpreted guests in a debug-built host compile for tens of seconds on a cold cache.
 const CONVERGE: Duration = Duration::from_secs(180);
-
-/// The `capstan` binary, built (or found up to date) by cargo.
-fn capstan_binary() -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "-p", "capstan", "--bin", "capstan"])
-        .current_dir(workspace_root())
-        .env("CARGO_TARGET_DIR", target_dir())
-        .status()
-        .context("running cargo build -p capstan")?;
-    ensure!(status.success(), "cargo build -p capstan failed: {status}");
-    let bin = target_dir().join("debug/capstan");
-    ensure!(bin.is_file(), "{} missing after the build", bin.display());
-    Ok(bin)
-}
 
 /// The hello component of `lang` from `make components`.
 fn component(lang: &str) -> anyhow::Result<PathBuf> {
@@ -296,10 +281,12 @@ async fn run_language(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_in_every_language_converges_the_same_objects_identically() -> anyhow::Result<()> {
-    let bin = capstan_binary()?;
+    let bin = capstan_tests::host::capstan_binary()?;
     let mut dumps: Vec<(&str, BTreeMap<String, Value>, BTreeMap<String, Value>)> = Vec::new();
     for lang in ["rust", "python", "js"] {
+        let started = std::time::Instant::now();
         let (first, last) = run_language(&bin, lang).await?;
+        eprintln!("{lang}: converged twice in {:?}", started.elapsed());
         dumps.push((lang, first, last));
     }
     let (_, rust_first, rust_last) = &dumps[0];

@@ -10,7 +10,7 @@
 use anyhow::{Context as _, bail, ensure};
 use capstan_tests::host::{eventually, http_get, metric_value};
 use capstan_tests::server::{ServerKind, TestServer};
-use capstan_tests::{target_dir, workspace_root};
+use capstan_tests::target_dir;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, PostParams};
@@ -25,19 +25,6 @@ const LEASE_DURATION: Duration = Duration::from_secs(3);
 const RETRY: Duration = Duration::from_millis(500);
 const RECONCILES: &str =
     "controller_runtime_reconcile_total{controller=\"hello\",result=\"success\"}";
-
-/// The `capstan` binary, built (or found up to date) by cargo.
-fn capstan_binary() -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "capstan", "--bin", "capstan"])
-        .current_dir(workspace_root())
-        .env("CARGO_TARGET_DIR", target_dir())
-        .status()
-        .context("running cargo build -p capstan")?;
-    ensure!(status.success(), "cargo build -p capstan failed: {status}");
-    Ok(target_dir().join("debug/capstan"))
-}
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
@@ -179,7 +166,7 @@ async fn labelled(cms: &Api<ConfigMap>, name: &str) -> anyhow::Result<()> {
 }
 
 async fn one_leader_and_a_fast_handover(server: &TestServer) -> anyhow::Result<()> {
-    let bin = capstan_binary()?;
+    let bin = capstan_tests::host::capstan_binary()?;
     let component = target_dir().join("guests/hello-rust.wasm");
     ensure!(
         component.is_file(),
