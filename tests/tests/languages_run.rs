@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+/// Normalised ConfigMaps keyed `namespace/name`.
+type Dump = BTreeMap<String, Value>;
+
 const NAMESPACES: [&str; 2] = ["alpha", "beta"];
 const LABEL: &str = "capstan.dev/hello";
 const GREETING: &str = "capstan.dev/hello-greeting";
@@ -141,7 +144,7 @@ async fn change(client: &kube::Client) -> anyhow::Result<()> {
 }
 
 /// Every ConfigMap of the test's namespaces, normalised and keyed `ns/name`.
-async fn dump(client: &kube::Client) -> anyhow::Result<BTreeMap<String, Value>> {
+async fn dump(client: &kube::Client) -> anyhow::Result<Dump> {
     let mut out = BTreeMap::new();
     for ns in NAMESPACES {
         for cm in configmaps(client, ns).list(&ListParams::default()).await? {
@@ -165,7 +168,7 @@ async fn dump(client: &kube::Client) -> anyhow::Result<BTreeMap<String, Value>> 
 }
 
 /// Whether every labelled ConfigMap carries the greeting and the digest of its data.
-fn converged(dump: &BTreeMap<String, Value>) -> bool {
+fn converged(dump: &Dump) -> bool {
     dump.values().all(|cm| {
         let meta = &cm["metadata"];
         if meta["labels"][LABEL] != json!("true") {
@@ -179,11 +182,7 @@ fn converged(dump: &BTreeMap<String, Value>) -> bool {
     })
 }
 
-async fn wait_converged(
-    client: &kube::Client,
-    lang: &str,
-    log: &Path,
-) -> anyhow::Result<BTreeMap<String, Value>> {
+async fn wait_converged(client: &kube::Client, lang: &str, log: &Path) -> anyhow::Result<Dump> {
     let deadline = tokio::time::Instant::now() + CONVERGE;
     loop {
         let d = dump(client).await?;
@@ -201,10 +200,7 @@ async fn wait_converged(
 }
 
 /// One language end to end; returns the final normalised dump.
-async fn run_language(
-    bin: &Path,
-    lang: &str,
-) -> anyhow::Result<(BTreeMap<String, Value>, BTreeMap<String, Value>)> {
+async fn run_language(bin: &Path, lang: &str) -> anyhow::Result<(Dump, Dump)> {
     let server = TestServer::memory().await?;
     let client = server.client().await?;
     seed(&client).await?;
@@ -282,7 +278,7 @@ async fn run_language(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_in_every_language_converges_the_same_objects_identically() -> anyhow::Result<()> {
     let bin = capstan_tests::host::capstan_binary()?;
-    let mut dumps: Vec<(&str, BTreeMap<String, Value>, BTreeMap<String, Value>)> = Vec::new();
+    let mut dumps: Vec<(&str, Dump, Dump)> = Vec::new();
     for lang in ["rust", "python", "js"] {
         let started = std::time::Instant::now();
         let (first, last) = run_language(&bin, lang).await?;
@@ -366,7 +362,7 @@ impl Drop for KillOnDrop {
 }
 
 /// The entries that differ between two dumps, one per line.
-fn diff(a: &BTreeMap<String, Value>, b: &BTreeMap<String, Value>) -> String {
+fn diff(a: &Dump, b: &Dump) -> String {
     let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     keys.into_iter()
         .filter(|k| a.get(*k) != b.get(*k))
