@@ -5,9 +5,10 @@
 //! plugin declares through discovery, registers one shared cache per kind and wires a
 //! [`Controller`]. [`Manager::run`] starts one watcher per kind, serves `/metrics`,
 //! `/healthz` and `/readyz` (ready once every cache has synced), starts the controllers once
-//! the caches are ready (and, with leader election, once it holds the Lease: see [`crate::leader`];
-//! losing the Lease stops the controllers and `run` returns [`ManagerError::LeaderLost`]) and, when `stop` fires (SIGTERM/SIGINT in `capstan run`), stops
-//! taking keys, lets in-flight reconciles and their writes finish, and returns.
+//! the caches are ready (with leader election, once it also holds the Lease, see
+//! [`crate::leader`]; losing it stops the controllers and `run` returns
+//! [`ManagerError::LeaderLost`]) and, when `stop` fires (SIGTERM/SIGINT in `capstan run`),
+//! stops taking keys, lets in-flight reconciles and their writes finish, and returns.
 
 use crate::cache::{Cache, Gvk, KindCache};
 use crate::controller::{Controller, ControllerError, ControllerOptions, Reconcile};
@@ -379,9 +380,9 @@ impl Manager {
                     leading = Some(tokio::spawn({
                         let (release, work_stop) = (release.clone(), work_stop.clone());
                         async move {
-                            let held = e.hold(release).await;
-                            work_stop.cancel();
-                            held
+                            // However holding ends (even a panic), the controllers stop.
+                            let _stop_work = work_stop.drop_guard();
+                            e.hold(release).await
                         }
                     }));
                 }
