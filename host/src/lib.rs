@@ -33,3 +33,5 @@ pub mod writer;
 pub mod cli;
 /// `capstan plugin new`: scaffold a reconciler in Rust, Python or JavaScript.
 pub mod scaffold;
+/// `capstan simulate`: Cluster API's scale test in one process, with its report and plots.
+pub mod simulate;

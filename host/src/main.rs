@@ -17,6 +17,9 @@ struct Cli {
 enum Command {
     /// Run the controller manager: every plugin in a directory against a cluster.
     Run(Box<capstan::manager::RunArgs>),
+    /// Run Cluster API's scale test in one process (in-memory API server,
+    /// Cluster API plugins, host, in-memory cloud) and write its report.
+    Simulate(Box<capstan::simulate::SimulateArgs>),
     /// Work with a plugin component file.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -86,9 +89,72 @@ fn run_manager(args: capstan::manager::RunArgs) -> ExitCode {
     }
 }
 
+/// `capstan simulate`: warnings only on stderr (the progress display owns the terminal),
+/// Ctrl-C stops the run and the report of what completed is still written.
+fn simulate(args: capstan::simulate::SimulateArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let signal_stop = stop.clone();
+                tokio::spawn(async move {
+                    capstan::manager::shutdown_signal().await;
+                    eprintln!("stopping: writing the report of what completed");
+                    signal_stop.cancel();
+                });
+                capstan::simulate::run(
+                    args,
+                    |dir| {
+                        capstan::manager::load_plugin_dir(
+                            dir,
+                            capstan::runtime::RuntimeConfig::default(),
+                        )
+                    },
+                    stop,
+                )
+                .await
+                .map_err(anyhow::Error::from)
+            })
+        });
+    match result {
+        Ok(done) => {
+            let s = &done.results.summary;
+            eprintln!(
+                "provisioned {} · failed {} · incomplete {} · delta last/first 100: {}",
+                s.provisioned,
+                s.failed,
+                s.incomplete,
+                s.delta_percent
+                    .map_or_else(|| "-".to_owned(), |d| format!("{d:+.2}%"))
+            );
+            println!("report: {}", done.out.join("report.md").display());
+            if s.failed > 0 || done.results.interrupted {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let plugin = match Cli::parse().command {
         Command::Run(args) => return run_manager(*args),
+        Command::Simulate(args) => return simulate(*args),
         Command::Plugin(plugin) => plugin,
     };
     tracing_subscriber::fmt()
