@@ -20,6 +20,7 @@
 pub mod runtime;
 
 pub mod cache;
+pub mod cloud;
 pub mod controller;
 pub mod manager;
 pub mod metrics;
