@@ -1,4 +1,9 @@
-//! The plugin's view of the host's capabilities (log, memo), real or fake.
+//! The plugin's view of the host's capabilities (log, memo, crypto, cloud), real or fake.
+
+use crate::Error;
+use crate::ObjectRef;
+use crate::cloud::{Endpoint, Vm};
+use crate::crypto::{CertificateRequest, KeyAlgorithm, KeyPair, KubeconfigRequest};
 
 /// Log levels, as in the WIT `log` interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -26,6 +31,51 @@ pub trait Host {
     fn memo_set(&self, key: &str, value: &[u8]);
     /// Remove the value under `key`.
     fn memo_remove(&self, key: &str);
+
+    /// `crypto.generate-key`.
+    fn generate_key(&self, algorithm: KeyAlgorithm) -> Result<KeyPair, String>;
+    /// `crypto.self-signed`.
+    fn self_signed(
+        &self,
+        private_key: &str,
+        request: &CertificateRequest,
+    ) -> Result<String, String>;
+    /// `crypto.sign`.
+    fn sign(
+        &self,
+        issuer_certificate: &str,
+        issuer_key: &str,
+        public_key: &str,
+        request: &CertificateRequest,
+    ) -> Result<String, String>;
+    /// `crypto.kubeconfig`.
+    fn kubeconfig(&self, request: &KubeconfigRequest) -> Result<String, String>;
+
+    /// `cloud.reserve-endpoint`.
+    fn reserve_endpoint(&self, cluster: &str) -> Result<Endpoint, String>;
+    /// `cloud.start-api-server`.
+    fn start_api_server(
+        &self,
+        cluster: &str,
+        ca_certificate: &str,
+        ca_key: &str,
+    ) -> Result<(), String>;
+    /// `cloud.api-server-running`.
+    fn api_server_running(&self, cluster: &str) -> bool;
+    /// `cloud.release-endpoint`.
+    fn release_endpoint(&self, cluster: &str) -> Result<(), String>;
+    /// `cloud.create-vm`.
+    fn create_vm(&self, cluster: &str, name: &str) -> Result<Vm, String>;
+    /// `cloud.get-vm`.
+    fn get_vm(&self, cluster: &str, name: &str) -> Option<Vm>;
+    /// `cloud.delete-vm`.
+    fn delete_vm(&self, cluster: &str, name: &str) -> Result<(), String>;
+    /// `cloud.put-object`.
+    fn put_object(&self, cluster: &str, object: &str) -> Result<(), String>;
+    /// `cloud.get-object`.
+    fn get_object(&self, cluster: &str, object: &ObjectRef) -> Result<Option<String>, String>;
+    /// `cloud.delete-object`.
+    fn delete_object(&self, cluster: &str, object: &ObjectRef) -> Result<(), String>;
 }
 
 /// What a reconcile receives besides its snapshot: logging and the memo.
@@ -81,6 +131,16 @@ impl<'a> Context<'a> {
         self.host.memo_remove(key);
     }
 
+    /// The `crypto` capability (declare it in `describe()`).
+    pub fn crypto(&self) -> Crypto<'a> {
+        Crypto { host: self.host }
+    }
+
+    /// The `cloud` capability (declare it in `describe()`).
+    pub fn cloud(&self) -> Cloud<'a> {
+        Cloud { host: self.host }
+    }
+
     /// The memo value under `key`, computing and storing it when missing.
     pub fn memo_get_or_insert_with(&self, key: &str, compute: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
         if let Some(v) = self.memo_get(key) {
@@ -89,6 +149,165 @@ impl<'a> Context<'a> {
         let v = compute();
         self.memo_set(key, &v);
         v
+    }
+}
+
+/// Native key generation, certificates and kubeconfigs. Failures are
+/// transient errors naming the operation.
+#[derive(Clone, Copy)]
+pub struct Crypto<'a> {
+    host: &'a dyn Host,
+}
+
+impl std::fmt::Debug for Crypto<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Crypto").finish_non_exhaustive()
+    }
+}
+
+fn failed(operation: &str) -> impl FnOnce(String) -> Error + '_ {
+    move |e| Error::transient(format!("{operation}: {e}"))
+}
+
+impl Crypto<'_> {
+    /// Generate a key pair (expensive: keep the result).
+    pub fn generate_key(&self, algorithm: KeyAlgorithm) -> Result<KeyPair, Error> {
+        self.host
+            .generate_key(algorithm)
+            .map_err(failed("generate key"))
+    }
+
+    /// A self-signed certificate (PEM) for `private_key`.
+    pub fn self_signed(
+        &self,
+        private_key: &str,
+        request: &CertificateRequest,
+    ) -> Result<String, Error> {
+        self.host
+            .self_signed(private_key, request)
+            .map_err(failed("self-sign certificate"))
+    }
+
+    /// A certificate (PEM) for `public_key`, signed by the issuer.
+    pub fn sign(
+        &self,
+        issuer_certificate: &str,
+        issuer_key: &str,
+        public_key: &str,
+        request: &CertificateRequest,
+    ) -> Result<String, Error> {
+        self.host
+            .sign(issuer_certificate, issuer_key, public_key, request)
+            .map_err(failed("sign certificate"))
+    }
+
+    /// A kubeconfig (YAML) with client-certificate authentication.
+    pub fn kubeconfig(&self, request: &KubeconfigRequest) -> Result<String, Error> {
+        self.host
+            .kubeconfig(request)
+            .map_err(failed("render kubeconfig"))
+    }
+}
+
+/// The infrastructure API (the in-memory cloud in Capstan's simulator).
+/// `cluster` is `namespace/name`. Failures are transient errors.
+#[derive(Clone, Copy)]
+pub struct Cloud<'a> {
+    host: &'a dyn Host,
+}
+
+impl std::fmt::Debug for Cloud<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cloud").finish_non_exhaustive()
+    }
+}
+
+impl Cloud<'_> {
+    /// Reserve (or return) the cluster's API endpoint.
+    pub fn reserve_endpoint(&self, cluster: &str) -> Result<Endpoint, Error> {
+        self.host
+            .reserve_endpoint(cluster)
+            .map_err(failed("reserve endpoint"))
+    }
+
+    /// Serve the cluster's API with a certificate signed by this CA.
+    pub fn start_api_server(
+        &self,
+        cluster: &str,
+        ca_certificate: &str,
+        ca_key: &str,
+    ) -> Result<(), Error> {
+        self.host
+            .start_api_server(cluster, ca_certificate, ca_key)
+            .map_err(failed("start api server"))
+    }
+
+    /// Whether the cluster's API server is serving.
+    pub fn api_server_running(&self, cluster: &str) -> bool {
+        self.host.api_server_running(cluster)
+    }
+
+    /// Stop serving and free the endpoint, the store and the VMs.
+    pub fn release_endpoint(&self, cluster: &str) -> Result<(), Error> {
+        self.host
+            .release_endpoint(cluster)
+            .map_err(failed("release endpoint"))
+    }
+
+    /// Create (or return) a VM.
+    pub fn create_vm(&self, cluster: &str, name: &str) -> Result<Vm, Error> {
+        self.host
+            .create_vm(cluster, name)
+            .map_err(failed("create vm"))
+    }
+
+    /// The VM, if it exists.
+    pub fn get_vm(&self, cluster: &str, name: &str) -> Option<Vm> {
+        self.host.get_vm(cluster, name)
+    }
+
+    /// Delete a VM (absent is fine).
+    pub fn delete_vm(&self, cluster: &str, name: &str) -> Result<(), Error> {
+        self.host
+            .delete_vm(cluster, name)
+            .map_err(failed("delete vm"))
+    }
+
+    /// Create or replace an object in the workload cluster's store.
+    pub fn put_object(&self, cluster: &str, object: &impl serde::Serialize) -> Result<(), Error> {
+        let json = serde_json::to_string(object)
+            .map_err(|e| Error::terminal(format!("object does not serialize: {e}")))?;
+        self.host
+            .put_object(cluster, &json)
+            .map_err(failed("put workload object"))
+    }
+
+    /// An object of the workload cluster's store, parsed.
+    pub fn get_object<T: serde::de::DeserializeOwned>(
+        &self,
+        cluster: &str,
+        object: &ObjectRef,
+    ) -> Result<Option<T>, Error> {
+        let Some(json) = self
+            .host
+            .get_object(cluster, object)
+            .map_err(failed("get workload object"))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_str(&json).map(Some).map_err(|e| {
+            Error::terminal(format!(
+                "workload {} {}/{} does not parse: {e}",
+                object.kind, object.namespace, object.name
+            ))
+        })
+    }
+
+    /// Delete an object from the workload cluster's store (absent is fine).
+    pub fn delete_object(&self, cluster: &str, object: &ObjectRef) -> Result<(), Error> {
+        self.host
+            .delete_object(cluster, object)
+            .map_err(failed("delete workload object"))
     }
 }
 
@@ -120,5 +339,85 @@ impl Host for WasmHost {
 
     fn memo_remove(&self, key: &str) {
         crate::bindings::capstan::reconciler::memo::remove(key);
+    }
+
+    fn generate_key(&self, algorithm: KeyAlgorithm) -> Result<KeyPair, String> {
+        crate::bindings::capstan::reconciler::crypto::generate_key(algorithm)
+    }
+
+    fn self_signed(
+        &self,
+        private_key: &str,
+        request: &CertificateRequest,
+    ) -> Result<String, String> {
+        crate::bindings::capstan::reconciler::crypto::self_signed(private_key, request)
+    }
+
+    fn sign(
+        &self,
+        issuer_certificate: &str,
+        issuer_key: &str,
+        public_key: &str,
+        request: &CertificateRequest,
+    ) -> Result<String, String> {
+        crate::bindings::capstan::reconciler::crypto::sign(
+            issuer_certificate,
+            issuer_key,
+            public_key,
+            request,
+        )
+    }
+
+    fn kubeconfig(&self, request: &KubeconfigRequest) -> Result<String, String> {
+        crate::bindings::capstan::reconciler::crypto::kubeconfig(request)
+    }
+
+    fn reserve_endpoint(&self, cluster: &str) -> Result<Endpoint, String> {
+        crate::bindings::capstan::reconciler::cloud::reserve_endpoint(cluster)
+    }
+
+    fn start_api_server(
+        &self,
+        cluster: &str,
+        ca_certificate: &str,
+        ca_key: &str,
+    ) -> Result<(), String> {
+        crate::bindings::capstan::reconciler::cloud::start_api_server(
+            cluster,
+            ca_certificate,
+            ca_key,
+        )
+    }
+
+    fn api_server_running(&self, cluster: &str) -> bool {
+        crate::bindings::capstan::reconciler::cloud::api_server_running(cluster)
+    }
+
+    fn release_endpoint(&self, cluster: &str) -> Result<(), String> {
+        crate::bindings::capstan::reconciler::cloud::release_endpoint(cluster)
+    }
+
+    fn create_vm(&self, cluster: &str, name: &str) -> Result<Vm, String> {
+        crate::bindings::capstan::reconciler::cloud::create_vm(cluster, name)
+    }
+
+    fn get_vm(&self, cluster: &str, name: &str) -> Option<Vm> {
+        crate::bindings::capstan::reconciler::cloud::get_vm(cluster, name)
+    }
+
+    fn delete_vm(&self, cluster: &str, name: &str) -> Result<(), String> {
+        crate::bindings::capstan::reconciler::cloud::delete_vm(cluster, name)
+    }
+
+    fn put_object(&self, cluster: &str, object: &str) -> Result<(), String> {
+        crate::bindings::capstan::reconciler::cloud::put_object(cluster, object)
+    }
+
+    fn get_object(&self, cluster: &str, object: &ObjectRef) -> Result<Option<String>, String> {
+        crate::bindings::capstan::reconciler::cloud::get_object(cluster, object)
+    }
+
+    fn delete_object(&self, cluster: &str, object: &ObjectRef) -> Result<(), String> {
+        crate::bindings::capstan::reconciler::cloud::delete_object(cluster, object)
     }
 }

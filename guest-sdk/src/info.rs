@@ -1,6 +1,9 @@
 //! Constructors that make a `describe()` read like a declaration.
 
-use crate::{Gvk, KeyMapping, Permission, PluginInfo, Relation, RelationSelector, Verbs, Watch};
+use crate::{
+    Capabilities, Gvk, KeyMapping, Permission, PluginInfo, Relation, RelationSelector, Target,
+    Verbs, Watch,
+};
 
 impl Gvk {
     /// A group/version/kind; `group` is empty for the core group.
@@ -35,28 +38,94 @@ impl PluginInfo {
             finalizer: None,
             concurrency: None,
             resync_seconds: None,
+            capabilities: Capabilities::empty(),
         }
     }
 
-    /// Also reconcile the primary when `kind` changes, mapped by `mapping`.
+    /// Also reconcile the primary when `kind` changes in the management
+    /// cluster, mapped by `mapping`.
     pub fn watch(mut self, kind: Gvk, mapping: KeyMapping) -> Self {
-        self.watches.push(Watch { kind, mapping });
-        self
-    }
-
-    /// Carry the objects of `kind` found by `selector` as relation `name`.
-    pub fn relation(mut self, name: &str, kind: Gvk, selector: RelationSelector) -> Self {
-        self.relations.push(Relation {
-            name: name.to_owned(),
+        self.watches.push(Watch {
             kind,
-            selector,
+            mapping,
+            target: Target::Management,
         });
         self
     }
 
-    /// Allow `verbs` on `kind`.
+    /// Also reconcile the primary when `kind` changes in its workload
+    /// cluster, mapped by `mapping` (e.g. Nodes by `spec.providerID`).
+    pub fn watch_workload(mut self, kind: Gvk, mapping: KeyMapping) -> Self {
+        self.watches.push(Watch {
+            kind,
+            mapping,
+            target: Target::Workload,
+        });
+        self
+    }
+
+    /// Carry the management objects of `kind` found by `selector` as
+    /// relation `name`, looked up in the primary's namespace.
+    pub fn relation(self, name: &str, kind: Gvk, selector: RelationSelector) -> Self {
+        self.relation_in(name, kind, selector, Target::Management, None)
+    }
+
+    /// Carry the objects of `kind` in the primary's workload cluster found by
+    /// `selector` as relation `name`, in `namespace` or in the whole cluster.
+    pub fn workload_relation(
+        self,
+        name: &str,
+        kind: Gvk,
+        selector: RelationSelector,
+        namespace: Option<&str>,
+    ) -> Self {
+        self.relation_in(name, kind, selector, Target::Workload, namespace)
+    }
+
+    /// Carry the objects of `kind` found by `selector` in `target`, in
+    /// `namespace` instead of the default scope when given.
+    pub fn relation_in(
+        mut self,
+        name: &str,
+        kind: Gvk,
+        selector: RelationSelector,
+        target: Target,
+        namespace: Option<&str>,
+    ) -> Self {
+        self.relations.push(Relation {
+            name: name.to_owned(),
+            kind,
+            selector,
+            target,
+            namespace: namespace.map(str::to_owned),
+        });
+        self
+    }
+
+    /// Allow `verbs` on `kind` in the management cluster.
     pub fn permit(mut self, kind: Gvk, verbs: Verbs) -> Self {
-        self.permissions.push(Permission { kind, verbs });
+        self.permissions.push(Permission {
+            kind,
+            verbs,
+            target: Target::Management,
+        });
+        self
+    }
+
+    /// Allow `verbs` on `kind` in the primary's workload cluster.
+    pub fn permit_workload(mut self, kind: Gvk, verbs: Verbs) -> Self {
+        self.permissions.push(Permission {
+            kind,
+            verbs,
+            target: Target::Workload,
+        });
+        self
+    }
+
+    /// Declare host capabilities the plugin uses (`crypto`, `cloud`); the
+    /// host refuses calls to undeclared ones.
+    pub fn capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities |= capabilities;
         self
     }
 

@@ -12,7 +12,7 @@
 //! capstan_sdk::export!(Hello);
 //! ```
 //!
-//! The logic sees the host only through [`Context`] (log, memo), so the same
+//! The logic sees the host only through [`Context`] (log, memo, crypto, cloud), so the same
 //! code runs in the component and natively under [`testing::FakeHost`] in a
 //! plain `cargo test`.
 
@@ -27,7 +27,7 @@ mod outcome;
 mod snapshot;
 pub mod testing;
 
-pub use context::{Context, Host, Level};
+pub use context::{Cloud, Context, Crypto, Host, Level};
 pub use outcome::Outcome;
 pub use snapshot::Snapshot;
 
@@ -54,9 +54,21 @@ pub mod bindings {
 pub use wit_bindgen as __wit_bindgen;
 
 pub use bindings::capstan::reconciler::types::{
-    Event, EventType, Gvk, KeyMapping, ObjectRef, Permission, PluginInfo, Relation,
-    RelationSelector, Verbs, Watch,
+    Capabilities, Connection, Event, EventType, FieldPair, Gvk, KeyMapping, ObjectRef, Permission,
+    PluginInfo, Relation, RelationSelector, Target, Verbs, Watch,
 };
+
+/// The `crypto` capability's types (keys and certificates as PEM text).
+pub mod crypto {
+    pub use crate::bindings::capstan::reconciler::crypto::{
+        CertificateRequest, CertificateUsage, KeyAlgorithm, KeyPair, KubeconfigRequest,
+    };
+}
+
+/// The `cloud` capability's types.
+pub mod cloud {
+    pub use crate::bindings::capstan::reconciler::cloud::{Endpoint, Vm};
+}
 
 /// Why a reconcile failed; the host retries transient errors with backoff and
 /// waits for a change of the primary or a watched object after terminal ones.

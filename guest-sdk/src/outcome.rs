@@ -14,6 +14,9 @@ pub struct Outcome {
     delete: Vec<ObjectRef>,
     events: Vec<Event>,
     requeue_after_ms: Option<u64>,
+    workload_apply: Vec<String>,
+    workload_status: Vec<String>,
+    workload_delete: Vec<ObjectRef>,
 }
 
 fn to_json(obj: &impl Serialize) -> Result<String, Error> {
@@ -70,6 +73,26 @@ impl Outcome {
         self
     }
 
+    /// Desire this object in the primary's workload cluster (as
+    /// [`Outcome::apply`]).
+    pub fn workload_apply(&mut self, object: &impl Serialize) -> Result<&mut Self, Error> {
+        self.workload_apply.push(to_json(object)?);
+        Ok(self)
+    }
+
+    /// Desire this status in the primary's workload cluster (as
+    /// [`Outcome::status`]).
+    pub fn workload_status(&mut self, object: &impl Serialize) -> Result<&mut Self, Error> {
+        self.workload_status.push(to_json(object)?);
+        Ok(self)
+    }
+
+    /// Delete this object in the primary's workload cluster.
+    pub fn workload_delete(&mut self, object: ObjectRef) -> &mut Self {
+        self.workload_delete.push(object);
+        self
+    }
+
     /// Reconcile again after `after` even if nothing changes (time-based
     /// waits only; watches cover the rest).
     pub fn requeue_after(&mut self, after: Duration) -> &mut Self {
@@ -102,6 +125,26 @@ impl Outcome {
         self.requeue_after_ms
     }
 
+    /// Desired workload-cluster objects, as JSON text.
+    pub fn workload_applied(&self) -> &[String] {
+        &self.workload_apply
+    }
+
+    /// Desired workload-cluster statuses, as JSON text.
+    pub fn workload_statuses(&self) -> &[String] {
+        &self.workload_status
+    }
+
+    /// Workload-cluster deletions.
+    pub fn workload_deletions(&self) -> &[ObjectRef] {
+        &self.workload_delete
+    }
+
+    /// Whether this outcome asks for nothing at all.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
     /// Lower into the WIT record.
     pub fn into_wit(self) -> wit::Outcome {
         wit::Outcome {
@@ -110,6 +153,9 @@ impl Outcome {
             delete: self.delete,
             events: self.events,
             requeue_after_ms: self.requeue_after_ms,
+            workload_apply: self.workload_apply,
+            workload_status: self.workload_status,
+            workload_delete: self.workload_delete,
         }
     }
 }

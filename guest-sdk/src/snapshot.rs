@@ -27,6 +27,7 @@ impl Snapshot {
                 primary: primary.to_string(),
                 related: Vec::new(),
                 now: now.to_owned(),
+                workload: wit::Connection::NotApplicable,
             },
         }
     }
@@ -40,6 +41,17 @@ impl Snapshot {
             objects: objects.iter().map(|o| o.to_string()).collect(),
         });
         self
+    }
+
+    /// Set the state of the host's connection to the workload cluster.
+    pub fn with_workload(mut self, connection: wit::Connection) -> Self {
+        self.raw.workload = connection;
+        self
+    }
+
+    /// The state of the host's connection to the primary's workload cluster.
+    pub fn workload(&self) -> wit::Connection {
+        self.raw.workload
     }
 
     /// The WIT record, e.g. to hand to a runtime.

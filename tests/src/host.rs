@@ -14,8 +14,8 @@ use capstan::controller::{CallFailure, ControllerOptions, Reconcile};
 use capstan::manager::{Manager, ManagerOptions, build_client};
 use capstan::metrics::Metrics;
 use capstan::runtime::bindings::capstan::reconciler::types::{
-    Gvk, KeyMapping, Outcome, Permission, PluginInfo, Relation, RelationSelector, Snapshot, Verbs,
-    Watch,
+    Capabilities, Gvk, KeyMapping, Outcome, Permission, PluginInfo, Relation, RelationSelector,
+    Snapshot, Target, Verbs, Watch,
 };
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
@@ -149,10 +149,12 @@ impl HostFixture {
             permissions: vec![Permission {
                 kind: self.widget_gvk(),
                 verbs: Verbs::PATCH | Verbs::PATCH_STATUS,
+                target: Target::Management,
             }],
             finalizer: None,
             concurrency: Some(2),
             resync_seconds: None,
+            capabilities: Capabilities::empty(),
         }
     }
 
@@ -307,7 +309,11 @@ impl Reconcile for FakePlugin {
 
 /// A watch of `kind` mapped by `mapping`.
 pub fn watch(kind: Gvk, mapping: KeyMapping) -> Watch {
-    Watch { kind, mapping }
+    Watch {
+        kind,
+        mapping,
+        target: Target::Management,
+    }
 }
 
 /// A relation named `name` of `kind` found by `selector`.
@@ -316,6 +322,8 @@ pub fn relation(name: &str, kind: Gvk, selector: RelationSelector) -> Relation {
         name: name.into(),
         kind,
         selector,
+        target: Target::Management,
+        namespace: None,
     }
 }
 
@@ -327,6 +335,9 @@ pub fn empty_outcome() -> Outcome {
         delete: Vec::new(),
         events: Vec::new(),
         requeue_after_ms: None,
+        workload_apply: Vec::new(),
+        workload_status: Vec::new(),
+        workload_delete: Vec::new(),
     }
 }
 
