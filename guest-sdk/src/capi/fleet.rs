@@ -12,7 +12,7 @@
 use super::cluster::{MachineSpec, object};
 use super::{GROUP, labels};
 use crate::conditions::Condition;
-use crate::meta::ObjectMeta;
+use crate::meta::{ObjectMeta, OwnerReference};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -550,6 +550,50 @@ pub fn name_suffix(seed: &str) -> String {
         .collect()
 }
 
+/// A label value for `name`, as CAPI's `format.MustFormatValue`: the name
+/// itself when it is a valid label value (at most 63 characters), else
+/// `hash_<base64url(fnv32a(name))>_z`.
+pub fn label_value(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_owned();
+    }
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = fnv1a32(name.as_bytes()).to_be_bytes();
+    let bits = u64::from(u32::from_be_bytes(bytes)) << 8;
+    // 4 bytes = 32 bits, unpadded base64: 6 characters (36 bits, low 4 zero).
+    let enc: String = (0..6)
+        .map(|i| char::from(B64[usize::try_from((bits >> (34 - 6 * i)) & 0x3f).unwrap_or(0)]))
+        .collect();
+    format!("hash_{enc}_z")
+}
+
+/// CAPI's `util.EnsureOwnerRef`: update the reference to the same owner
+/// (same group, kind and name; apiVersion and uid refreshed) or append it.
+/// Returns whether `refs` changed.
+pub fn ensure_owner_reference(refs: &mut Vec<OwnerReference>, new: OwnerReference) -> bool {
+    let group = |api_version: &str| {
+        api_version
+            .rsplit_once('/')
+            .map_or("", |(g, _)| g)
+            .to_owned()
+    };
+    let g = group(&new.api_version);
+    match refs
+        .iter_mut()
+        .find(|r| group(&r.api_version) == g && r.kind == new.kind && r.name == new.name)
+    {
+        Some(r) if *r == new => false,
+        Some(r) => {
+            *r = new;
+            true
+        }
+        None => {
+            refs.push(new);
+            true
+        }
+    }
+}
+
 /// Whether `labels` mark an object of the MachineDeployment `md`.
 pub fn of_deployment(meta: &ObjectMeta, md: &str) -> bool {
     meta.labels
@@ -709,6 +753,29 @@ mod tests {
                 .bytes()
                 .all(|b| SAFE_ALPHANUMS.contains(&b))
         );
+    }
+
+    #[test]
+    fn long_names_become_hashed_label_values_and_owner_refs_are_ensured() {
+        assert_eq!(label_value("md-1"), "md-1");
+        let long = "x".repeat(64);
+        let v = label_value(&long);
+        assert!(
+            v.starts_with("hash_") && v.ends_with("_z") && v.len() == 13,
+            "{v}"
+        );
+        let r = |v: &str, uid: &str| OwnerReference {
+            api_version: format!("cluster.x-k8s.io/{v}"),
+            kind: "Cluster".into(),
+            name: "c1".into(),
+            uid: uid.into(),
+            controller: None,
+            block_owner_deletion: None,
+        };
+        let mut refs = vec![r("v1beta1", "u0")];
+        assert!(ensure_owner_reference(&mut refs, r("v1beta2", "u1")));
+        assert!(!ensure_owner_reference(&mut refs, r("v1beta2", "u1")));
+        assert_eq!(refs, vec![r("v1beta2", "u1")]);
     }
 
     #[test]
