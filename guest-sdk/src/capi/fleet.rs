@@ -415,6 +415,8 @@ pub mod replica_conditions {
     pub const MACHINES_CREATED_REASON: &str = "MachinesCreated";
     /// MachinesCreated false: a template does not exist.
     pub const TEMPLATE_NOT_FOUND_REASON: &str = "TemplateNotFound";
+    /// MachinesCreated false: the disable-machine-create annotation is set.
+    pub const MACHINE_CREATION_DISABLED_REASON: &str = "MachineCreationDisabled";
     /// MachinesCreated false: waiting for the control plane to be initialized.
     pub const WAITING_FOR_CONTROL_PLANE_REASON: &str = "WaitingForControlPlaneInitialized";
     /// Deleting false.

@@ -58,6 +58,10 @@ pub const INFRA_KINDS: &[TemplateKind] = &[(
     "infra-devmachines",
 )];
 
+/// On old MachineSets of an `OnDelete` rollout: create no Machines
+/// (CAPI's `DisableMachineCreateAnnotation`, set by the MachineDeployment).
+pub const DISABLE_MACHINE_CREATE: &str = "cluster.x-k8s.io/disable-machine-create";
+
 const BOOTSTRAP_REF: &str = "spec.template.spec.bootstrap.configRef";
 const INFRA_REF: &str = "spec.template.spec.infrastructureRef";
 
@@ -216,7 +220,8 @@ fn ensure_metadata(ms: &MachineSet, cluster: Option<&Cluster>) -> Option<Value> 
 
 /// Why a Machine is deleted first on scale down, most urgent first (CAPI's
 /// deletion priorities: already deleting, `delete-machine` annotation,
-/// remediation requested, unhealthy; then the order's own criterion).
+/// remediation requested, unhealthy; then not available; then the order's
+/// own criterion).
 fn deletion_class(m: &Machine) -> u8 {
     let cs = m.status().conditions;
     if m.metadata.is_deleting() {
@@ -231,8 +236,13 @@ fn deletion_class(m: &Machine) -> u8 {
         2
     } else if !healthy(m) {
         3
-    } else {
+    } else if !conditions::is_true(&cs, "Available") {
+        // Not in CAPI's list: a Machine that is not available yet goes
+        // before an available one, so a rolling update's scale down (sized
+        // by available replicas) never costs availability.
         4
+    } else {
+        5
     }
 }
 
@@ -658,6 +668,21 @@ fn scale_up(
     actions: &mut Actions,
     out: &mut Outcome,
 ) -> Result<(), Error> {
+    if ms
+        .metadata
+        .annotations
+        .get(DISABLE_MACHINE_CREATE)
+        .map(String::as_str)
+        == Some("true")
+    {
+        actions.blocked = Some((
+            c::MACHINE_CREATION_DISABLED_REASON,
+            format!(
+                "{DISABLE_MACHINE_CREATE} annotation is set (OnDelete rollout of an old MachineSet)"
+            ),
+        ));
+        return Ok(());
+    }
     let cp_initialized = cluster.and_then(|c| {
         c.status
             .as_ref()?
