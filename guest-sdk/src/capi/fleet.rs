@@ -781,6 +781,52 @@ mod tests {
     }
 
     #[test]
+    fn fleet_objects_round_trip_unchanged() {
+        use super::super::cluster::{MachineDeployment, MachineSet};
+        let md = json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineDeployment",
+            "metadata": {"name": "md", "namespace": "ns", "uid": "u", "creationTimestamp": "2026-01-01T00:00:00Z",
+                "annotations": {"machinedeployment.clusters.x-k8s.io/revision": "2"}},
+            "spec": {"clusterName": "c1", "replicas": 3, "paused": false,
+                "selector": {"matchLabels": {"a": "b"}, "matchExpressions": [{"key": "k", "operator": "Exists"}]},
+                "rollout": {"after": "2026-02-01T00:00:00Z", "strategy": {"type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}},
+                "deletion": {"order": "Oldest"}, "remediation": {"maxInFlight": 1},
+                "machineNaming": {"template": "{{ .machineSet.name }}-{{ .random }}"},
+                "template": {"metadata": {"labels": {"a": "b"}, "annotations": {"x": "y"}},
+                    "spec": {"clusterName": "c1", "version": "v1.34.0", "minReadySeconds": 10,
+                        "bootstrap": {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "KubeadmConfigTemplate", "name": "t"}},
+                        "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DevMachineTemplate", "name": "t"},
+                        "deletion": {"nodeDrainTimeoutSeconds": 10}, "readinessGates": [{"conditionType": "X"}]}}},
+            "status": {"replicas": 3, "readyReplicas": 2, "availableReplicas": 2, "upToDateReplicas": 3,
+                "selector": "a=b", "phase": "Running", "observedGeneration": 4,
+                "conditions": [{"type": "Available", "status": "True", "reason": "Available", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                "deprecated": {"v1beta1": {"updatedReplicas": 3}}}});
+        let typed: MachineDeployment = serde_json::from_value(md.clone()).expect("parses");
+        assert_eq!(serde_json::to_value(&typed).expect("serializes"), md);
+        let ms = json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineSet",
+            "metadata": {"name": "ms", "namespace": "ns"},
+            "spec": {"clusterName": "c1", "replicas": 1, "selector": {"matchLabels": {"a": "b"}},
+                // `bootstrap` is required by the CRD (MachineSpec keeps it non-optional).
+                "template": {"metadata": {}, "spec": {"clusterName": "c1", "bootstrap": {"dataSecretName": "s"},
+                    "infrastructureRef": {"apiGroup": "g", "kind": "K", "name": "n"}}}}});
+        let typed: MachineSet = serde_json::from_value(ms.clone()).expect("parses");
+        assert_eq!(serde_json::to_value(&typed).expect("serializes"), ms);
+        let mhc = json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineHealthCheck",
+            "metadata": {"name": "h", "namespace": "ns"},
+            "spec": {"clusterName": "c1", "selector": {"matchLabels": {"a": "b"}},
+                "checks": {"nodeStartupTimeoutSeconds": 600,
+                    "unhealthyNodeConditions": [{"type": "Ready", "status": "Unknown", "timeoutSeconds": 300}],
+                    "unhealthyMachineConditions": [{"type": "Ready", "status": "False", "timeoutSeconds": 60}]},
+                "remediation": {"triggerIf": {"unhealthyLessThanOrEqualTo": "40%", "unhealthyInRange": "[1-3]"},
+                    "templateRef": {"apiVersion": "x/v1", "kind": "T", "name": "t"}}},
+            "status": {"expectedMachines": 3, "currentHealthy": 2, "remediationsAllowed": 1,
+                "targets": ["a", "b", "c"], "observedGeneration": 1,
+                "conditions": [{"type": "RemediationAllowed", "status": "True", "reason": "RemediationAllowed", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        let typed: MachineHealthCheck = serde_json::from_value(mhc.clone()).expect("parses");
+        assert_eq!(serde_json::to_value(&typed).expect("serializes"), mhc);
+    }
+
+    #[test]
     fn time_round_trips() {
         assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_time("2026-01-01T00:01:00Z"), Some(1_767_225_660));
