@@ -483,6 +483,36 @@ pub fn machine_template_hash(template: &MachineTemplateSpec) -> String {
     fnv1a32(text.as_bytes()).to_string()
 }
 
+/// The `machine-template-hash` a MachineDeployment wants at `now`: the
+/// template's hash, and once `spec.rollout.after` has passed, the hash of
+/// the template together with that time. A rollout date in the past thus
+/// names a new MachineSet exactly once (CAPI compares the MachineSets'
+/// creation time with `rollout.after`; with hash-named sets the date has to
+/// be part of the identity). An unparsable date is ignored.
+pub fn deployment_template_hash(md: &super::cluster::MachineDeployment, now: &str) -> String {
+    let template = md.spec.template.clone().unwrap_or_default();
+    let after = md
+        .spec
+        .rollout
+        .as_ref()
+        .and_then(|r| r.after.as_deref())
+        .and_then(|a| Some((a, parse_time(a)?)));
+    match (after, parse_time(now)) {
+        (Some((text, at)), Some(now)) if at <= now => {
+            let base = machine_template_hash(&template);
+            fnv1a32(format!("{base}/{text}").as_bytes()).to_string()
+        }
+        _ => machine_template_hash(&template),
+    }
+}
+
+/// Seconds from `now` until `spec.rollout.after`, when it is still ahead.
+pub fn rollout_after_in(md: &super::cluster::MachineDeployment, now: &str) -> Option<i64> {
+    let at = parse_time(md.spec.rollout.as_ref()?.after.as_deref()?)?;
+    let now = parse_time(now)?;
+    (at > now).then_some(at - now)
+}
+
 fn canonical(v: &Value, out: &mut String) {
     match v {
         Value::Object(m) => {

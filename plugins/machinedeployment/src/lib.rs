@@ -513,7 +513,13 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
     let strategy = strategy(&md)?;
     let desired = desired_replicas(&md);
     let template = md.spec.template.clone().unwrap_or_default();
-    let hash = fleet::machine_template_hash(&template);
+    let hash = fleet::deployment_template_hash(&md, now);
+    if let Some(secs) = fleet::rollout_after_in(&md, now) {
+        // A time-based wait: roll out when spec.rollout.after comes.
+        out.requeue_after(std::time::Duration::from_secs(
+            u64::try_from(secs).unwrap_or(0),
+        ));
+    }
     let live: Vec<&MachineSet> = sets.iter().filter(|s| !s.metadata.is_deleting()).collect();
     let new_set = live
         .iter()

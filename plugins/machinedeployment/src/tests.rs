@@ -56,6 +56,7 @@ struct Sim {
     tick: u32,
     serial: u32,
     ready_after: u32,
+    now: String,
 }
 
 impl Sim {
@@ -66,6 +67,7 @@ impl Sim {
             tick: 0,
             serial: 0,
             ready_after: 2,
+            now: T0.to_owned(),
         }
     }
 
@@ -77,8 +79,9 @@ impl Sim {
         let mut o = s.object.clone();
         let avail = s.machines.iter().filter(|m| self.available(m)).count();
         let hash = o["metadata"]["labels"][labels::MACHINE_TEMPLATE_HASH].clone();
-        let md_hash = fleet::machine_template_hash(
-            &serde_json::from_value(self.md["spec"]["template"].clone()).expect("template"),
+        let md_hash = fleet::deployment_template_hash(
+            &serde_json::from_value(self.md.clone()).expect("md"),
+            &self.now,
         );
         let fresh = hash == json!(md_hash);
         o["status"] = json!({"replicas": s.machines.len(), "readyReplicas": avail, "availableReplicas": avail,
@@ -104,7 +107,7 @@ impl Sim {
             .flat_map(|s| s.machines.iter().map(move |m| (s, m)))
             .map(|(s, m)| self.machine_json(s, m))
             .collect();
-        Snapshot::new(&self.md, T0)
+        Snapshot::new(&self.md, &self.now)
             .with_related(MACHINE_SETS, true, &sets)
             .with_related(MACHINES, true, &machines)
             .with_related(CLUSTER, true, &[cluster()])
@@ -622,4 +625,30 @@ fn strategy_resolution_follows_capi_fenceposts() {
     );
     assert!(strategy(&parse(md(3, "v", rolling(json!("x%"), json!(0))))).is_err());
     assert!(strategy(&parse(md(3, "v", json!({"type": "Recreate"})))).is_err());
+}
+
+#[test]
+fn rollout_after_rolls_every_machine_once_when_the_date_passes() {
+    let mut o = md(3, "v1.34.0", rolling(json!(1), json!(0)));
+    o["spec"]["rollout"]["after"] = json!("2026-01-01T01:00:00Z");
+    let mut sim = Sim::new(o);
+    let out = sim.reconcile();
+    assert_eq!(out.requeue_after_ms(), Some(3_600_000), "wait for the date");
+    sim.converge(|_| {});
+    let first = sim.sets[0].object["metadata"]["name"].clone();
+    sim.now = "2026-01-01T01:00:00Z".to_owned();
+    let out = sim.reconcile();
+    assert_eq!(out.requeue_after_ms(), None);
+    sim.converge(|s| assert!(s.totals().0 <= 4 && s.totals().1 >= 3));
+    assert_eq!(sim.sets.len(), 1);
+    assert_ne!(
+        sim.sets[0].object["metadata"]["name"], first,
+        "a new MachineSet"
+    );
+    assert_eq!(sim.md["metadata"]["annotations"][fa::REVISION], "2");
+    // Later reconciles do not roll again.
+    sim.now = "2026-01-02T00:00:00Z".to_owned();
+    let name = sim.sets[0].object["metadata"]["name"].clone();
+    sim.converge(|_| {});
+    assert_eq!(sim.sets[0].object["metadata"]["name"], name);
 }

@@ -307,9 +307,9 @@ pub fn next_names(ms: &MachineSet, taken: &BTreeSet<String>, n: usize) -> Vec<St
 
 /// Whether the set's template is the one its MachineDeployment wants now
 /// (always, for a set without a MachineDeployment).
-fn up_to_date(ms: &MachineSet, md: Option<&MachineDeployment>) -> bool {
+fn up_to_date(ms: &MachineSet, md: Option<&MachineDeployment>, now: &str) -> bool {
     let Some(md) = md else { return true };
-    let want = fleet::machine_template_hash(&md.spec.template.clone().unwrap_or_default());
+    let want = fleet::deployment_template_hash(md, now);
     ms.metadata.labels.get(labels::MACHINE_TEMPLATE_HASH) == Some(&want)
 }
 
@@ -777,7 +777,7 @@ fn set_status(
     let generation = ms.metadata.generation;
     let desired = desired_replicas(ms);
     let current = i32::try_from(machines.len()).unwrap_or(i32::MAX);
-    let fresh = up_to_date(ms, md);
+    let fresh = up_to_date(ms, md, now);
     let live: Vec<&Machine> = machines
         .iter()
         .filter(|m| !m.metadata.is_deleting())
