@@ -13,6 +13,13 @@
 //! write path (which diffs against its own last writes) finds them present:
 //! no duplicate is ever created. A memo counter would not have this property
 //! (it advances past names whose creation the cache has not shown yet).
+//!
+//! Names of Machines once seen in the cache are also kept in `memo` (the
+//! last [`SEEN_NAMES`] per set) and never handed out again, so a remediated
+//! Machine's replacement does not take its name (and with it a workload
+//! Node of that name that may not be gone yet). Only names already seen are
+//! recorded, so a stale-cache retry still asks for the same names; an evicted
+//! memo only makes reuse possible again, never duplicates.
 
 use capstan_sdk::capi::cluster::{Cluster, Machine, MachineDeployment, MachineSet};
 use capstan_sdk::capi::conditions::{self as capi_conditions, Reasons};
@@ -64,6 +71,36 @@ pub const DISABLE_MACHINE_CREATE: &str = "cluster.x-k8s.io/disable-machine-creat
 
 const BOOTSTRAP_REF: &str = "spec.template.spec.bootstrap.configRef";
 const INFRA_REF: &str = "spec.template.spec.infrastructureRef";
+
+/// How many seen Machine names a set remembers (in `memo`) to avoid reusing them.
+pub const SEEN_NAMES: usize = 256;
+
+fn seen_key(ms: &MachineSet) -> String {
+    format!("machine-names/{}", ms.metadata.uid)
+}
+
+/// The Machine names of this set seen so far (from `memo`; empty when evicted).
+fn seen_names(ctx: &Context<'_>, ms: &MachineSet) -> Vec<String> {
+    ctx.memo_get(&seen_key(ms))
+        .and_then(|b| String::from_utf8(b).ok())
+        .map(|s| s.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Add the names of `machines` (seen in the cache) to the set's memo.
+fn remember_seen(ctx: &Context<'_>, ms: &MachineSet, machines: &[Machine]) {
+    let mut seen = seen_names(ctx, ms);
+    let before = seen.len();
+    for m in machines {
+        if !seen.contains(&m.metadata.name) {
+            seen.push(m.metadata.name.clone());
+        }
+    }
+    if seen.len() != before {
+        let drop = seen.len().saturating_sub(SEEN_NAMES);
+        ctx.memo_set(&seen_key(ms), seen[drop..].join("\n").as_bytes());
+    }
+}
 
 /// The MachineSet reconciler.
 #[derive(Debug)]
@@ -532,6 +569,7 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
             out.delete(m.object_ref());
         }
         if machines.is_empty() {
+            ctx.memo_remove(&seen_key(&ms));
             let mut patch = ms.skeleton();
             let fs: Vec<&String> = ms
                 .metadata
@@ -559,20 +597,24 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
         return Ok(out);
     }
 
+    remember_seen(ctx, &ms, &machines);
     let mut actions = Actions::default();
     remediate(md.as_ref(), &machines, now, &mut actions, &mut out)?;
     let desired = desired_replicas(&ms);
     let have = i32::try_from(machines.len()).unwrap_or(i32::MAX);
     if have < desired {
-        scale_up(
-            snapshot,
-            &ms,
-            &raw,
-            cluster.as_ref(),
-            desired - have,
-            &mut actions,
-            &mut out,
-        )?;
+        match creation_blocked(&ms, cluster.as_ref()) {
+            Some(why) => actions.blocked = Some(why),
+            None => scale_up(
+                snapshot,
+                &ms,
+                &raw,
+                &seen_names(ctx, &ms),
+                desired - have,
+                &mut actions,
+                &mut out,
+            )?,
+        }
     } else if have > desired {
         let order = ms
             .spec
@@ -659,15 +701,9 @@ fn remediate(
     Ok(())
 }
 
-fn scale_up(
-    snapshot: &Snapshot,
-    ms: &MachineSet,
-    raw: &Value,
-    cluster: Option<&Cluster>,
-    n: i32,
-    actions: &mut Actions,
-    out: &mut Outcome,
-) -> Result<(), Error> {
+/// Why no Machine may be created now, if so: the set's
+/// `disable-machine-create` annotation, or a control plane not initialized yet.
+fn creation_blocked(ms: &MachineSet, cluster: Option<&Cluster>) -> Option<(&'static str, String)> {
     if ms
         .metadata
         .annotations
@@ -675,13 +711,12 @@ fn scale_up(
         .map(String::as_str)
         == Some("true")
     {
-        actions.blocked = Some((
+        return Some((
             c::MACHINE_CREATION_DISABLED_REASON,
             format!(
                 "{DISABLE_MACHINE_CREATE} annotation is set (OnDelete rollout of an old MachineSet)"
             ),
         ));
-        return Ok(());
     }
     let cp_initialized = cluster.and_then(|c| {
         c.status
@@ -690,13 +725,25 @@ fn scale_up(
             .as_ref()?
             .control_plane_initialized
     }) == Some(true);
-    if !cp_initialized {
-        actions.blocked = Some((
+    (!cp_initialized).then(|| {
+        (
             c::WAITING_FOR_CONTROL_PLANE_REASON,
             "Waiting for the control plane to be initialized".to_owned(),
-        ));
-        return Ok(());
-    }
+        )
+    })
+}
+
+/// Create `n` Machines (with their clones) under free names; `seen` are
+/// names used before, never handed out again.
+fn scale_up(
+    snapshot: &Snapshot,
+    ms: &MachineSet,
+    raw: &Value,
+    seen: &[String],
+    n: i32,
+    actions: &mut Actions,
+    out: &mut Outcome,
+) -> Result<(), Error> {
     let template_spec = raw
         .pointer("/spec/template/spec")
         .cloned()
@@ -720,6 +767,7 @@ fn scale_up(
         .filter_map(|o| serde_json::from_str::<Value>(o).ok())
         .filter_map(|o| Some(o.pointer("/metadata/name")?.as_str()?.to_owned()))
         .collect();
+    taken.extend(seen.iter().cloned());
     for r in clone_rels {
         for o in snapshot.related::<Value>(r)? {
             if let Some(n) = o.pointer("/metadata/name").and_then(Value::as_str) {

@@ -298,6 +298,44 @@ fn retries_against_a_stale_cache_ask_for_the_same_names() {
 }
 
 #[test]
+fn names_seen_once_are_not_reused_while_the_memo_remembers_them() {
+    let host = FakeHost::new();
+    let mut w = World::new(machine_set(1, None));
+    let first = applied(
+        &host
+            .reconcile::<MachineSetReconciler>(&w.snapshot(T0))
+            .expect("ok"),
+        "Machine",
+    )[0]["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    // Observed, then deleted (remediated): the replacement gets another name.
+    w.machines.push(machine(&first, T0, true));
+    host.reconcile::<MachineSetReconciler>(&w.snapshot(T0))
+        .expect("ok");
+    w.machines.clear();
+    let next = applied(
+        &host
+            .reconcile::<MachineSetReconciler>(&w.snapshot(T1))
+            .expect("ok"),
+        "Machine",
+    )[0]["metadata"]["name"]
+        .clone();
+    assert_ne!(next, json!(first));
+    // Evicted memo: reuse is possible again, duplicates still are not.
+    host.evict_memo();
+    let again = applied(
+        &host
+            .reconcile::<MachineSetReconciler>(&w.snapshot(T1))
+            .expect("ok"),
+        "Machine",
+    )[0]["metadata"]["name"]
+        .clone();
+    assert_eq!(again, json!(first));
+}
+
+#[test]
 fn machines_wait_for_the_control_plane_and_for_templates() {
     let mut w = World::new(machine_set(2, None));
     w.cluster = cluster(false);
