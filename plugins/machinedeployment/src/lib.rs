@@ -19,8 +19,8 @@ use capstan_sdk::capi::{Object, VERSION, finalizers, labels, to_value};
 use capstan_sdk::conditions::{self, Condition, FALSE, TRUE};
 use capstan_sdk::meta::OwnerReference;
 use capstan_sdk::{
-    Context, Error, Gvk, KeyMapping, Outcome, PluginInfo, Reconciler, RelationSelector, Snapshot,
-    Verbs,
+    Context, Error, EventType, Gvk, KeyMapping, Outcome, PluginInfo, Reconciler, RelationSelector,
+    Snapshot, Verbs,
 };
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -584,6 +584,15 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
                 md.metadata.namespace, md.metadata.name, ms["metadata"]["name"].as_str().unwrap_or("")
             ));
             out.apply(&ms)?;
+            out.event(
+                md.object_ref(),
+                EventType::Normal,
+                "SuccessfulCreate",
+                &format!(
+                    "Created MachineSet {}",
+                    ms["metadata"]["name"].as_str().unwrap_or("")
+                ),
+            );
         }
         None => {}
         Some(n) => {
@@ -607,6 +616,13 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
                 patch["spec"]["deletion"] = d.clone();
             }
             apply_if_changed(n, &patch, &mut out)?;
+            scale_event(
+                &md,
+                &n.metadata.name,
+                SetState::of(n).replicas,
+                new_replicas,
+                &mut out,
+            );
         }
     }
     for (s, replicas) in old_sets.iter().zip(&old_replicas) {
@@ -615,6 +631,12 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
             // Scaled down and empty: CAPI deletes old MachineSets (v1beta2
             // keeps no revision history).
             out.delete(s.object_ref());
+            out.event(
+                md.object_ref(),
+                EventType::Normal,
+                "SuccessfulDelete",
+                &format!("Deleted MachineSet {}", s.metadata.name),
+            );
             continue;
         }
         let mut patch = s.skeleton();
@@ -627,6 +649,7 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
             patch["metadata"]["annotations"][DISABLE_MACHINE_CREATE] = json!("true");
         }
         apply_if_changed(s, &patch, &mut out)?;
+        scale_event(&md, &s.metadata.name, st.replicas, *replicas, &mut out);
     }
     set_status(
         &md,
@@ -639,6 +662,19 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
     );
     write_status(&md, status, &mut out)?;
     Ok(out)
+}
+
+/// Event `SuccessfulScale` when a MachineSet's replicas change, as CAPI records.
+fn scale_event(md: &MachineDeployment, set: &str, from: i32, to: i32, out: &mut Outcome) {
+    if from != to {
+        let dir = if to > from { "up" } else { "down" };
+        out.event(
+            md.object_ref(),
+            EventType::Normal,
+            "SuccessfulScale",
+            &format!("Scaled {dir} MachineSet {set} from {from} to {to} replicas"),
+        );
+    }
 }
 
 /// Whether merging `patch` into `current` changes it (RFC 7386 semantics).

@@ -364,6 +364,14 @@ fn creates_the_machine_set_for_the_template_hash_with_contract_metadata() {
         .find(|o| o["kind"] == "MachineDeployment")
         .expect("revision patch");
     assert_eq!(mdp["metadata"]["annotations"][fa::REVISION], "1");
+    assert_eq!(out.events()[0].reason, "SuccessfulCreate");
+    assert_eq!(
+        out.events()[0].message,
+        format!(
+            "Created MachineSet {}",
+            ms["metadata"]["name"].as_str().unwrap_or("")
+        )
+    );
 }
 
 #[test]
@@ -388,6 +396,11 @@ fn scales_three_to_five_to_two() {
     let out = sim.reconcile();
     sim.write(&out);
     assert_eq!(sim.replicas(), [5]);
+    assert!(
+        out.events()
+            .iter()
+            .any(|e| e.reason == "SuccessfulScale" && e.message.ends_with("from 3 to 5 replicas"))
+    );
     assert_eq!(
         cond(&sim.md["status"], "ScalingUp")["message"],
         "Scaling up from 3 to 5 replicas"

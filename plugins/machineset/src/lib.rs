@@ -33,8 +33,8 @@ use capstan_sdk::capi::{
 use capstan_sdk::conditions::{self, Condition, FALSE, TRUE};
 use capstan_sdk::meta::OwnerReference;
 use capstan_sdk::{
-    Context, Error, Gvk, KeyMapping, Outcome, PluginInfo, Reconciler, RelationSelector, Snapshot,
-    Verbs,
+    Context, Error, EventType, Gvk, KeyMapping, Outcome, PluginInfo, Reconciler, RelationSelector,
+    Snapshot, Verbs,
 };
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
@@ -626,6 +626,12 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
         for m in machines_to_delete(&machines, &order, n) {
             if !m.metadata.is_deleting() && !actions.remediated.contains(&m.metadata.name) {
                 out.delete(m.object_ref());
+                out.event(
+                    ms.object_ref(),
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    &format!("Deleted machine {:?}", m.metadata.name),
+                );
                 actions.deleted += 1;
             }
         }
@@ -784,6 +790,12 @@ fn scale_up(
         }
         out.apply(&clone_from_template(&infra, ms, &name, &lbls, &ann))?;
         out.apply(&machine)?;
+        out.event(
+            ms.object_ref(),
+            EventType::Normal,
+            "SuccessfulCreate",
+            &format!("Created machine {name:?}"),
+        );
         actions.created += 1;
     }
     Ok(())

@@ -247,6 +247,9 @@ fn scale_up_creates_machines_with_clones_labels_and_owner_references() {
         kc["metadata"]["ownerReferences"],
         json!([{"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineSet", "name": "md-1-abc", "uid": "uid-ms"}])
     );
+    assert_eq!(out.events().len(), 3);
+    assert_eq!(out.events()[0].reason, "SuccessfulCreate");
+    assert_eq!(out.events()[0].message, format!("Created machine {name:?}"));
     let dm = infra
         .iter()
         .find(|c| c["metadata"]["name"] == name)
@@ -427,7 +430,9 @@ fn scale_down(order: Option<&str>, annotate: Option<&str>) -> Vec<String> {
             }
         }
     }
-    let mut d = deleted(&w.reconcile(T1));
+    let out = w.reconcile(T1);
+    assert!(out.events().iter().all(|e| e.reason == "SuccessfulDelete"));
+    let mut d = deleted(&out);
     d.sort();
     d
 }
