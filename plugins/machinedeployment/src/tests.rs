@@ -57,6 +57,9 @@ struct Sim {
     serial: u32,
     ready_after: u32,
     now: String,
+    /// Extra MachineDeployment reconciles per step before the MachineSets
+    /// act: they see MachineSet statuses that lag their new spec.
+    stale: u32,
 }
 
 impl Sim {
@@ -68,6 +71,7 @@ impl Sim {
             serial: 0,
             ready_after: 2,
             now: T0.to_owned(),
+            stale: 0,
         }
     }
 
@@ -221,6 +225,11 @@ impl Sim {
             );
             self.write(&out);
             check(self);
+            for _ in 0..self.stale {
+                let again = self.reconcile();
+                self.write(&again);
+                check(self);
+            }
             self.play_machine_sets();
             check(self);
             let after = (
@@ -427,8 +436,10 @@ fn rollout(
     unavailable: Value,
     max_surge: usize,
     max_unavailable: usize,
+    stale: u32,
 ) {
     let mut sim = Sim::new(md(replicas, "v1.34.0", rolling(surge, unavailable)));
+    sim.stale = stale;
     sim.converge(|_| {});
     let desired = usize::try_from(replicas).unwrap_or(0);
     assert_eq!(sim.totals(), (desired, desired));
@@ -466,14 +477,23 @@ fn rollout(
 
 #[test]
 fn rolling_update_respects_max_surge_and_max_unavailable() {
-    rollout(3, json!(1), json!(0), 1, 0);
-    rollout(5, json!(2), json!(1), 2, 1);
+    rollout(3, json!(1), json!(0), 1, 0, 0);
+    rollout(5, json!(2), json!(1), 2, 1, 0);
     // 25% of 4: surge rounds up to 1, unavailable rounds down to 1.
-    rollout(4, json!("25%"), json!("25%"), 1, 1);
+    rollout(4, json!("25%"), json!("25%"), 1, 1, 0);
     // 10% of 5: surge 1 (up), unavailable 0 (down).
-    rollout(5, json!("10%"), json!("10%"), 1, 0);
+    rollout(5, json!("10%"), json!("10%"), 1, 0, 0);
     // Both zero: maxUnavailable becomes 1 (fencepost).
-    rollout(3, json!(0), json!(0), 0, 1);
+    rollout(3, json!(0), json!(0), 0, 1, 0);
+}
+
+#[test]
+fn rolling_update_stays_safe_when_machine_set_status_lags_its_spec() {
+    // Reconciles that see an old MachineSet already scaled down in spec but
+    // still reporting its Machines available must not scale it down again.
+    rollout(3, json!(1), json!(0), 1, 0, 2);
+    rollout(5, json!(2), json!(1), 2, 1, 2);
+    rollout(4, json!("25%"), json!("25%"), 1, 1, 3);
 }
 
 #[test]
