@@ -55,11 +55,11 @@ object!(
     Machine, GROUP, MachineSpec, MachineStatus
 );
 object!(
-    /// A MachineDeployment (only what the Cluster reconciler reads of it).
+    /// A MachineDeployment: a rolling set of MachineSets.
     MachineDeployment, GROUP, ReplicaSpec, ReplicaStatus
 );
 object!(
-    /// A MachineSet (only what the Cluster reconciler reads of it).
+    /// A MachineSet: a replicated set of Machines from one template.
     MachineSet, GROUP, ReplicaSpec, ReplicaStatus
 );
 
@@ -301,7 +301,7 @@ impl Machine {
     }
 }
 
-/// The part of MachineDeployment/MachineSet `spec` the Cluster reconciler reads.
+/// MachineDeployment/MachineSet `spec` (fields of one kind only are `None` on the other).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ReplicaSpec {
@@ -310,12 +310,30 @@ pub struct ReplicaSpec {
     /// Desired replicas.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
-    /// Fields not modelled here (template, selector, rollout, ...).
+    /// Label selector of the owned objects (MachineSets / Machines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<super::fleet::LabelSelector>,
+    /// Template of the Machines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<super::fleet::MachineTemplateSpec>,
+    /// MachineDeployment only: pauses rollouts (scaling still happens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    /// MachineDeployment only: rollout strategy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<super::fleet::Rollout>,
+    /// Deletion order of Machines on scale down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<super::fleet::DeletionSpec>,
+    /// MachineDeployment only: remediation limits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remediation: Option<super::fleet::RemediationSpec>,
+    /// Fields not modelled here (machineNaming, ...).
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
-/// The part of MachineDeployment/MachineSet `status` the Cluster reconciler reads.
+/// MachineDeployment/MachineSet `status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ReplicaStatus {
@@ -334,6 +352,15 @@ pub struct ReplicaStatus {
     /// Up-to-date replicas.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub up_to_date_replicas: Option<i32>,
+    /// The selector in string form (`k=v,...`), for the scale subresource.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// MachineDeployment only: `ScalingUp`, `ScalingDown`, `Running`, `Failed`, `Unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The generation the status was computed from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
     /// Fields not modelled here.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

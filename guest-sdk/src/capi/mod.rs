@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod cluster;
 pub mod conditions;
 pub mod controlplane;
+pub mod fleet;
 pub mod infrastructure;
 #[cfg(test)]
 mod round_trip;
