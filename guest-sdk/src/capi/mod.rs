@@ -14,6 +14,7 @@ pub mod controlplane;
 pub mod infrastructure;
 #[cfg(test)]
 mod round_trip;
+pub mod time;
 
 use crate::meta::{ObjectMeta, OwnerReference};
 use crate::{Gvk, ObjectRef};
