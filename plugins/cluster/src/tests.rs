@@ -736,9 +736,11 @@ fn an_unsynced_relation_is_a_transient_error_not_a_conclusion() {
 
 #[test]
 fn remote_connection_probe_follows_the_workload_connection_and_gates_available() {
-    let mut w = World::default();
-    w.infra = vec![dev_cluster(true, Some("True"), true)];
-    w.cp = vec![kcp(true, Some("True"), true)];
+    let w = World {
+        infra: vec![dev_cluster(true, Some("True"), true)],
+        cp: vec![kcp(true, Some("True"), true)],
+        ..World::default()
+    };
     let c = cluster(json!({}), json!({}));
     let host = FakeHost::new();
     let run_with = |c: &Value, conn: Connection| {

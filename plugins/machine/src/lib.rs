@@ -526,27 +526,27 @@ fn reconcile_normal(
     init.bootstrap_data_secret_created.get_or_insert(false);
 
     // Infrastructure (reconcileInfrastructure).
-    if let Lookup::Found(_, infra) = &view.infra {
-        if bool_at(infra, "/status/initialization/provisioned") {
-            let Some(provider_id) = str_at(infra, "/spec/providerID") else {
-                return Err(Error::terminal(format!(
-                    "infrastructure machine of machine {} is provisioned but has no spec.providerID",
-                    machine.metadata.name
-                )));
-            };
-            if machine.spec.provider_id.as_deref() != Some(provider_id) {
-                spec_patch.insert("providerID".to_owned(), json!(provider_id));
-            }
-            if let Some(addresses) = infra.pointer("/status/addresses").and_then(Value::as_array) {
-                status.addresses = Some(addresses.clone());
-            }
-            if let Some(fd) = str_at(infra, "/status/failureDomain")
-                && machine.spec.failure_domain.as_deref() != Some(fd)
-            {
-                spec_patch.insert("failureDomain".to_owned(), json!(fd));
-            }
-            init.infrastructure_provisioned = Some(true);
+    if let Lookup::Found(_, infra) = &view.infra
+        && bool_at(infra, "/status/initialization/provisioned")
+    {
+        let Some(provider_id) = str_at(infra, "/spec/providerID") else {
+            return Err(Error::terminal(format!(
+                "infrastructure machine of machine {} is provisioned but has no spec.providerID",
+                machine.metadata.name
+            )));
+        };
+        if machine.spec.provider_id.as_deref() != Some(provider_id) {
+            spec_patch.insert("providerID".to_owned(), json!(provider_id));
         }
+        if let Some(addresses) = infra.pointer("/status/addresses").and_then(Value::as_array) {
+            status.addresses = Some(addresses.clone());
+        }
+        if let Some(fd) = str_at(infra, "/status/failureDomain")
+            && machine.spec.failure_domain.as_deref() != Some(fd)
+        {
+            spec_patch.insert("failureDomain".to_owned(), json!(fd));
+        }
+        init.infrastructure_provisioned = Some(true);
     }
     init.infrastructure_provisioned.get_or_insert(false);
     status.initialization = Some(init);
