@@ -232,6 +232,12 @@ pub struct MachineSpec {
     /// Failure domain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_domain: Option<String>,
+    /// Seconds a Machine must be Ready before it is Available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_ready_seconds: Option<i32>,
+    /// Extra conditions that gate `Ready` (`conditionType`, `polarity`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness_gates: Option<Vec<Value>>,
     /// Fields not modelled here.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -265,6 +271,18 @@ pub struct MachineStatus {
     /// The Node in the workload cluster.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_ref: Option<Value>,
+    /// The Node's `status.nodeInfo`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_info: Option<Value>,
+    /// Addresses, copied from the infrastructure machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<Value>>,
+    /// Failure domain, copied from the infrastructure machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_domain: Option<String>,
+    /// When the phase last changed, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_updated: Option<String>,
     /// `Pending`, `Provisioning`, `Provisioned`, `Running`, `Deleting`, ...
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
@@ -289,6 +307,17 @@ pub struct MachineInitialization {
     /// Fields not modelled here.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl MachineStatus {
+    /// The name in `nodeRef`, if set.
+    pub fn node_name(&self) -> Option<&str> {
+        self.node_ref
+            .as_ref()
+            .and_then(|r| r.get("name"))
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+    }
 }
 
 impl Machine {
@@ -512,4 +541,64 @@ pub mod machine_conditions {
     pub const NODE_HEALTHY: &str = "NodeHealthy";
     /// Whether the Machine is being deleted.
     pub const DELETING: &str = "Deleting";
+    /// Whether an in-place update runs.
+    pub const UPDATING: &str = "Updating";
+    /// Whether reconciliation is paused.
+    pub const PAUSED: &str = "Paused";
+    /// Set by MachineHealthChecks; part of `Ready` when present.
+    pub const HEALTH_CHECK_SUCCEEDED: &str = "HealthCheckSucceeded";
+
+    /// Available: Ready for at least minReadySeconds.
+    pub const AVAILABLE_REASON: &str = "Available";
+    /// Available: Ready for less than minReadySeconds.
+    pub const WAITING_FOR_MIN_READY_SECONDS_REASON: &str = "WaitingForMinReadySeconds";
+    /// Ready true / Available-or-BootstrapConfigReady-or-InfrastructureReady fallback true.
+    pub const READY_REASON: &str = "Ready";
+    /// Ready false (also Available false when not Ready).
+    pub const NOT_READY_REASON: &str = "NotReady";
+    /// Ready unknown.
+    pub const READY_UNKNOWN_REASON: &str = "ReadyUnknown";
+    /// BootstrapConfigReady: `spec.bootstrap.dataSecretName` given without a config.
+    pub const BOOTSTRAP_DATA_SECRET_PROVIDED_REASON: &str = "DataSecretProvided";
+    /// NodeReady: the Node's Ready is True.
+    pub const NODE_READY_REASON: &str = "NodeReady";
+    /// NodeReady: the Node's Ready is False.
+    pub const NODE_NOT_READY_REASON: &str = "NodeNotReady";
+    /// NodeReady: the Node's Ready is Unknown or missing.
+    pub const NODE_READY_UNKNOWN_REASON: &str = "NodeReadyUnknown";
+    /// NodeHealthy: Ready and no pressure condition.
+    pub const NODE_HEALTHY_REASON: &str = "NodeHealthy";
+    /// NodeHealthy: a condition is bad.
+    pub const NODE_NOT_HEALTHY_REASON: &str = "NodeNotHealthy";
+    /// NodeHealthy: a condition is unknown.
+    pub const NODE_HEALTH_UNKNOWN_REASON: &str = "NodeHealthyUnknown";
+    /// NodeReady/NodeHealthy: the Node does not exist (deleting Machine).
+    pub const NODE_DOES_NOT_EXIST_REASON: &str = "NodeDoesNotExist";
+    /// NodeReady/NodeHealthy: the Node went away.
+    pub const NODE_DELETED_REASON: &str = "NodeDeleted";
+    /// NodeReady/NodeHealthy: waiting for something before the Node can be inspected.
+    pub const NODE_INSPECTION_FAILED_REASON: &str = "InspectionFailed";
+    /// NodeReady/NodeHealthy: no connection to the workload cluster.
+    pub const NODE_CONNECTION_DOWN_REASON: &str = "ConnectionDown";
+    /// Updating false.
+    pub const NOT_UPDATING_REASON: &str = "NotUpdating";
+    /// Deleting false.
+    pub const NOT_DELETING_REASON: &str = "NotDeleting";
+    /// Deleting, no more specific stage.
+    pub const DELETING_REASON: &str = "Deleting";
+    /// Deleting: draining the Node.
+    pub const DELETING_DRAINING_NODE_REASON: &str = "DrainingNode";
+    /// Deleting: waiting for the infrastructure machine to go.
+    pub const DELETING_WAITING_FOR_INFRASTRUCTURE_DELETION_REASON: &str =
+        "WaitingForInfrastructureDeletion";
+    /// Deleting: waiting for the bootstrap config to go.
+    pub const DELETING_WAITING_FOR_BOOTSTRAP_DELETION_REASON: &str = "WaitingForBootstrapDeletion";
+    /// Deleting: deleting the Node.
+    pub const DELETING_DELETING_NODE_REASON: &str = "DeletingNode";
+    /// Deleting: done; the finalizer is removed.
+    pub const DELETING_DELETION_COMPLETED_REASON: &str = "DeletionCompleted";
+    /// Paused false.
+    pub const NOT_PAUSED_REASON: &str = "NotPaused";
+    /// Paused true.
+    pub const PAUSED_REASON: &str = "Paused";
 }

@@ -63,6 +63,9 @@ pub struct InfraStatus {
     /// Addresses (DevMachine).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addresses: Option<Vec<Value>>,
+    /// Failure domain (DevMachine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_domain: Option<String>,
     /// Fields not modelled here.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -188,4 +191,81 @@ pub struct DevMachineTemplateResource {
     /// Fields not modelled here.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl InMemoryMachineBackend {
+    /// The provisioning settings of `component` (`vm`, `node`, `apiServer`, `etcd`).
+    pub fn provisioning(&self, component: Component) -> Option<&Provisioning> {
+        match component {
+            Component::Vm => self.vm.as_ref(),
+            Component::Node => self.node.as_ref(),
+            Component::ApiServer => self.api_server.as_ref(),
+            Component::Etcd => self.etcd.as_ref(),
+        }
+        .and_then(|c| c.provisioning.as_ref())
+    }
+}
+
+/// A simulated component of an in-memory machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// The VM.
+    Vm,
+    /// The kubelet's Node.
+    Node,
+    /// The kube-apiserver static Pod.
+    ApiServer,
+    /// The etcd static Pod.
+    Etcd,
+}
+
+impl Component {
+    /// The field name under `spec.backend.inMemory`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Vm => "vm",
+            Self::Node => "node",
+            Self::ApiServer => "apiServer",
+            Self::Etcd => "etcd",
+        }
+    }
+}
+
+/// DevCluster / DevMachine v1beta2 condition types and reasons of the
+/// in-memory backend (`test/infrastructure/docker/api/v1beta2`).
+pub mod dev_conditions {
+    /// Summary condition CAPI mirrors into InfrastructureReady.
+    pub const READY: &str = "Ready";
+    /// The simulated VM is provisioned.
+    pub const VM_PROVISIONED: &str = "VMProvisioned";
+    /// The Node exists in the workload cluster.
+    pub const NODE_PROVISIONED: &str = "NodeProvisioned";
+    /// The etcd Pod runs (control-plane machines).
+    pub const ETCD_PROVISIONED: &str = "EtcdProvisioned";
+    /// The kube-apiserver Pod runs (control-plane machines).
+    pub const API_SERVER_PROVISIONED: &str = "APIServerProvisioned";
+
+    /// Ready true.
+    pub const READY_REASON: &str = "Ready";
+    /// Ready false.
+    pub const NOT_READY_REASON: &str = "NotReady";
+    /// Ready unknown.
+    pub const READY_UNKNOWN_REASON: &str = "ReadyUnknown";
+    /// A component is provisioned.
+    pub const PROVISIONED_REASON: &str = "Provisioned";
+    /// Waiting for the component's startup duration to pass.
+    pub const WAITING_FOR_STARTUP_TIMEOUT_REASON: &str = "WaitingForStartupTimeout";
+    /// Waiting for the Cluster's infrastructure.
+    pub const WAITING_FOR_CLUSTER_INFRASTRUCTURE_REASON: &str = "WaitingForClusterInfrastructure";
+    /// A worker waits for the control plane to be initialized.
+    pub const WAITING_FOR_CONTROL_PLANE_INITIALIZED_REASON: &str =
+        "WaitingForControlPlaneInitialized";
+    /// Waiting for the Machine's bootstrap data.
+    pub const WAITING_FOR_BOOTSTRAP_DATA_REASON: &str = "WaitingForBootstrapData";
+    /// Waiting for the VM.
+    pub const WAITING_FOR_VM_PROVISIONED_REASON: &str = "WaitingForVMProvisioned";
+    /// Waiting for the Node.
+    pub const WAITING_FOR_NODE_PROVISIONED_REASON: &str = "WaitingForNodeProvisioned";
+    /// Something failed; see the logs.
+    pub const INTERNAL_ERROR_REASON: &str = "InternalError";
 }

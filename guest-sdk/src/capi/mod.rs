@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod infrastructure;
 #[cfg(test)]
 mod round_trip;
+pub mod time;
 
 use crate::meta::{ObjectMeta, OwnerReference};
 use crate::{Gvk, ObjectRef};

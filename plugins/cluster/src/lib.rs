@@ -20,11 +20,10 @@ use capstan_sdk::capi::{
 use capstan_sdk::conditions::{self, Condition, FALSE, TRUE, UNKNOWN};
 use capstan_sdk::meta::{self, OwnerReference};
 use capstan_sdk::{
-    Context, Error, EventType, Gvk, KeyMapping, ObjectRef, Outcome, PluginInfo, Reconciler,
-    RelationSelector, Snapshot, Verbs,
+    Connection, Context, Error, EventType, Gvk, KeyMapping, ObjectRef, Outcome, PluginInfo,
+    Reconciler, RelationSelector, Snapshot, Verbs,
 };
 use serde_json::{Value, json};
-use std::time::Duration;
 
 /// Infrastructure cluster kinds this plugin reads: (group, kind, relation name).
 pub const INFRA_KINDS: &[(&str, &str, &str)] =
@@ -41,10 +40,16 @@ pub const MACHINES: &str = "machines";
 pub const MACHINE_DEPLOYMENTS: &str = "machine-deployments";
 /// Relation: MachineSets labelled with the Cluster's name.
 pub const MACHINE_SETS: &str = "machine-sets";
-/// How long to wait before looking again for a referenced object that does
-/// not exist yet (CAPI's `externalReadyWait`): its creation carries no owner
-/// reference to this Cluster, so no watch maps it here.
-pub const MISSING_REF_REQUEUE: Duration = Duration::from_secs(30);
+/// Relation: the workload cluster's `kube-system` Namespace. Its only use is
+/// to declare workload access, so that the snapshot carries the state of the
+/// host's connection to the workload cluster (`RemoteConnectionProbe`).
+pub const WORKLOAD_PROBE: &str = "workload-kube-system";
+/// RemoteConnectionProbe condition type and reasons (`api/core/v1beta2`).
+pub const REMOTE_CONNECTION_PROBE: &str = "RemoteConnectionProbe";
+/// RemoteConnectionProbe true.
+pub const PROBE_SUCCEEDED_REASON: &str = "ProbeSucceeded";
+/// RemoteConnectionProbe false.
+pub const PROBE_FAILED_REASON: &str = "ProbeFailed";
 
 /// The Cluster reconciler.
 #[derive(Debug)]
@@ -65,6 +70,12 @@ impl Reconciler for ClusterReconciler {
             let gvk = Gvk::new(group, VERSION, kind);
             info = info
                 .watch(gvk.clone(), KeyMapping::ControllerOwner)
+                // Before adoption (a DevCluster created after its Cluster)
+                // only the Cluster's reference names the object.
+                .watch(
+                    gvk.clone(),
+                    KeyMapping::ReferencedBy(ref_field(kind).to_owned()),
+                )
                 .relation(
                     relation,
                     gvk.clone(),
@@ -89,7 +100,12 @@ impl Reconciler for ClusterReconciler {
                 )
                 .permit(core(kind), Verbs::DELETE);
         }
-        info
+        info.workload_relation(
+            WORKLOAD_PROBE,
+            Gvk::new("", "v1", "Namespace"),
+            RelationSelector::Named("kube-system".to_owned()),
+            None,
+        )
     }
 
     fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
@@ -327,7 +343,13 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
         None
     };
     status.initialization = Some(init);
-    set_conditions(&view, &mut status, deletion, snapshot.now());
+    set_conditions(
+        &view,
+        &mut status,
+        deletion,
+        snapshot.workload(),
+        snapshot.now(),
+    );
     set_phase(&view, &mut status, endpoint_known, &mut out);
     status.observed_generation = cluster.metadata.generation;
     if Some(&status) != cluster.status.as_ref() {
@@ -347,7 +369,6 @@ fn reconcile_normal(
 ) -> Result<bool, Error> {
     let cluster = &view.cluster;
     let mut endpoint = cluster.spec.endpoint().cloned();
-    let mut requeue = false;
     for lookup in [&view.infra, &view.control_plane] {
         match lookup {
             Lookup::Found(r, o) => match adopt(cluster, o) {
@@ -368,8 +389,8 @@ fn reconcile_normal(
                 }
             },
             Lookup::Missing(r) => {
-                ctx.info(format!("could not find {} {}, requeuing", r.kind, r.name));
-                requeue = true;
+                // Its creation enqueues this Cluster (referenced-by watch).
+                ctx.info(format!("could not find {} {}, waiting", r.kind, r.name));
             }
             Lookup::NotReferenced | Lookup::Unsupported(_) => {}
         }
@@ -464,9 +485,6 @@ fn reconcile_normal(
         let mut patch = cluster.skeleton();
         patch["spec"] = json!({"controlPlaneEndpoint": {"host": e.host, "port": e.port}});
         out.apply(&patch)?;
-    }
-    if requeue {
-        out.requeue_after(MISSING_REF_REQUEUE);
     }
     Ok(endpoint_known)
 }
@@ -597,6 +615,7 @@ fn set_conditions(
     view: &View,
     status: &mut ClusterStatus,
     deletion: Option<(&'static str, String)>,
+    connection: Connection,
     now: &str,
 ) {
     let cluster = &view.cluster;
@@ -721,6 +740,29 @@ fn set_conditions(
     });
     new.push(Condition::new(cc::PAUSED, FALSE, cc::NOT_PAUSED_REASON));
 
+    // RemoteConnectionProbe, from the host's cluster cache (CAPI's
+    // setRemoteConnectionProbeCondition): before a first connection the
+    // condition is only set when missing.
+    match connection {
+        Connection::Connected => new.push(Condition::new(
+            REMOTE_CONNECTION_PROBE,
+            TRUE,
+            PROBE_SUCCEEDED_REASON,
+        )),
+        Connection::Unhealthy => new.push(
+            Condition::new(REMOTE_CONNECTION_PROBE, FALSE, PROBE_FAILED_REASON)
+                .message("Remote connection probe failed"),
+        ),
+        Connection::Disconnected | Connection::NotApplicable => {
+            if conditions::find(&status.conditions, REMOTE_CONNECTION_PROBE).is_none() {
+                new.push(
+                    Condition::new(REMOTE_CONNECTION_PROBE, FALSE, PROBE_FAILED_REASON)
+                        .message("Remote connection not established yet"),
+                );
+            }
+        }
+    }
+
     for c in new {
         conditions::set(
             &mut status.conditions,
@@ -732,6 +774,7 @@ fn set_conditions(
     // Available: summary of the others and the availability gates.
     let mut inputs = vec![
         Input::negative(cc::DELETING),
+        Input::positive(REMOTE_CONNECTION_PROBE),
         Input::positive(cc::INFRASTRUCTURE_READY),
     ];
     if cp_defined {

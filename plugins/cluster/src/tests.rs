@@ -117,6 +117,8 @@ fn snapshot(c: &Value, w: &World, now: &str) -> Snapshot {
         .with_related(MACHINES, true, &w.machines)
         .with_related(MACHINE_DEPLOYMENTS, true, &w.mds)
         .with_related(MACHINE_SETS, true, &w.mss)
+        .with_related(WORKLOAD_PROBE, true, &[])
+        .with_workload(Connection::Connected)
 }
 
 fn run(c: &Value, w: &World) -> Outcome {
@@ -311,6 +313,7 @@ fn provisioning_adopts_references_and_mirrors_their_conditions() {
             "ControlPlaneAvailable",
             "ControlPlaneInitialized",
             "InfrastructureReady",
+            "RemoteConnectionProbe",
             "WorkersAvailable",
             "Deleting",
             "Paused"
@@ -425,7 +428,11 @@ fn initialized_and_available_control_plane_makes_the_cluster_available_and_stead
 fn missing_references_wait_and_report_does_not_exist_or_deleted() {
     let c = cluster(json!({}), json!({}));
     let out = run(&c, &World::default());
-    assert_eq!(out.requeue_after_ms(), Some(30_000));
+    assert_eq!(
+        out.requeue_after_ms(),
+        None,
+        "creation is watched (referenced-by)"
+    );
     let s = status_of(&out);
     assert_cond(&s, "InfrastructureReady", "False", "DoesNotExist");
     assert_eq!(
@@ -725,4 +732,42 @@ fn an_unsynced_relation_is_a_transient_error_not_a_conclusion() {
         .reconcile::<ClusterReconciler>(&snap)
         .expect_err("must wait");
     assert!(matches!(err, Error::Transient(m) if m.contains("infra-devcluster")));
+}
+
+#[test]
+fn remote_connection_probe_follows_the_workload_connection_and_gates_available() {
+    let w = World {
+        infra: vec![dev_cluster(true, Some("True"), true)],
+        cp: vec![kcp(true, Some("True"), true)],
+        ..World::default()
+    };
+    let c = cluster(json!({}), json!({}));
+    let host = FakeHost::new();
+    let run_with = |c: &Value, conn: Connection| {
+        let snap = snapshot(c, &w, T1).with_workload(conn);
+        let out = host
+            .reconcile::<ClusterReconciler>(&snap)
+            .expect("reconcile");
+        status_of(&out)
+    };
+    let s = run_with(&c, Connection::Connected);
+    assert_cond(&s, REMOTE_CONNECTION_PROBE, "True", PROBE_SUCCEEDED_REASON);
+    assert_cond(&s, "Available", "True", "Available");
+    let s = run_with(&c, Connection::Disconnected);
+    assert_cond(&s, REMOTE_CONNECTION_PROBE, "False", PROBE_FAILED_REASON);
+    assert_eq!(
+        cond(&s, REMOTE_CONNECTION_PROBE)["message"],
+        "Remote connection not established yet"
+    );
+    assert_cond(&s, "Available", "False", "NotAvailable");
+    let s = run_with(&c, Connection::Unhealthy);
+    assert_eq!(
+        cond(&s, REMOTE_CONNECTION_PROBE)["message"],
+        "Remote connection probe failed"
+    );
+    let info = ClusterReconciler::describe();
+    for kind in ["DevCluster", "KubeadmControlPlane"] {
+        assert!(info.watches.iter().any(|w| w.kind.kind == kind
+            && matches!(&w.mapping, KeyMapping::ReferencedBy(f) if f.ends_with("Ref"))));
+    }
 }
