@@ -294,7 +294,15 @@ fn certificates_then_kubeconfig_then_nothing_generated_again() {
     assert_eq!(kc["metadata"]["ownerReferences"], json!([kcp_controller()]));
     let text = decode(&kc, "value");
     assert!(text.contains("https://127.0.0.1:20000"), "{text}");
-    assert!(text.contains("cn=kubernetes-admin o=system:masters ") && text.contains("Client"), "{text}");
+    assert!(text.contains("- name: c1-admin\n"), "{text}");
+    let memo = host.memo();
+    let admin: Vec<String> = memo
+        .iter()
+        .filter(|(k, _)| k.starts_with("uid-c1/admin/"))
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(admin.len(), 1, "admin certificate cached per cluster UID: {memo:?}");
+    assert!(admin[0].contains("cn=kubernetes-admin o=system:masters ") && admin[0].contains("Client"));
 
     let certs_before = host.certificates_issued();
     for _ in 0..3 {
