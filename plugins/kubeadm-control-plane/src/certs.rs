@@ -60,7 +60,11 @@ pub struct Certificates {
 }
 
 fn decode(secret: &Value, key: &str) -> Option<String> {
-    let b = B64.decode(secret.pointer(&format!("/data/{}", key.replace('/', "~1")))?.as_str()?);
+    let b = B64.decode(
+        secret
+            .pointer(&format!("/data/{}", key.replace('/', "~1")))?
+            .as_str()?,
+    );
     b.ok().and_then(|b| String::from_utf8(b).ok())
 }
 

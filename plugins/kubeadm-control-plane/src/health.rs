@@ -19,7 +19,10 @@ pub const INSPECTION_FAILED: &str = "InspectionFailed";
 /// The static Pods of a control-plane node: (component label, condition type).
 pub const COMPONENTS: [(&str, &str); 4] = [
     ("kube-apiserver", mc::API_SERVER_POD_HEALTHY),
-    ("kube-controller-manager", mc::CONTROLLER_MANAGER_POD_HEALTHY),
+    (
+        "kube-controller-manager",
+        mc::CONTROLLER_MANAGER_POD_HEALTHY,
+    ),
     ("kube-scheduler", mc::SCHEDULER_POD_HEALTHY),
     ("etcd", mc::ETCD_POD_HEALTHY),
 ];
@@ -98,9 +101,7 @@ pub fn machine_conditions(m: &Machine, pods: &Pods) -> Vec<Condition> {
         .chain([mc::ETCD_MEMBER_HEALTHY]);
     if m.metadata.is_deleting() {
         return types
-            .map(|t| {
-                Condition::new(t, UNKNOWN, r::POD_DELETING).message("Machine is deleting")
-            })
+            .map(|t| Condition::new(t, UNKNOWN, r::POD_DELETING).message("Machine is deleting"))
             .collect();
     }
     let pods = match pods {

@@ -12,8 +12,8 @@ use capstan_sdk::capi::cluster::{Cluster, Machine};
 use capstan_sdk::capi::conditions::{self as capi_conditions, Reasons};
 use capstan_sdk::capi::controlplane::cluster_secrets::{CERTIFICATE_SUFFIXES, KUBECONFIG_SUFFIX};
 use capstan_sdk::capi::controlplane::{
-    ControlPlaneInitialization, KubeadmControlPlane, KubeadmControlPlaneStatus,
-    kcp_annotations, kcp_conditions as kc, kcp_machine_conditions as mc, kcp_reasons as r,
+    ControlPlaneInitialization, KubeadmControlPlane, KubeadmControlPlaneStatus, kcp_annotations,
+    kcp_conditions as kc, kcp_machine_conditions as mc, kcp_reasons as r,
 };
 use capstan_sdk::capi::infrastructure::DevMachineTemplate;
 use capstan_sdk::capi::{
@@ -101,11 +101,18 @@ impl Reconciler for KubeadmControlPlaneReconciler {
             RelationSelector::Matching(PODS_SELECTOR.to_owned()),
             Some("kube-system"),
         )
-        .permit(KubeadmControlPlane::gvk(), Verbs::PATCH | Verbs::PATCH_STATUS)
+        .permit(
+            KubeadmControlPlane::gvk(),
+            Verbs::PATCH | Verbs::PATCH_STATUS,
+        )
         .permit(Machine::gvk(), Verbs::CREATE | Verbs::PATCH | Verbs::DELETE)
         .permit(KubeadmConfig::gvk(), Verbs::CREATE | Verbs::PATCH)
         .permit(
-            Gvk::new(INFRASTRUCTURE_GROUP, capstan_sdk::capi::VERSION, INFRA_MACHINE_KIND),
+            Gvk::new(
+                INFRASTRUCTURE_GROUP,
+                capstan_sdk::capi::VERSION,
+                INFRA_MACHINE_KIND,
+            ),
             Verbs::CREATE | Verbs::PATCH,
         )
         .permit(DevMachineTemplate::gvk(), Verbs::PATCH)
@@ -195,14 +202,21 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
     };
     if let Some(why) = paused {
         let c = Condition::new("Paused", TRUE, r::PAUSED).message(why);
-        conditions::set(&mut status.conditions, c.observed_generation(generation), now);
+        conditions::set(
+            &mut status.conditions,
+            c.observed_generation(generation),
+            now,
+        );
         capi_conditions::sort(&mut status.conditions);
         write_status(&kcp, status, &mut out)?;
         return Ok(out);
     }
 
     let deleting = kcp.metadata.is_deleting();
-    if !kcp.metadata.has_finalizer(finalizers::KUBEADM_CONTROL_PLANE) {
+    if !kcp
+        .metadata
+        .has_finalizer(finalizers::KUBEADM_CONTROL_PLANE)
+    {
         if !deleting {
             let mut patch = kcp.skeleton();
             let mut fs = kcp.metadata.finalizers.clone();
@@ -289,9 +303,9 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
     // Initialization: the first API server answers (sticky).
     let mut init = status.initialization.clone().unwrap_or_default();
     let initialized = kcp.initialized()
-        || members.iter().any(|m| {
-            conditions::is_true(&m.conditions, mc::API_SERVER_POD_HEALTHY)
-        });
+        || members
+            .iter()
+            .any(|m| conditions::is_true(&m.conditions, mc::API_SERVER_POD_HEALTHY));
     if initialized && !kcp.initialized() {
         out.event(
             kcp.object_ref(),
@@ -368,7 +382,9 @@ fn reconcile_normal(
         .initialization
         .is_some_and(|i| i.infrastructure_provisioned == Some(true));
     if !infra_ready {
-        scaling.waiting = Some("Waiting for Cluster status.initialization.infrastructureProvisioned to be true".into());
+        scaling.waiting = Some(
+            "Waiting for Cluster status.initialization.infrastructureProvisioned to be true".into(),
+        );
         return Ok(false);
     }
     let certificates = certs::reconcile(ctx, snapshot, kcp, cluster, out)?;
@@ -392,7 +408,9 @@ fn reconcile_normal(
         return Ok(certificates.available);
     };
     let configs: Vec<Value> = snapshot.related(CONFIGS)?;
-    scale(ctx, kcp, cluster, &template, members, &configs, scaling, out)?;
+    scale(
+        ctx, kcp, cluster, &template, members, &configs, scaling, out,
+    )?;
     Ok(certificates.available)
 }
 
@@ -674,7 +692,9 @@ fn create_machine(
     let mut infra_annotations = string_map(t("/spec/template/metadata/annotations").as_ref());
     infra_annotations.extend(kcp_annotations.clone());
     let template_name = t("/metadata/name").unwrap_or(Value::Null);
-    let template_kind = t("/kind").and_then(|k| k.as_str().map(str::to_owned)).unwrap_or_default();
+    let template_kind = t("/kind")
+        .and_then(|k| k.as_str().map(str::to_owned))
+        .unwrap_or_default();
     infra_annotations.insert(annotations::CLONED_FROM_NAME.into(), template_name);
     infra_annotations.insert(
         annotations::CLONED_FROM_GROUP_KIND.into(),
@@ -783,7 +803,11 @@ fn set_conditions(
     let generation = kcp.metadata.generation;
     let members = i.members;
     let mut set = |c: Condition| {
-        conditions::set(&mut status.conditions, c.observed_generation(generation), now);
+        conditions::set(
+            &mut status.conditions,
+            c.observed_generation(generation),
+            now,
+        );
     };
     let per_machine: Vec<(&str, &[Condition])> = members
         .iter()
@@ -799,8 +823,12 @@ fn set_conditions(
     set(if i.certificates_available {
         Condition::new(kc::CERTIFICATES_AVAILABLE, TRUE, r::CERTIFICATES_AVAILABLE)
     } else {
-        Condition::new(kc::CERTIFICATES_AVAILABLE, FALSE, r::CERTIFICATES_NOT_AVAILABLE)
-            .message("Waiting for the cluster certificates")
+        Condition::new(
+            kc::CERTIFICATES_AVAILABLE,
+            FALSE,
+            r::CERTIFICATES_NOT_AVAILABLE,
+        )
+        .message("Waiting for the cluster certificates")
     });
     let components: Vec<&str> = health::COMPONENTS.iter().map(|(_, t)| *t).collect();
     let cp_health = health::aggregate(
@@ -861,27 +889,21 @@ fn set_conditions(
     let current = members.len();
     let deleting = i.deletion.is_some();
     set(if current < desired && !deleting {
-        Condition::new(kc::SCALING_UP, TRUE, r::SCALING_UP).message(scaling_message(
-            "up",
-            current,
-            desired,
-            &i.scaling,
-        ))
+        Condition::new(kc::SCALING_UP, TRUE, r::SCALING_UP)
+            .message(scaling_message("up", current, desired, &i.scaling))
     } else {
         Condition::new(kc::SCALING_UP, FALSE, r::NOT_SCALING_UP)
     });
     set(if current > desired && !deleting {
-        Condition::new(kc::SCALING_DOWN, TRUE, r::SCALING_DOWN).message(scaling_message(
-            "down",
-            current,
-            desired,
-            &i.scaling,
-        ))
+        Condition::new(kc::SCALING_DOWN, TRUE, r::SCALING_DOWN)
+            .message(scaling_message("down", current, desired, &i.scaling))
     } else {
         Condition::new(kc::SCALING_DOWN, FALSE, r::NOT_SCALING_DOWN)
     });
     set(match &i.deletion {
-        Some(m) => Condition::new(kc::DELETING, TRUE, r::WAITING_FOR_MACHINE_DELETION).message(m.clone()),
+        Some(m) => {
+            Condition::new(kc::DELETING, TRUE, r::WAITING_FOR_MACHINE_DELETION).message(m.clone())
+        }
         None => Condition::new(kc::DELETING, FALSE, r::NOT_DELETING),
     });
     set(Condition::new("Paused", FALSE, r::NOT_PAUSED));

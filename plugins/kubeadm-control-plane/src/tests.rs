@@ -20,7 +20,12 @@ struct World {
 }
 
 fn key(o: &Value) -> (String, String) {
-    let s = |p: &str| o.pointer(p).and_then(Value::as_str).unwrap_or("").to_owned();
+    let s = |p: &str| {
+        o.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
     (s("/kind"), s("/metadata/name"))
 }
 
@@ -89,7 +94,9 @@ impl World {
     }
 
     fn kcp(&self) -> Value {
-        self.get("KubeadmControlPlane", "c1-cp").cloned().expect("kcp")
+        self.get("KubeadmControlPlane", "c1-cp")
+            .cloned()
+            .expect("kcp")
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -112,15 +119,28 @@ impl World {
             .with_related(
                 TEMPLATE,
                 true,
-                &self.get("DevMachineTemplate", "cp-tmpl").cloned().into_iter().collect::<Vec<_>>(),
+                &self
+                    .get("DevMachineTemplate", "cp-tmpl")
+                    .cloned()
+                    .into_iter()
+                    .collect::<Vec<_>>(),
             );
         for suffix in ["ca", "etcd", "proxy", "sa", "kubeconfig"] {
-            let found: Vec<Value> = self.get("Secret", &format!("c1-{suffix}")).cloned().into_iter().collect();
+            let found: Vec<Value> = self
+                .get("Secret", &format!("c1-{suffix}"))
+                .cloned()
+                .into_iter()
+                .collect();
             s = s.with_related(&certs::relation(suffix), true, &found);
         }
         let connected = self.connection == Connection::Connected;
-        let pods: Vec<Value> = if connected { self.pods.values().cloned().collect() } else { Vec::new() };
-        s.with_related(PODS, connected, &pods).with_workload(self.connection)
+        let pods: Vec<Value> = if connected {
+            self.pods.values().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        s.with_related(PODS, connected, &pods)
+            .with_workload(self.connection)
     }
 
     /// Apply an outcome as the host would (creates get a uid and a
@@ -136,7 +156,8 @@ impl World {
                     self.uids += 1;
                     self.clock += 1;
                     o["metadata"]["uid"] = json!(format!("uid-{}-{}", k.1, self.uids));
-                    o["metadata"]["creationTimestamp"] = json!(format!("2026-01-01T00:{:02}:00Z", self.clock));
+                    o["metadata"]["creationTimestamp"] =
+                        json!(format!("2026-01-01T00:{:02}:00Z", self.clock));
                     self.objects.insert(k, o);
                 }
             }
@@ -167,12 +188,20 @@ impl World {
     fn bring_up(&mut self, name: &str) {
         self.connection = Connection::Connected;
         let node = format!("node-{name}");
-        if let Some(m) = self.objects.get_mut(&("Machine".to_owned(), name.to_owned())) {
+        if let Some(m) = self
+            .objects
+            .get_mut(&("Machine".to_owned(), name.to_owned()))
+        {
             m["status"] = json!({"nodeRef": {"name": node},
                 "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "lastTransitionTime": T0},
                     {"type": "Available", "status": "True", "reason": "Available", "lastTransitionTime": T0}]});
         }
-        for c in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+        for c in [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ] {
             let pod = format!("{c}-{node}");
             self.pods.insert(pod.clone(), json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": pod, "namespace": "kube-system", "labels": {"component": c, "tier": "control-plane"}},
@@ -182,7 +211,12 @@ impl World {
 
     fn machines(&self) -> Vec<Value> {
         let mut ms = self.all("Machine");
-        ms.sort_by_key(|m| m["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_owned());
+        ms.sort_by_key(|m| {
+            m["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        });
         ms
     }
 }
@@ -221,7 +255,10 @@ fn describe_declares_the_contract() {
     let info = KubeadmControlPlaneReconciler::describe();
     assert_eq!(info.name, "kubeadm-control-plane");
     assert_eq!(info.primary.kind, "KubeadmControlPlane");
-    assert_eq!(info.finalizer.as_deref(), Some("kubeadm.controlplane.cluster.x-k8s.io"));
+    assert_eq!(
+        info.finalizer.as_deref(),
+        Some("kubeadm.controlplane.cluster.x-k8s.io")
+    );
     assert_eq!(info.capabilities, Capabilities::CRYPTO);
     let named: Vec<_> = info
         .relations
@@ -233,14 +270,28 @@ fn describe_declares_the_contract() {
         .collect();
     assert_eq!(
         named,
-        ["{cluster}-ca", "{cluster}-etcd", "{cluster}-proxy", "{cluster}-sa", "{cluster}-kubeconfig"]
+        [
+            "{cluster}-ca",
+            "{cluster}-etcd",
+            "{cluster}-proxy",
+            "{cluster}-sa",
+            "{cluster}-kubeconfig"
+        ]
     );
-    let pods = info.relations.iter().find(|r| r.name == PODS).expect("pods relation");
+    let pods = info
+        .relations
+        .iter()
+        .find(|r| r.name == PODS)
+        .expect("pods relation");
     assert_eq!(pods.target, capstan_sdk::Target::Workload);
     assert_eq!(pods.namespace.as_deref(), Some("kube-system"));
-    assert!(info.watches.iter().any(|w| w.target == capstan_sdk::Target::Workload
-        && w.mapping == KeyMapping::SameCluster
-        && w.kind.kind == "Pod"));
+    assert!(
+        info.watches
+            .iter()
+            .any(|w| w.target == capstan_sdk::Target::Workload
+                && w.mapping == KeyMapping::SameCluster
+                && w.kind.kind == "Pod")
+    );
     assert!(info.watches.iter().any(|w| w.kind.kind == "Cluster"
         && w.mapping == KeyMapping::Field("spec.controlPlaneRef.name".into())));
 }
@@ -262,7 +313,11 @@ fn waits_for_the_cluster_owner_then_adds_the_finalizer_alone() {
         w.kcp()["metadata"]["finalizers"],
         json!(["kubeadm.controlplane.cluster.x-k8s.io"])
     );
-    assert_eq!(host.keys_generated(), 0, "nothing generated before the finalizer");
+    assert_eq!(
+        host.keys_generated(),
+        0,
+        "nothing generated before the finalizer"
+    );
 }
 
 #[test]
@@ -273,23 +328,38 @@ fn certificates_then_kubeconfig_then_nothing_generated_again() {
     run(&host, &mut w); // certificates + first Machine
     assert_eq!(host.keys_generated(), 4, "ca, etcd, proxy, sa");
     for suffix in ["ca", "etcd", "proxy", "sa"] {
-        let s = w.get("Secret", &format!("c1-{suffix}")).expect("secret").clone();
+        let s = w
+            .get("Secret", &format!("c1-{suffix}"))
+            .expect("secret")
+            .clone();
         assert_eq!(s["type"], "cluster.x-k8s.io/secret");
         assert_eq!(s["metadata"]["labels"][labels::CLUSTER_NAME], "c1");
         assert_eq!(s["metadata"]["ownerReferences"], json!([kcp_controller()]));
         assert!(decode(&s, "tls.key").contains("PRIVATE KEY"), "{suffix}");
     }
     let ca = w.get("Secret", "c1-ca").expect("ca").clone();
-    assert!(decode(&ca, "tls.crt").contains("cn=kubernetes o= ") && decode(&ca, "tls.crt").contains("Authority"));
+    assert!(
+        decode(&ca, "tls.crt").contains("cn=kubernetes o= ")
+            && decode(&ca, "tls.crt").contains("Authority")
+    );
     let sa = w.get("Secret", "c1-sa").expect("sa").clone();
-    assert!(decode(&sa, "tls.crt").contains("PUBLIC KEY"), "sa holds the public key");
-    assert!(w.get("Secret", "c1-kubeconfig").is_none(), "waits for the CA Secret to be read back");
+    assert!(
+        decode(&sa, "tls.crt").contains("PUBLIC KEY"),
+        "sa holds the public key"
+    );
+    assert!(
+        w.get("Secret", "c1-kubeconfig").is_none(),
+        "waits for the CA Secret to be read back"
+    );
     let kcp = w.kcp();
     assert_eq!(cond(&kcp, "CertificatesAvailable").0, "True");
 
     run(&host, &mut w); // kubeconfig
     assert_eq!(host.keys_generated(), 5, "one admin client key");
-    let kc = w.get("Secret", "c1-kubeconfig").expect("kubeconfig").clone();
+    let kc = w
+        .get("Secret", "c1-kubeconfig")
+        .expect("kubeconfig")
+        .clone();
     assert_eq!(kc["type"], "cluster.x-k8s.io/secret");
     assert_eq!(kc["metadata"]["ownerReferences"], json!([kcp_controller()]));
     let text = decode(&kc, "value");
@@ -301,18 +371,29 @@ fn certificates_then_kubeconfig_then_nothing_generated_again() {
         .filter(|(k, _)| k.starts_with("uid-c1/admin/"))
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         .collect();
-    assert_eq!(admin.len(), 1, "admin certificate cached per cluster UID: {memo:?}");
-    assert!(admin[0].contains("cn=kubernetes-admin o=system:masters ") && admin[0].contains("Client"));
+    assert_eq!(
+        admin.len(),
+        1,
+        "admin certificate cached per cluster UID: {memo:?}"
+    );
+    assert!(
+        admin[0].contains("cn=kubernetes-admin o=system:masters ") && admin[0].contains("Client")
+    );
 
     let certs_before = host.certificates_issued();
     for _ in 0..3 {
         run(&host, &mut w);
     }
-    assert_eq!(host.keys_generated(), 5, "a reconcile after the first generates nothing");
+    assert_eq!(
+        host.keys_generated(),
+        5,
+        "a reconcile after the first generates nothing"
+    );
     assert_eq!(host.certificates_issued(), certs_before);
 
     // The kubeconfig Secret deleted: rewritten from the memo, no new key.
-    w.objects.remove(&("Secret".to_owned(), "c1-kubeconfig".to_owned()));
+    w.objects
+        .remove(&("Secret".to_owned(), "c1-kubeconfig".to_owned()));
     run(&host, &mut w);
     assert!(w.get("Secret", "c1-kubeconfig").is_some());
     assert_eq!(host.keys_generated(), 5, "admin key cached per cluster UID");
@@ -324,9 +405,13 @@ fn a_stale_cache_never_yields_a_second_ca() {
     let mut w = World::new(1);
     run(&host, &mut w); // finalizer
     let snap = w.snapshot();
-    let first = host.reconcile::<KubeadmControlPlaneReconciler>(&snap).expect("ok");
+    let first = host
+        .reconcile::<KubeadmControlPlaneReconciler>(&snap)
+        .expect("ok");
     // The cache has not seen the Secrets yet: the same snapshot again.
-    let second = host.reconcile::<KubeadmControlPlaneReconciler>(&snap).expect("ok");
+    let second = host
+        .reconcile::<KubeadmControlPlaneReconciler>(&snap)
+        .expect("ok");
     assert_eq!(host.keys_generated(), 4);
     let ca = |o: &Outcome| -> Value {
         o.applied()
@@ -344,7 +429,11 @@ fn a_stale_cache_never_yields_a_second_ca() {
             .map(|v| v["metadata"]["name"].as_str().unwrap_or("").to_owned())
             .collect()
     };
-    assert_eq!(machine(&first), machine(&second), "the same Machine name, not a second Machine");
+    assert_eq!(
+        machine(&first),
+        machine(&second),
+        "the same Machine name, not a second Machine"
+    );
 }
 
 #[test]
@@ -364,7 +453,11 @@ fn existing_certificates_are_read_and_adopted_not_regenerated() {
     run(&host, &mut w);
     assert_eq!(host.keys_generated(), 1, "only the admin key");
     let ca = w.get("Secret", "c1-ca").expect("ca").clone();
-    assert_eq!(ca["metadata"]["ownerReferences"], json!([kcp_controller()]), "KCP took over as controller");
+    assert_eq!(
+        ca["metadata"]["ownerReferences"],
+        json!([kcp_controller()]),
+        "KCP took over as controller"
+    );
     assert!(decode(&ca, "tls.crt").contains("user"), "user CA kept");
 }
 
@@ -378,7 +471,10 @@ fn first_machine_is_an_init_with_capi_labels_owners_and_clones() {
     assert_eq!(ms.len(), 1, "one Machine at a time");
     let m = &ms[0];
     let name = m["metadata"]["name"].as_str().expect("name").to_owned();
-    assert!(name.starts_with("c1-cp-") && name.len() == "c1-cp-".len() + 5, "{name}");
+    assert!(
+        name.starts_with("c1-cp-") && name.len() == "c1-cp-".len() + 5,
+        "{name}"
+    );
     let l = &m["metadata"]["labels"];
     assert_eq!(l[labels::CLUSTER_NAME], "c1");
     assert_eq!(l[labels::CONTROL_PLANE], "");
@@ -392,7 +488,10 @@ fn first_machine_is_an_init_with_capi_labels_owners_and_clones() {
     assert_eq!(m["metadata"]["ownerReferences"], json!([kcp_controller()]));
     assert_eq!(m["spec"]["clusterName"], "c1");
     assert_eq!(m["spec"]["version"], "v1.34.0");
-    assert_eq!(m["spec"]["deletion"], json!({"nodeDrainTimeoutSeconds": 10}));
+    assert_eq!(
+        m["spec"]["deletion"],
+        json!({"nodeDrainTimeoutSeconds": 10})
+    );
     assert_eq!(
         m["spec"]["bootstrap"]["configRef"],
         json!({"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "KubeadmConfig", "name": name})
@@ -404,7 +503,10 @@ fn first_machine_is_an_init_with_capi_labels_owners_and_clones() {
     let clone_owner = json!([{"apiVersion": "controlplane.cluster.x-k8s.io/v1beta2",
         "kind": "KubeadmControlPlane", "name": "c1-cp", "uid": "uid-kcp"}]);
     let kc = w.get("KubeadmConfig", &name).expect("config").clone();
-    assert_eq!(kc["metadata"]["ownerReferences"], clone_owner, "not controller: the Machine adopts it");
+    assert_eq!(
+        kc["metadata"]["ownerReferences"], clone_owner,
+        "not controller: the Machine adopts it"
+    );
     assert_eq!(kc["metadata"]["labels"], *l);
     assert!(kc["spec"]["initConfiguration"].is_object());
     assert!(kc["spec"]["clusterConfiguration"].is_object());
@@ -414,12 +516,18 @@ fn first_machine_is_an_init_with_capi_labels_owners_and_clones() {
     assert_eq!(dm["metadata"]["ownerReferences"], clone_owner);
     assert_eq!(dm["metadata"]["labels"]["tmpl"], "yes");
     assert_eq!(dm["metadata"]["labels"][labels::CLUSTER_NAME], "c1");
-    assert_eq!(dm["metadata"]["annotations"][annotations::CLONED_FROM_NAME], "cp-tmpl");
+    assert_eq!(
+        dm["metadata"]["annotations"][annotations::CLONED_FROM_NAME],
+        "cp-tmpl"
+    );
     assert_eq!(
         dm["metadata"]["annotations"][annotations::CLONED_FROM_GROUP_KIND],
         "DevMachineTemplate.infrastructure.cluster.x-k8s.io"
     );
-    assert_eq!(dm["spec"]["backend"]["inMemory"]["vm"]["provisioning"]["startupDuration"], "1s");
+    assert_eq!(
+        dm["spec"]["backend"]["inMemory"]["vm"]["provisioning"]["startupDuration"],
+        "1s"
+    );
     // The template gets the Cluster as (non-controller) owner.
     let t = w.get("DevMachineTemplate", "cp-tmpl").expect("template");
     assert_eq!(
@@ -429,17 +537,36 @@ fn first_machine_is_an_init_with_capi_labels_owners_and_clones() {
     assert!(out.events().iter().any(|e| e.reason == "SuccessfulCreate"));
     let kcp = w.kcp();
     assert_eq!(cond(&kcp, "ScalingUp").0, "True");
-    assert_eq!(cond(&kcp, "Initialized"), ("False".into(), "NotInitialized".into(), "Control plane not yet initialized".into()));
-    assert_eq!(cond(&kcp, "ControlPlaneComponentsHealthy").1, "ConnectionDown");
+    assert_eq!(
+        cond(&kcp, "Initialized"),
+        (
+            "False".into(),
+            "NotInitialized".into(),
+            "Control plane not yet initialized".into()
+        )
+    );
+    assert_eq!(
+        cond(&kcp, "ControlPlaneComponentsHealthy").1,
+        "ConnectionDown"
+    );
     assert_eq!(cond(&kcp, "Available").0, "False");
-    assert_eq!(kcp["status"]["replicas"], 0, "counted from the Machines seen");
+    assert_eq!(
+        kcp["status"]["replicas"], 0,
+        "counted from the Machines seen"
+    );
     run(&host, &mut w);
     let kcp = w.kcp();
     assert_eq!(w.machines().len(), 1, "not healthy yet: no second Machine");
     assert_eq!(kcp["status"]["replicas"], 1);
     assert_eq!(kcp["status"]["readyReplicas"], 0);
-    assert_eq!(kcp["status"]["selector"], "cluster.x-k8s.io/cluster-name=c1,cluster.x-k8s.io/control-plane");
-    assert_eq!(kcp["status"]["initialization"]["controlPlaneInitialized"], false);
+    assert_eq!(
+        kcp["status"]["selector"],
+        "cluster.x-k8s.io/cluster-name=c1,cluster.x-k8s.io/control-plane"
+    );
+    assert_eq!(
+        kcp["status"]["initialization"]["controlPlaneInitialized"],
+        false
+    );
 }
 
 #[test]
@@ -449,17 +576,30 @@ fn scales_up_one_machine_at_a_time_and_becomes_available() {
     for _ in 0..4 {
         run(&host, &mut w);
     }
-    assert_eq!(w.machines().len(), 1, "waits for the first Machine's control plane");
+    assert_eq!(
+        w.machines().len(),
+        1,
+        "waits for the first Machine's control plane"
+    );
     let kcp = w.kcp();
     let (s, reason, msg) = cond(&kcp, "ScalingUp");
     assert_eq!((s.as_str(), reason.as_str()), ("True", "ScalingUp"));
-    assert!(msg.starts_with("Scaling up from 1 to 3 replicas is blocked because:"), "{msg}");
+    assert!(
+        msg.starts_with("Scaling up from 1 to 3 replicas is blocked because:"),
+        "{msg}"
+    );
 
-    let first = w.machines()[0]["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    let first = w.machines()[0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     w.bring_up(&first);
     run(&host, &mut w);
     let kcp = w.kcp();
-    assert_eq!(kcp["status"]["initialization"]["controlPlaneInitialized"], true);
+    assert_eq!(
+        kcp["status"]["initialization"]["controlPlaneInitialized"],
+        true
+    );
     assert_eq!(cond(&kcp, "Initialized").0, "True");
     assert_eq!(cond(&kcp, "Available").0, "True", "{kcp}");
     assert_eq!(cond(&kcp, "EtcdClusterHealthy").1, "Healthy");
@@ -471,14 +611,20 @@ fn scales_up_one_machine_at_a_time_and_becomes_available() {
     assert!(kc["spec"].get("initConfiguration").is_none());
     assert!(kc["spec"].get("clusterConfiguration").is_none());
     assert_eq!(kc["spec"]["joinConfiguration"]["controlPlane"], json!({}));
-    assert_eq!(kc["spec"]["joinConfiguration"]["nodeRegistration"]["name"], "n");
+    assert_eq!(
+        kc["spec"]["joinConfiguration"]["nodeRegistration"]["name"],
+        "n"
+    );
 
     run(&host, &mut w);
     assert_eq!(w.machines().len(), 2, "the second is not healthy yet");
     w.bring_up(&second);
     run(&host, &mut w);
     assert_eq!(w.machines().len(), 3);
-    let third = w.machines()[2]["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    let third = w.machines()[2]["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     w.bring_up(&third);
     run(&host, &mut w);
     run(&host, &mut w);
@@ -511,11 +657,17 @@ fn an_unhealthy_etcd_blocks_scale_up_and_is_reported() {
     let mut w = World::new(3);
     run(&host, &mut w);
     run(&host, &mut w);
-    let first = w.machines()[0]["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    let first = w.machines()[0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     w.bring_up(&first);
     let etcd = format!("etcd-node-{first}");
-    w.pods.insert(etcd.clone(), json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": etcd, "namespace": "kube-system"}, "status": {"phase": "Pending"}}));
+    w.pods.insert(
+        etcd.clone(),
+        json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": etcd, "namespace": "kube-system"}, "status": {"phase": "Pending"}}),
+    );
     run(&host, &mut w);
     assert_eq!(w.machines().len(), 1);
     let kcp = w.kcp();
@@ -535,12 +687,19 @@ fn scales_down_the_oldest_one_at_a_time() {
     for _ in 0..3 {
         run(&host, &mut w);
         let ms = w.machines();
-        let last = ms.last().and_then(|m| m["metadata"]["name"].as_str()).unwrap_or("").to_owned();
+        let last = ms
+            .last()
+            .and_then(|m| m["metadata"]["name"].as_str())
+            .unwrap_or("")
+            .to_owned();
         w.bring_up(&last);
     }
     run(&host, &mut w);
     assert_eq!(w.machines().len(), 3);
-    let oldest = w.machines()[0]["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    let oldest = w.machines()[0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     let mut kcp = w.kcp();
     kcp["spec"]["replicas"] = json!(1);
     w.put(kcp);
@@ -553,13 +712,21 @@ fn scales_down_the_oldest_one_at_a_time() {
     assert_eq!(out.deletions()[0].name, oldest);
     let (s, reason, msg) = cond(&w.kcp(), "ScalingDown");
     assert_eq!((s.as_str(), reason.as_str()), ("True", "ScalingDown"));
-    assert!(msg.starts_with("Scaling down from 3 to 1 replicas"), "{msg}");
+    assert!(
+        msg.starts_with("Scaling down from 3 to 1 replicas"),
+        "{msg}"
+    );
     let out = run(&host, &mut w);
     assert!(out.deletions().is_empty(), "waits for the deleting Machine");
     assert!(cond(&w.kcp(), "ScalingDown").2.contains("to be deleted"));
     w.objects.remove(&("Machine".to_owned(), oldest));
     let out = run(&host, &mut w);
-    assert_eq!(out.deletions().len(), 1, "next one after the first is gone: {:?}", cond(&w.kcp(), "ScalingDown"));
+    assert_eq!(
+        out.deletions().len(),
+        1,
+        "next one after the first is gone: {:?}",
+        cond(&w.kcp(), "ScalingDown")
+    );
 }
 
 #[test]
@@ -568,7 +735,10 @@ fn deletion_deletes_machines_waits_then_removes_the_finalizer() {
     let mut w = World::new(1);
     run(&host, &mut w);
     run(&host, &mut w);
-    let name = w.machines()[0]["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    let name = w.machines()[0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     if let Some(m) = w.objects.get_mut(&("Machine".to_owned(), name.clone())) {
         m["metadata"]["finalizers"] = json!(["machine.cluster.x-k8s.io"]);
     }
@@ -579,11 +749,21 @@ fn deletion_deletes_machines_waits_then_removes_the_finalizer() {
     assert_eq!(out.deletions().len(), 1);
     assert_eq!(out.deletions()[0].name, name);
     let (s, reason, msg) = cond(&w.kcp(), "Deleting");
-    assert_eq!((s.as_str(), reason.as_str()), ("True", "WaitingForMachineDeletion"));
+    assert_eq!(
+        (s.as_str(), reason.as_str()),
+        ("True", "WaitingForMachineDeletion")
+    );
     assert!(msg.contains(&name));
     let out = run(&host, &mut w);
-    assert!(out.deletions().is_empty(), "already deleting: not deleted again");
-    assert!(w.kcp()["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()));
+    assert!(
+        out.deletions().is_empty(),
+        "already deleting: not deleted again"
+    );
+    assert!(
+        w.kcp()["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+    );
     w.objects.remove(&("Machine".to_owned(), name));
     let out = run(&host, &mut w);
     assert!(out.statuses().is_empty());
@@ -616,7 +796,11 @@ fn waits_for_infrastructure_before_generating_anything() {
     run(&host, &mut w);
     assert_eq!(host.keys_generated(), 0);
     assert!(w.machines().is_empty());
-    assert!(cond(&w.kcp(), "ScalingUp").2.contains("infrastructureProvisioned"));
+    assert!(
+        cond(&w.kcp(), "ScalingUp")
+            .2
+            .contains("infrastructureProvisioned")
+    );
 }
 
 #[test]
@@ -624,5 +808,10 @@ fn machine_names_are_stable_and_distinct() {
     let kcp: KubeadmControlPlane = serde_json::from_value(World::new(1).kcp()).expect("kcp");
     assert_eq!(machine_name(&kcp, 0), machine_name(&kcp, 0));
     assert_ne!(machine_name(&kcp, 0), machine_name(&kcp, 1));
-    assert!(machine_name(&kcp, 7).chars().skip(6).all(|c| ALPHANUMS.contains(&(c as u8))));
+    assert!(
+        machine_name(&kcp, 7)
+            .chars()
+            .skip(6)
+            .all(|c| ALPHANUMS.contains(&(c as u8)))
+    );
 }
