@@ -110,7 +110,7 @@ fn adoption(kcp: &KubeadmControlPlane, existing: &Value) -> Option<Value> {
         .pointer("/metadata/ownerReferences")
         .and_then(|r| serde_json::from_value(r.clone()).ok())
         .unwrap_or_default();
-    if refs.iter().any(|r| *r == mine) {
+    if refs.contains(&mine) {
         return None;
     }
     let mut kept: Vec<OwnerReference> = refs
