@@ -12,8 +12,8 @@ use capstan_sdk::capi::cluster::{Cluster, Machine};
 use capstan_sdk::capi::conditions::{self as capi_conditions, Reasons};
 use capstan_sdk::capi::controlplane::cluster_secrets::{CERTIFICATE_SUFFIXES, KUBECONFIG_SUFFIX};
 use capstan_sdk::capi::controlplane::{
-    ControlPlaneInitialization, KubeadmControlPlane, KubeadmControlPlaneStatus, kcp_annotations,
-    kcp_conditions as kc, kcp_machine_conditions as mc, kcp_reasons as r,
+    KubeadmControlPlane, KubeadmControlPlaneStatus, kcp_annotations, kcp_conditions as kc,
+    kcp_machine_conditions as mc, kcp_reasons as r,
 };
 use capstan_sdk::capi::infrastructure::DevMachineTemplate;
 use capstan_sdk::capi::{
@@ -318,8 +318,8 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
         );
     }
     init.control_plane_initialized = Some(initialized);
-    status.initialization = Some(ControlPlaneInitialization { ..init });
-    set_counters(&kcp, &cluster, &members, &mut status);
+    status.initialization = Some(init);
+    set_counters(&cluster, &members, &mut status);
     let inputs = ConditionInputs {
         members: &members,
         pods: &pods,
@@ -755,13 +755,7 @@ fn lowest_version(members: &[Member]) -> Option<String> {
         .min_by_key(|v| key(v))
 }
 
-fn set_counters(
-    kcp: &KubeadmControlPlane,
-    cluster: &Cluster,
-    members: &[Member],
-    status: &mut KubeadmControlPlaneStatus,
-) {
-    let _ = kcp;
+fn set_counters(cluster: &Cluster, members: &[Member], status: &mut KubeadmControlPlaneStatus) {
     status.replicas = Some(count(members, |_| true));
     status.ready_replicas = Some(count(members, |m| m.machine_condition("Ready")));
     status.available_replicas = Some(count(members, |m| m.machine_condition("Available")));
