@@ -189,6 +189,12 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
         ctx.debug("waiting for the Cluster controller to set the owner reference");
         return Ok(out);
     };
+    // The named Secret relations and the workload cluster resolve through
+    // this label: without it a missing CA could not be told from an unseen one.
+    if kcp.metadata.labels.get(labels::CLUSTER_NAME) != Some(&cluster.metadata.name) {
+        ctx.debug("waiting for the Cluster controller to set the cluster-name label");
+        return Ok(out);
+    }
     let now = snapshot.now();
     let generation = kcp.metadata.generation;
     let mut status = kcp.status();

@@ -306,6 +306,15 @@ fn waits_for_the_cluster_owner_then_adds_the_finalizer_alone() {
     let out = run(&host, &mut w);
     assert!(out.is_empty(), "no owner: nothing");
     let mut w = World::new(1);
+    let mut kcp = w.kcp();
+    kcp["metadata"]["labels"] = json!({});
+    w.put(kcp);
+    let out = run(&host, &mut w);
+    assert!(
+        out.is_empty(),
+        "no cluster-name label: the Secrets cannot be looked up yet"
+    );
+    let mut w = World::new(1);
     let out = run(&host, &mut w);
     assert_eq!(out.applied().len(), 1);
     assert!(out.statuses().is_empty());
