@@ -9,7 +9,15 @@
 //! - every patch carries the `metadata.resourceVersion` it was computed against
 //!   (optimistic concurrency). A 409 fails the reconcile with [`WriteError::Conflict`],
 //!   which the controller requeues with backoff without counting an error;
-//! - deletions carry a uid precondition; finalizers are the API server's business.
+//! - an object of a kind without spec (a Secret's `type` and `data`, a ConfigMap's `data`)
+//!   is handled the same way: created whole, then patched on every top-level field except
+//!   `status`;
+//! - deletions carry a uid precondition; finalizers are the API server's business. Deleting
+//!   an object already gone, or patching the status of an object that is gone (404), is
+//!   what the plugin wanted: counted as skipped, not an error;
+//! - an outcome is written in the order the WIT gives: every `apply`, then every `status`,
+//!   then every `delete`, then events. The workload part goes through the workload
+//!   cluster's own write path ([`WritePath::write_workload`]) after the management part.
 //!
 //! Before any request of an outcome is sent, every write in it is checked against the
 //! plugin's declared permissions (kind and verb); one undeclared write refuses the whole
@@ -32,12 +40,15 @@ pub use api::{ApiError, BoxFut, KubeWriteApi, Resource, WriteApi};
 
 use crate::cache::{Cache, CachedObject, Gvk, ObjectKey};
 use crate::metrics::ControllerMetrics;
-use crate::runtime::bindings::capstan::reconciler::types::{EventType, Outcome, Permission, Verbs};
+use crate::runtime::bindings::capstan::reconciler::types::{
+    EventType, ObjectRef, Outcome, Permission, Target, Verbs,
+};
 use kube::core::ApiResource;
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -74,10 +85,15 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// From a plugin's `permissions`.
+    /// From a plugin's management `permissions` (workload permissions grant nothing here).
     pub fn new(permissions: &[Permission]) -> Self {
+        Self::for_target(permissions, Target::Management)
+    }
+
+    /// From a plugin's `permissions` of `target`.
+    pub fn for_target(permissions: &[Permission], target: Target) -> Self {
         let mut by_kind: HashMap<Gvk, Verbs> = HashMap::new();
-        for p in permissions {
+        for p in permissions.iter().filter(|p| p.target == target) {
             *by_kind.entry(Gvk::from(&p.kind)).or_insert(Verbs::empty()) |= p.verbs;
         }
         Self { by_kind }
@@ -128,14 +144,6 @@ pub enum WriteError {
     /// The object changed since the cache saw it (409); requeue.
     #[error("conflict writing {kind} {object}: it changed since it was read")]
     Conflict {
-        /// The kind.
-        kind: Gvk,
-        /// The object.
-        object: ObjectKey,
-    },
-    /// A status was given for an object that does not exist.
-    #[error("cannot write status of {kind} {object}: object not found")]
-    NotFound {
         /// The kind.
         kind: Gvk,
         /// The object.
@@ -358,6 +366,18 @@ impl WritePath {
         }
     }
 
+    /// Run `write` holding the per-object lock of `id` (writes to one object are
+    /// serialized; the lock entry is dropped once nobody waits on it).
+    async fn locked<T>(&self, id: &ObjId, write: impl Future<Output = T>) -> T {
+        let lock = self.lock_for(id);
+        let result = {
+            let _held = lock.lock().await;
+            write.await
+        };
+        self.release(id, lock);
+        result
+    }
+
     fn refuse(&self, w: &Writer<'_>, verb: Verb, gvk: &Gvk, key: &ObjectKey) -> WriteError {
         w.metrics.writes_refused.inc();
         tracing::warn!(plugin = w.plugin, %verb, kind = %gvk, object = %key, "write refused: not declared");
@@ -369,22 +389,61 @@ impl WritePath {
         }
     }
 
-    /// Validate the outcome, check every write against the grants, then send what differs.
+    /// Write the management part of `outcome` (`apply`, `status`, `delete`, events):
+    /// validate, check every write against the grants, then send what differs.
     pub async fn write(
         &self,
         w: &Writer<'_>,
         outcome: &Outcome,
     ) -> Result<WriteReport, WriteError> {
-        let mut plan = Vec::with_capacity(outcome.apply.len() + outcome.status.len());
-        for text in &outcome.apply {
+        self.write_entries(
+            w,
+            &outcome.apply,
+            &outcome.status,
+            &outcome.delete,
+            &outcome.events,
+        )
+        .await
+    }
+
+    /// Write the workload part of `outcome` (`workload-apply`, `workload-status`,
+    /// `workload-delete`) through this write path, which must be the workload cluster's
+    /// (its client and cache), with `w.grants` built from the plugin's workload
+    /// permissions ([`Grants::for_target`]). Events are the management write's.
+    pub async fn write_workload(
+        &self,
+        w: &Writer<'_>,
+        outcome: &Outcome,
+    ) -> Result<WriteReport, WriteError> {
+        self.write_entries(
+            w,
+            &outcome.workload_apply,
+            &outcome.workload_status,
+            &outcome.workload_delete,
+            &[],
+        )
+        .await
+    }
+
+    /// Apply entries first, then status entries, then deletes; events last.
+    async fn write_entries(
+        &self,
+        w: &Writer<'_>,
+        apply: &[String],
+        status: &[String],
+        delete: &[ObjectRef],
+        events: &[crate::runtime::bindings::capstan::reconciler::types::Event],
+    ) -> Result<WriteReport, WriteError> {
+        let mut plan = Vec::with_capacity(apply.len() + status.len() + delete.len());
+        for text in apply {
             let (gvk, key, value) = parse_object(w.plugin, text)?;
             plan.push(Planned::Apply { gvk, key, value });
         }
-        for text in &outcome.status {
+        for text in status {
             let (gvk, key, value) = parse_object(w.plugin, text)?;
             plan.push(Planned::Status { gvk, key, value });
         }
-        for r in &outcome.delete {
+        for r in delete {
             plan.push(Planned::Delete {
                 gvk: Gvk::from_api_version(&r.api_version, &r.kind),
                 key: ObjectKey::new(r.namespace.clone(), r.name.clone()),
@@ -423,10 +482,10 @@ impl WritePath {
                     self.status(w, &gvk, &key, value, &mut guards, &mut report)
                         .await?
                 }
-                Planned::Delete { gvk, key } => self.delete(&gvk, &key, &mut report).await?,
+                Planned::Delete { gvk, key } => self.delete(w, &gvk, &key, &mut report).await?,
             }
         }
-        for ev in &outcome.events {
+        for ev in events {
             self.event(w, ev).await;
             report.events += 1;
         }
@@ -488,9 +547,7 @@ impl WritePath {
             .resource(gvk)
             .ok_or_else(|| self.refuse(w, Verb::Patch, gvk, key))?;
         let id = (gvk.clone(), key.clone());
-        let lock = self.lock_for(&id);
-        let result = async {
-            let _held = lock.lock().await;
+        self.locked(&id, async {
             match self.freshest(gvk, key) {
                 None => {
                     if !w.grants.allows(gvk, Verb::Create) {
@@ -536,10 +593,8 @@ impl WritePath {
                         .await
                 }
             }
-        }
-        .await;
-        self.release(&id, lock);
-        result
+        })
+        .await
     }
 
     async fn status(
@@ -555,15 +610,14 @@ impl WritePath {
             .resource(gvk)
             .ok_or_else(|| self.refuse(w, Verb::PatchStatus, gvk, key))?;
         let id = (gvk.clone(), key.clone());
-        let lock = self.lock_for(&id);
-        let result = async {
-            let _held = lock.lock().await;
-            let current = self
-                .freshest(gvk, key)
-                .ok_or_else(|| WriteError::NotFound {
-                    kind: gvk.clone(),
-                    object: key.clone(),
-                })?;
+        self.locked(&id, async {
+            let Some(current) = self.freshest(gvk, key) else {
+                // Gone (or never created): nothing to report a status on.
+                tracing::debug!(plugin = w.plugin, kind = %gvk, object = %key, "status of an absent object skipped");
+                report.skipped += 1;
+                w.metrics.writes_skipped.inc();
+                return Ok(());
+            };
             let cur: Value = serde_json::from_str(&current.json).unwrap_or(Value::Null);
             let Some(patch) = diff::status_patch(&cur, &value) else {
                 report.skipped += 1;
@@ -574,16 +628,29 @@ impl WritePath {
                 patch,
                 guard(guards, gvk, key, &current.resource_version),
             );
-            self.send_patch(&res, gvk, key, patch, true, guards, report)
+            match self
+                .send_patch(&res, gvk, key, patch, true, guards, report)
                 .await
-        }
-        .await;
-        self.release(&id, lock);
-        result
+            {
+                // Deleted since the cache saw it: its status no longer matters.
+                Err(WriteError::Api {
+                    source: ApiError::NotFound,
+                    ..
+                }) => {
+                    tracing::debug!(plugin = w.plugin, kind = %gvk, object = %key, "status patch found the object gone; skipped");
+                    report.skipped += 1;
+                    w.metrics.writes_skipped.inc();
+                    Ok(())
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
     async fn delete(
         &self,
+        w: &Writer<'_>,
         gvk: &Gvk,
         key: &ObjectKey,
         report: &mut WriteReport,
@@ -593,10 +660,12 @@ impl WritePath {
         };
         let Some(current) = self.freshest(gvk, key) else {
             report.skipped += 1;
+            w.metrics.writes_skipped.inc();
             return Ok(());
         };
         if current.deleting {
             report.skipped += 1;
+            w.metrics.writes_skipped.inc();
             return Ok(());
         }
         let span = tracing::debug_span!("write", verb = "delete", kind = %gvk, object = %key);
@@ -606,8 +675,14 @@ impl WritePath {
             .instrument(span)
             .await
         {
-            Ok(()) | Err(ApiError::NotFound) => {
+            Ok(()) => {
                 report.requests += 1;
+                Ok(())
+            }
+            // Already gone: what the plugin wanted.
+            Err(ApiError::NotFound) => {
+                report.skipped += 1;
+                w.metrics.writes_skipped.inc();
                 Ok(())
             }
             Err(e) => Err(Self::api_error(gvk, key, e)),
@@ -731,10 +806,19 @@ mod tests {
             &'a self,
             _: &'a Resource,
             _: &'a str,
-            _: &'a str,
+            name: &'a str,
             _: &'a str,
         ) -> BoxFut<'a, Result<(), ApiError>> {
-            Box::pin(async { Ok(()) })
+            Box::pin(async move {
+                self.requests
+                    .lock()
+                    .push(("delete".into(), json!({"name": name})));
+                self.objects
+                    .lock()
+                    .remove(name)
+                    .map(|_| ())
+                    .ok_or(ApiError::NotFound)
+            })
         }
     }
 
@@ -774,6 +858,7 @@ mod tests {
                 kind: "Widget".into(),
             },
             verbs: Verbs::PATCH | Verbs::PATCH_STATUS,
+            target: crate::runtime::Target::Management,
         }]);
         (api, path, grants)
     }
@@ -785,6 +870,9 @@ mod tests {
             delete: vec![],
             events: vec![],
             requeue_after_ms: None,
+            workload_apply: vec![],
+            workload_status: vec![],
+            workload_delete: vec![],
         }
     }
 
@@ -911,5 +999,156 @@ mod tests {
             )
             .await;
         assert!(matches!(bad, Err(WriteError::Invalid { .. })));
+    }
+
+    fn add_secrets(path: &WritePath, cache: &Cache) -> Gvk {
+        let gvk = Gvk::new("", "v1", "Secret");
+        cache.kind_or_insert(&gvk, || {
+            KindCache::new(gvk.clone(), "secrets", true, Gauge::default())
+        });
+        path.add_resource(
+            gvk.clone(),
+            Resource {
+                api: ApiResource {
+                    group: String::new(),
+                    version: "v1".into(),
+                    api_version: "v1".into(),
+                    kind: "Secret".into(),
+                    plural: "secrets".into(),
+                },
+                namespaced: true,
+            },
+        );
+        gvk
+    }
+
+    #[tokio::test]
+    async fn a_secret_is_created_whole_then_patched_on_data_and_type() {
+        let (api, path, _) = setup();
+        let gvk = add_secrets(&path, &path.cache);
+        let grants = Grants::new(&[Permission {
+            kind: WitGvk {
+                group: String::new(),
+                version: "v1".into(),
+                kind: "Secret".into(),
+            },
+            verbs: Verbs::CREATE | Verbs::PATCH,
+            target: Target::Management,
+        }]);
+        let metrics = ControllerMetrics::detached();
+        let w = Writer {
+            plugin: "p",
+            grants: &grants,
+            metrics: &metrics,
+            observed: None,
+        };
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "c1-ca", "namespace": "ns"},
+            "type": "cluster.x-k8s.io/secret", "data": {"tls.crt": "Y2E=", "tls.key": "a2V5"}});
+        path.write(&w, &outcome(std::slice::from_ref(&secret), &[]))
+            .await
+            .unwrap();
+        let created = api.requests.lock()[0].clone();
+        assert_eq!(created.0, "create");
+        assert_eq!(created.1["type"], "cluster.x-k8s.io/secret");
+        assert_eq!(created.1["data"]["tls.key"], "a2V5");
+        // Once cached, only the changed data key is patched; type and the rest stay out.
+        let mut stored = secret.clone();
+        stored["metadata"]["uid"] = json!("s");
+        stored["metadata"]["resourceVersion"] = json!("3");
+        api.objects.lock().insert("c1-ca".into(), stored.clone());
+        path.cache
+            .kind(&gvk)
+            .unwrap()
+            .apply(CachedObject::from_value(stored).unwrap());
+        api.requests.lock().clear();
+        let mut changed = secret.clone();
+        changed["data"]["tls.crt"] = json!("bmV3");
+        let r = path
+            .write(&w, &outcome(&[secret.clone(), changed], &[]))
+            .await
+            .unwrap();
+        assert_eq!((r.requests, r.skipped), (1, 1));
+        assert_eq!(
+            api.requests.lock()[0].1,
+            json!({"data": {"tls.crt": "bmV3"}, "metadata": {"resourceVersion": "3"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn entries_go_apply_status_delete_and_gone_objects_are_skipped() {
+        let (api, path, _) = setup();
+        let grants = Grants::new(&[Permission {
+            kind: WitGvk {
+                group: "test.dev".into(),
+                version: "v1".into(),
+                kind: "Widget".into(),
+            },
+            verbs: Verbs::PATCH | Verbs::PATCH_STATUS | Verbs::DELETE,
+            target: Target::Management,
+        }]);
+        let metrics = ControllerMetrics::detached();
+        let w = Writer {
+            plugin: "p",
+            grants: &grants,
+            metrics: &metrics,
+            observed: None,
+        };
+        let desired = json!({"apiVersion": "test.dev/v1", "kind": "Widget",
+            "metadata": {"name": "w", "namespace": "ns"}, "spec": {"a": 9}, "status": {"s": 1}});
+        let mut o = outcome(
+            std::slice::from_ref(&desired),
+            std::slice::from_ref(&desired),
+        );
+        o.delete.push(ObjectRef {
+            api_version: "test.dev/v1".into(),
+            kind: "Widget".into(),
+            namespace: "ns".into(),
+            name: "w".into(),
+        });
+        let r = path.write(&w, &o).await.unwrap();
+        let verbs: Vec<String> = api.requests.lock().iter().map(|(v, _)| v.clone()).collect();
+        assert_eq!(verbs, ["patch", "status", "delete"]);
+        assert_eq!(r.requests, 3);
+        // The object is gone from the server but the cache still has it: a status patch
+        // answers 404 and a delete answers 404; both are skipped, not errors.
+        api.requests.lock().clear();
+        let mut again = outcome(
+            &[],
+            &[json!({"apiVersion": "test.dev/v1", "kind": "Widget",
+            "metadata": {"name": "w", "namespace": "ns"}, "status": {"s": 2}})],
+        );
+        again.delete = o.delete.clone();
+        let before = metrics.writes_skipped.get();
+        let r = path.write(&w, &again).await.unwrap();
+        assert_eq!((r.requests, r.skipped), (0, 2));
+        assert_eq!(metrics.writes_skipped.get(), before + 2);
+        // A workload grant does not open the management cluster.
+        let workload_only = Grants::new(&[Permission {
+            kind: WitGvk {
+                group: "test.dev".into(),
+                version: "v1".into(),
+                kind: "Widget".into(),
+            },
+            verbs: Verbs::PATCH,
+            target: Target::Workload,
+        }]);
+        assert!(!workload_only.allows(&Gvk::new("test.dev", "v1", "Widget"), Verb::Patch));
+        assert!(
+            Grants::for_target(&workload_only_perms(), Target::Workload)
+                .allows(&Gvk::new("test.dev", "v1", "Widget"), Verb::Patch)
+        );
+    }
+
+    fn workload_only_perms() -> Vec<Permission> {
+        vec![Permission {
+            kind: WitGvk {
+                group: "test.dev".into(),
+                version: "v1".into(),
+                kind: "Widget".into(),
+            },
+            verbs: Verbs::PATCH,
+            target: Target::Workload,
+        }]
     }
 }
