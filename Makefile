@@ -9,7 +9,7 @@ GUEST_DIR    := $(TARGET_DIR)/$(GUEST_TARGET)/release
 TEST_GUESTS  := hello-rust guest-cluster-status guest-trap guest-panic guest-loop guest-alloc guest-bad-json guest-big-outcome guest-memo guest-wrong-version host-status host-trap guest-crypto
 # The Cluster API plugins; `make capi-plugins` also gathers them in one folder for
 # `capstan run --plugins` and `capstan simulate --plugins`.
-CAPI_PLUGINS := capi-cluster capi-kubeadm-bootstrap capi-machine capi-infra-devcluster capi-infra-devmachine capi-machinedeployment capi-machineset capi-machinehealthcheck
+CAPI_PLUGINS := capi-cluster capi-kubeadm-bootstrap capi-kubeadm-control-plane capi-machine capi-infra-devcluster capi-infra-devmachine capi-machinedeployment capi-machineset capi-machinehealthcheck
 GUESTS       := $(TEST_GUESTS) $(CAPI_PLUGINS)
 
 export CARGO_TERM_COLOR ?= never

@@ -171,3 +171,28 @@ pub mod kubeadm_config_conditions {
     /// DataSecretAvailable false (waiting for the Cluster, or for the control plane).
     pub const DATA_SECRET_NOT_AVAILABLE_REASON: &str = "NotAvailable";
 }
+
+/// KubeadmConfig `CertificatesAvailable` reasons.
+pub mod certificates_reasons {
+    /// The cluster certificates the data needs exist.
+    pub const AVAILABLE: &str = "Available";
+    /// Some are missing.
+    pub const NOT_AVAILABLE: &str = "NotAvailable";
+}
+
+/// Bootstrap token Secrets (kubeadm's `bootstrap.kubernetes.io/token`).
+pub mod bootstrap_token {
+    /// The Secret `type`.
+    pub const SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
+    /// Namespace of the token Secrets in the workload cluster.
+    pub const NAMESPACE: &str = "kube-system";
+    /// The group kubeadm joins authenticate as.
+    pub const EXTRA_GROUPS: &str = "system:bootstrappers:kubeadm:default-node-token";
+    /// CABPK's default token TTL, in seconds (15 minutes).
+    pub const DEFAULT_TTL_SECONDS: i64 = 15 * 60;
+
+    /// `bootstrap-token-<id>`.
+    pub fn secret_name(id: &str) -> String {
+        format!("bootstrap-token-{id}")
+    }
+}

@@ -138,3 +138,112 @@ pub mod kcp_conditions {
     /// Deleting.
     pub const DELETING: &str = "Deleting";
 }
+
+/// KubeadmControlPlane v1beta2 condition reasons (`api/controlplane/kubeadm/v1beta2`).
+pub mod kcp_reasons {
+    /// Available true.
+    pub const AVAILABLE: &str = "Available";
+    /// Available false.
+    pub const NOT_AVAILABLE: &str = "NotAvailable";
+    /// Initialized true.
+    pub const INITIALIZED: &str = "Initialized";
+    /// Initialized false.
+    pub const NOT_INITIALIZED: &str = "NotInitialized";
+    /// CertificatesAvailable true.
+    pub const CERTIFICATES_AVAILABLE: &str = "Available";
+    /// CertificatesAvailable false.
+    pub const CERTIFICATES_NOT_AVAILABLE: &str = "NotAvailable";
+    /// CertificatesAvailable: generating or reading them failed.
+    pub const CERTIFICATES_INTERNAL_ERROR: &str = "InternalError";
+    /// EtcdClusterHealthy / ControlPlaneComponentsHealthy true.
+    pub const HEALTHY: &str = "Healthy";
+    /// EtcdClusterHealthy / ControlPlaneComponentsHealthy false.
+    pub const NOT_HEALTHY: &str = "NotHealthy";
+    /// EtcdClusterHealthy / ControlPlaneComponentsHealthy unknown.
+    pub const HEALTH_UNKNOWN: &str = "HealthUnknown";
+    /// The connection to the workload cluster is down.
+    pub const CONNECTION_DOWN: &str = "ConnectionDown";
+    /// MachinesReady true.
+    pub const MACHINES_READY: &str = "Ready";
+    /// MachinesReady false.
+    pub const MACHINES_NOT_READY: &str = "NotReady";
+    /// MachinesReady unknown.
+    pub const MACHINES_READY_UNKNOWN: &str = "ReadyUnknown";
+    /// MachinesUpToDate true.
+    pub const MACHINES_UP_TO_DATE: &str = "UpToDate";
+    /// MachinesUpToDate false.
+    pub const MACHINES_NOT_UP_TO_DATE: &str = "NotUpToDate";
+    /// MachinesReady / MachinesUpToDate with no Machines.
+    pub const NO_REPLICAS: &str = "NoReplicas";
+    /// ScalingUp true.
+    pub const SCALING_UP: &str = "ScalingUp";
+    /// ScalingUp false.
+    pub const NOT_SCALING_UP: &str = "NotScalingUp";
+    /// ScalingDown true.
+    pub const SCALING_DOWN: &str = "ScalingDown";
+    /// ScalingDown false.
+    pub const NOT_SCALING_DOWN: &str = "NotScalingDown";
+    /// Deleting false.
+    pub const NOT_DELETING: &str = "NotDeleting";
+    /// Deleting: worker Machines still exist.
+    pub const WAITING_FOR_WORKERS_DELETION: &str = "WaitingForWorkersDeletion";
+    /// Deleting: control-plane Machines still exist.
+    pub const WAITING_FOR_MACHINE_DELETION: &str = "WaitingForMachineDeletion";
+    /// Deleting: done, the finalizer is removed.
+    pub const DELETION_COMPLETED: &str = "DeletionCompleted";
+    /// Paused true.
+    pub const PAUSED: &str = "Paused";
+    /// Paused false.
+    pub const NOT_PAUSED: &str = "NotPaused";
+    /// Per-Machine pod condition: the Pod runs and is Ready.
+    pub const POD_RUNNING: &str = "Running";
+    /// Per-Machine pod condition: the Pod is Pending.
+    pub const POD_PROVISIONING: &str = "Provisioning";
+    /// Per-Machine pod condition: no such Pod.
+    pub const POD_DOES_NOT_EXIST: &str = "DoesNotExist";
+    /// Per-Machine pod condition: the Pod failed or is not Ready.
+    pub const POD_FAILED: &str = "Failed";
+    /// Per-Machine pod or etcd member condition: the Machine is being deleted.
+    pub const POD_DELETING: &str = "Deleting";
+}
+
+/// Per-Machine condition types KubeadmControlPlane computes (`APIServerPodHealthy`...).
+pub mod kcp_machine_conditions {
+    /// The kube-apiserver Pod of the Machine's Node.
+    pub const API_SERVER_POD_HEALTHY: &str = "APIServerPodHealthy";
+    /// The kube-controller-manager Pod.
+    pub const CONTROLLER_MANAGER_POD_HEALTHY: &str = "ControllerManagerPodHealthy";
+    /// The kube-scheduler Pod.
+    pub const SCHEDULER_POD_HEALTHY: &str = "SchedulerPodHealthy";
+    /// The etcd Pod.
+    pub const ETCD_POD_HEALTHY: &str = "EtcdPodHealthy";
+    /// The etcd member.
+    pub const ETCD_MEMBER_HEALTHY: &str = "EtcdMemberHealthy";
+}
+
+/// KubeadmControlPlane annotations.
+pub mod kcp_annotations {
+    /// On Machines: the JSON of the ClusterConfiguration they were created with.
+    pub const KUBEADM_CLUSTER_CONFIGURATION: &str =
+        "controlplane.cluster.x-k8s.io/kubeadm-cluster-configuration";
+}
+
+/// Names and keys of the cluster Secrets (CAPI's `util/secret`).
+pub mod cluster_secrets {
+    /// Key of a certificate (or the service-account public key).
+    pub const TLS_CRT: &str = "tls.crt";
+    /// Key of a private key.
+    pub const TLS_KEY: &str = "tls.key";
+    /// Key of the kubeconfig in `<cluster>-kubeconfig`.
+    pub const KUBECONFIG_VALUE: &str = "value";
+    /// Suffixes of the certificate Secrets: cluster CA, etcd CA, front-proxy
+    /// CA, service-account key pair.
+    pub const CERTIFICATE_SUFFIXES: [&str; 4] = ["ca", "etcd", "proxy", "sa"];
+    /// Suffix of the kubeconfig Secret.
+    pub const KUBECONFIG_SUFFIX: &str = "kubeconfig";
+
+    /// `<cluster>-<suffix>`.
+    pub fn name(cluster: &str, suffix: &str) -> String {
+        format!("{cluster}-{suffix}")
+    }
+}

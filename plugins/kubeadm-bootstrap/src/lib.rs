@@ -7,27 +7,52 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use capstan_sdk::capi::bootstrap::{
-    BootstrapInitialization, KubeadmConfig, KubeadmConfigStatus, kubeadm_config_conditions as kc,
+    BootstrapInitialization, KubeadmConfig, KubeadmConfigStatus, bootstrap_token,
+    certificates_reasons, kubeadm_config_conditions as kc,
 };
 use capstan_sdk::capi::cluster::{Cluster, Machine};
 use capstan_sdk::capi::conditions::{self as capi_conditions, Input, Reasons};
+use capstan_sdk::capi::controlplane::cluster_secrets::{self, TLS_CRT, TLS_KEY};
 use capstan_sdk::capi::{CLUSTER_SECRET_TYPE, Object, labels, to_value};
 use capstan_sdk::conditions::{self, Condition, FALSE, TRUE};
+use capstan_sdk::crypto::KeyAlgorithm;
 use capstan_sdk::{
-    Context, Error, Gvk, KeyMapping, Outcome, PluginInfo, Reconciler, RelationSelector, Snapshot,
-    Verbs,
+    Capabilities, Connection, Context, Error, Gvk, KeyMapping, Outcome, PluginInfo, Reconciler,
+    RelationSelector, Snapshot, Verbs,
 };
 use serde_json::{Map, Value, json};
-use std::time::Duration;
+use sha2::{Digest, Sha256};
 
 /// Relation: the Machine that controls the KubeadmConfig.
 pub const MACHINE: &str = "machine";
 /// Relation: the Cluster named by the KubeadmConfig's cluster-name label.
 pub const CLUSTER: &str = "cluster";
-/// How long to wait before looking at the Cluster again while it is not
-/// ready: a Cluster event cannot be mapped to every KubeadmConfig of the
-/// Cluster with the 0.1.0 key mappings (see docs/capi.md).
-pub const CLUSTER_WAIT: Duration = Duration::from_secs(10);
+/// The cluster certificate Secrets, by suffix, with the files CABPK writes
+/// them to on the node (certificate file, key file).
+pub const CERTIFICATES: [(&str, &str, &str); 4] = [
+    (
+        "ca",
+        "/etc/kubernetes/pki/ca.crt",
+        "/etc/kubernetes/pki/ca.key",
+    ),
+    (
+        "etcd",
+        "/etc/kubernetes/pki/etcd/ca.crt",
+        "/etc/kubernetes/pki/etcd/ca.key",
+    ),
+    (
+        "proxy",
+        "/etc/kubernetes/pki/front-proxy-ca.crt",
+        "/etc/kubernetes/pki/front-proxy-ca.key",
+    ),
+    (
+        "sa",
+        "/etc/kubernetes/pki/sa.pub",
+        "/etc/kubernetes/pki/sa.key",
+    ),
+];
+/// Characters of bootstrap tokens (`[a-z0-9]`).
+const TOKEN_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 /// Where the kubeadm configuration lands on the node, for `kubeadm init`.
 pub const INIT_CONFIG_PATH: &str = "/run/kubeadm/kubeadm.yaml";
 /// Where the kubeadm configuration lands on the node, for `kubeadm join`.
@@ -44,7 +69,7 @@ pub struct KubeadmBootstrap;
 impl Reconciler for KubeadmBootstrap {
     fn describe() -> PluginInfo {
         let machine = Machine::gvk();
-        PluginInfo::new(
+        let mut info = PluginInfo::new(
             "kubeadm-bootstrap",
             env!("CARGO_PKG_VERSION"),
             KubeadmConfig::gvk(),
@@ -53,16 +78,31 @@ impl Reconciler for KubeadmBootstrap {
             machine.clone(),
             KeyMapping::Field("spec.bootstrap.configRef.name".to_owned()),
         )
+        // A Cluster event reaches every KubeadmConfig of the Cluster.
+        .watch(
+            Cluster::gvk(),
+            KeyMapping::LabelledWithName(labels::CLUSTER_NAME.to_owned()),
+        )
         .relation(MACHINE, machine, RelationSelector::ControllerOwner)
         .relation(
             CLUSTER,
             Cluster::gvk(),
             RelationSelector::ByLabelValue(labels::CLUSTER_NAME.to_owned()),
-        )
-        .permit(KubeadmConfig::gvk(), Verbs::PATCH_STATUS)
-        .permit(Gvk::new("", "v1", "Secret"), Verbs::CREATE | Verbs::PATCH)
-        // CAPI HEAD's --kubeadmconfig-concurrency default.
-        .concurrency(100)
+        );
+        let secret = Gvk::new("", "v1", "Secret");
+        for (suffix, _, _) in CERTIFICATES {
+            info = info.relation(
+                &certificate_relation(suffix),
+                secret.clone(),
+                RelationSelector::Named(format!("{{cluster}}-{suffix}")),
+            );
+        }
+        info.permit(KubeadmConfig::gvk(), Verbs::PATCH | Verbs::PATCH_STATUS)
+            .permit(secret.clone(), Verbs::CREATE | Verbs::PATCH)
+            .permit_workload(secret, Verbs::CREATE | Verbs::PATCH)
+            .capabilities(Capabilities::CRYPTO)
+            // CAPI HEAD's --kubeadmconfig-concurrency default.
+            .concurrency(100)
     }
 
     fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
@@ -74,8 +114,9 @@ capstan_sdk::export!(KubeadmBootstrap);
 
 /// What this reconcile decided about the bootstrap data.
 enum Data {
-    /// Not yet: DataSecretAvailable False with this message; requeue after.
-    Wait(String, Option<Duration>),
+    /// Not yet: DataSecretAvailable False with this message (a watched
+    /// change brings the config back).
+    Wait(String),
     /// Cannot be generated from this spec (not retried until it changes).
     Unsupported(String),
     /// The data exists (in this Secret).
@@ -123,32 +164,72 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
     let cluster: Option<Cluster> = snapshot.related_one(CLUSTER)?;
     let Some(cluster) = cluster.filter(|c| Some(&c.metadata.name) == cluster_name) else {
         // The label arrives with the Machine controller's patch (an event
-        // here); a Cluster created later does not map to this key.
+        // here); the Cluster's creation reaches this key through the
+        // labelled-with-name watch.
         ctx.info(format!(
             "waiting for the Cluster {} of Machine {}",
             machine.spec.cluster_name, machine.metadata.name
         ));
-        if cluster_name.is_some() {
-            out.requeue_after(CLUSTER_WAIT);
-        }
         return Ok(out);
     };
 
-    let data = decide(&config, &machine, &cluster);
+    let mut data = decide(&config, &machine, &cluster);
     let mut status = config.status();
     let mut init = status.initialization.clone().unwrap_or_default();
-    let condition = match &data {
-        Data::Wait(message, requeue) => {
-            if let Some(d) = requeue {
-                out.requeue_after(*d);
+    let generation = config.metadata.generation;
+    let now = snapshot.now();
+    let mut material = Material::default();
+    if let Data::Generate(kind) = data {
+        match certificates(snapshot, &cluster, kind)? {
+            Ok(found) => {
+                conditions::set(
+                    &mut status.conditions,
+                    Condition::new(
+                        kc::CERTIFICATES_AVAILABLE,
+                        TRUE,
+                        certificates_reasons::AVAILABLE,
+                    )
+                    .observed_generation(generation),
+                    now,
+                );
+                material.certificates = found;
             }
-            Condition::new(
-                kc::DATA_SECRET_AVAILABLE,
-                FALSE,
-                kc::DATA_SECRET_NOT_AVAILABLE_REASON,
-            )
-            .message(message.clone())
+            Err(missing) => {
+                conditions::set(
+                    &mut status.conditions,
+                    Condition::new(
+                        kc::CERTIFICATES_AVAILABLE,
+                        FALSE,
+                        certificates_reasons::NOT_AVAILABLE,
+                    )
+                    .message(format!(
+                        "Waiting for Secrets {} to exist",
+                        missing.join(", ")
+                    ))
+                    .observed_generation(generation),
+                    now,
+                );
+                data = Data::Wait("Waiting for the cluster certificates".to_owned());
+            }
         }
+    }
+    if let Data::Generate(kind @ (Kind::JoinControlPlane | Kind::JoinWorker)) = data {
+        match token(ctx, snapshot, &config, &mut out)? {
+            Some(t) => material.token = Some(t),
+            None => {
+                data = Data::Wait(format!(
+                    "Waiting for the workload cluster connection to create a bootstrap token ({kind:?})"
+                ));
+            }
+        }
+    }
+    let condition = match &data {
+        Data::Wait(message) => Condition::new(
+            kc::DATA_SECRET_AVAILABLE,
+            FALSE,
+            kc::DATA_SECRET_NOT_AVAILABLE_REASON,
+        )
+        .message(message.clone()),
         Data::Unsupported(message) => Condition::new(
             kc::DATA_SECRET_AVAILABLE,
             FALSE,
@@ -164,7 +245,7 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
             )
         }
         Data::Generate(kind) => {
-            let value = render(&config, &machine, &cluster, *kind)?;
+            let value = render(&config, &machine, &cluster, *kind, &material)?;
             out.apply(&secret(&config, &cluster, &value))?;
             ctx.info(format!(
                 "bootstrap data ({kind:?}) for Machine {}/{} written to Secret {}",
@@ -179,17 +260,20 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
         }
     };
     status.initialization = Some(init);
-    let generation = config.metadata.generation;
-    let now = snapshot.now();
     conditions::set(
         &mut status.conditions,
         condition.observed_generation(generation),
         now,
     );
+    // CertificatesAvailable counts once reported (CABPK ignores it if missing).
+    let mut ready_inputs = vec![Input::positive(kc::DATA_SECRET_AVAILABLE)];
+    if conditions::find(&status.conditions, kc::CERTIFICATES_AVAILABLE).is_some() {
+        ready_inputs.push(Input::positive(kc::CERTIFICATES_AVAILABLE));
+    }
     let ready = capi_conditions::summary(
         &status.conditions,
         kc::READY,
-        &[Input::positive(kc::DATA_SECRET_AVAILABLE)],
+        &ready_inputs,
         Reasons {
             good: kc::READY_REASON,
             bad: kc::NOT_READY_REASON,
@@ -211,6 +295,185 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
     Ok(out)
 }
 
+/// The relation carrying the Secret `<cluster>-<suffix>`.
+pub fn certificate_relation(suffix: &str) -> String {
+    format!("secret-{suffix}")
+}
+
+/// What the data carries besides the spec: certificate files and the join token.
+#[derive(Debug, Default)]
+struct Material {
+    /// (certificate file, key file or none, certificate PEM, key PEM).
+    certificates: Vec<(&'static str, Option<&'static str>, String, String)>,
+    /// The bootstrap token of a join.
+    token: Option<String>,
+}
+
+fn decode(secret: &Value, key: &str) -> Option<String> {
+    let b = B64
+        .decode(secret.pointer(&format!("/data/{key}"))?.as_str()?)
+        .ok()?;
+    String::from_utf8(b).ok()
+}
+
+type Found = Vec<(&'static str, Option<&'static str>, String, String)>;
+
+/// As CABPK's `LookupCached`: an init or a control-plane join needs the four
+/// cluster certificates (with keys), a worker the cluster CA certificate.
+/// They are read, never generated here (see docs/capi.md). `Err` lists the
+/// missing Secrets.
+fn certificates(
+    snapshot: &Snapshot,
+    cluster: &Cluster,
+    kind: Kind,
+) -> Result<Result<Found, Vec<String>>, Error> {
+    let wanted: &[(&str, &str, &str)] = match kind {
+        Kind::Init | Kind::JoinControlPlane => &CERTIFICATES,
+        Kind::JoinWorker => &CERTIFICATES[..1],
+    };
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for (suffix, crt_path, key_path) in wanted {
+        let rel = certificate_relation(suffix);
+        if !snapshot.synced(&rel) {
+            return Err(Error::transient(format!(
+                "cache of relation {rel} is not synced yet"
+            )));
+        }
+        let name = cluster_secrets::name(&cluster.metadata.name, suffix);
+        let secret: Option<Value> = snapshot.related_one(&rel)?;
+        let crt = secret.as_ref().and_then(|s| decode(s, TLS_CRT));
+        let key = secret.as_ref().and_then(|s| decode(s, TLS_KEY));
+        match (crt, key, kind) {
+            (Some(c), _, Kind::JoinWorker) => found.push((*crt_path, None, c, String::new())),
+            (Some(c), Some(k), _) => found.push((*crt_path, Some(*key_path), c, k)),
+            _ => missing.push(name),
+        }
+    }
+    Ok(if missing.is_empty() {
+        Ok(found)
+    } else {
+        Err(missing)
+    })
+}
+
+/// `[a-z0-9]` characters drawn without bias from SHA-256 of `seed` and a counter.
+fn token_chars(seed: &str, n: usize) -> String {
+    let mut out = String::with_capacity(n);
+    let limit = 256 - 256 % TOKEN_CHARS.len();
+    for counter in 0u32.. {
+        let digest = Sha256::digest(format!("{seed}/{counter}").as_bytes());
+        for b in digest {
+            if usize::from(b) < limit {
+                out.push(TOKEN_CHARS[usize::from(b) % TOKEN_CHARS.len()] as char);
+                if out.len() == n {
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The bootstrap token of a join, as CABPK's `reconcileDiscovery`: the
+/// user's (`discovery.bootstrapToken.token`) when given; else one made from
+/// a freshly generated key's bytes (unguessable), kept in the memo per
+/// config UID, written into the config's spec as CABPK does, with its
+/// `bootstrap-token-<id>` Secret applied in the workload cluster. `None`
+/// when a token must be created but the workload cluster is not connected.
+fn token(
+    ctx: &Context<'_>,
+    snapshot: &Snapshot,
+    config: &KubeadmConfig,
+    out: &mut Outcome,
+) -> Result<Option<String>, Error> {
+    let memo_key = format!("token/{}", config.metadata.uid);
+    let remembered = ctx
+        .memo_get(&memo_key)
+        .and_then(|b| String::from_utf8(b).ok());
+    let given = config
+        .spec
+        .join_configuration
+        .as_ref()
+        .and_then(|j| j.pointer("/discovery/bootstrapToken/token"))
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    if let Some(t) = &given
+        && remembered.as_ref() != Some(t)
+    {
+        // The user's token: CABPK creates no Secret for it.
+        return Ok(Some(t.clone()));
+    }
+    if snapshot.workload() != Connection::Connected {
+        return Ok(None);
+    }
+    let token = match remembered {
+        Some(t) => t,
+        None => {
+            let key = ctx.crypto().generate_key(KeyAlgorithm::EcdsaP256)?;
+            let t = token_chars(&key.private_key, 22);
+            let t = format!("{}.{}", &t[..6], &t[6..]);
+            ctx.memo_set(&memo_key, t.as_bytes());
+            t
+        }
+    };
+    let (id, secret) = token.split_once('.').unwrap_or((&token, ""));
+    let expiration = snapshot
+        .now()
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .and_then(|t| {
+            t.checked_add(jiff::SignedDuration::from_secs(
+                bootstrap_token::DEFAULT_TTL_SECONDS,
+            ))
+            .ok()
+        })
+        .map(|t| t.to_string())
+        .ok_or_else(|| {
+            Error::terminal(format!("snapshot time {} is not RFC 3339", snapshot.now()))
+        })?;
+    out.workload_apply(&json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": bootstrap_token::secret_name(id), "namespace": bootstrap_token::NAMESPACE},
+        "type": bootstrap_token::SECRET_TYPE,
+        "data": {
+            "token-id": B64.encode(id),
+            "token-secret": B64.encode(secret),
+            "expiration": B64.encode(expiration),
+            "usage-bootstrap-authentication": B64.encode("true"),
+            "usage-bootstrap-signing": B64.encode("true"),
+            "auth-extra-groups": B64.encode(bootstrap_token::EXTRA_GROUPS),
+            "description": B64.encode("token generated by cluster-api-bootstrap-provider-kubeadm"),
+        },
+    }))?;
+    if given.is_none() {
+        let mut jc = config
+            .spec
+            .join_configuration
+            .clone()
+            .unwrap_or_else(|| json!({}));
+        if !jc.is_object() {
+            jc = json!({});
+        }
+        let discovery = jc
+            .as_object_mut()
+            .map(|m| m.entry("discovery").or_insert_with(|| json!({})));
+        if let Some(d) = discovery.filter(|d| d.is_object()) {
+            let bt = d
+                .as_object_mut()
+                .map(|m| m.entry("bootstrapToken").or_insert_with(|| json!({})));
+            if let Some(bt) = bt.filter(|b| b.is_object()) {
+                bt["token"] = json!(token);
+            }
+        }
+        let mut patch = config.skeleton();
+        patch["spec"] = json!({"joinConfiguration": jc});
+        out.apply(&patch)?;
+    }
+    Ok(Some(token))
+}
+
 fn created(init: &mut BootstrapInitialization, status: &mut KubeadmConfigStatus, name: &str) {
     init.data_secret_created = Some(true);
     status.data_secret_name = Some(name.to_owned());
@@ -223,7 +486,6 @@ fn decide(config: &KubeadmConfig, machine: &Machine, cluster: &Cluster) -> Data 
         return Data::Wait(
             "Waiting for Cluster status.initialization.infrastructureProvisioned to be true"
                 .to_owned(),
-            Some(CLUSTER_WAIT),
         );
     }
     // Data created elsewhere (a move, a restore without status): adopt it.
@@ -253,18 +515,12 @@ fn decide(config: &KubeadmConfig, machine: &Machine, cluster: &Cluster) -> Data 
     }
     if init.control_plane_initialized != Some(true) {
         if !machine.is_control_plane() {
-            return Data::Wait(
-                "Waiting for Cluster control plane to be initialized".to_owned(),
-                Some(CLUSTER_WAIT),
-            );
+            return Data::Wait("Waiting for Cluster control plane to be initialized".to_owned());
         }
         if spec.init_configuration.is_none() && spec.cluster_configuration.is_none() {
             // A joining control-plane Machine created before the first one
             // initialized: wait, as CABPK does.
-            return Data::Wait(
-                "Waiting for Cluster control plane to be initialized".to_owned(),
-                Some(CLUSTER_WAIT),
-            );
+            return Data::Wait("Waiting for Cluster control plane to be initialized".to_owned());
         }
         return Data::Generate(Kind::Init);
     }
@@ -406,6 +662,7 @@ fn render(
     machine: &Machine,
     cluster: &Cluster,
     kind: Kind,
+    material: &Material,
 ) -> Result<String, Error> {
     let spec = &config.spec;
     let (path, kubeadm, command) = match kind {
@@ -430,6 +687,9 @@ fn render(
             let mut discovery = object(jc.get("discovery"));
             if discovery.get("file").is_none() {
                 let mut token = object(discovery.get("bootstrapToken"));
+                if let Some(t) = &material.token {
+                    set_default(&mut token, "token", Value::String(t.clone()));
+                }
                 if let Some(e) = cluster.spec.endpoint() {
                     set_default(
                         &mut token,
@@ -447,28 +707,35 @@ fn render(
             )
         }
     };
-    let mut files: Vec<Value> = spec
-        .files
-        .iter()
-        .map(|f| {
-            let mut o = Map::new();
-            o.insert("path".into(), Value::String(f.path.clone()));
-            for (k, v) in [
-                ("owner", &f.owner),
-                ("permissions", &f.permissions),
-                ("encoding", &f.encoding),
-                ("content", &f.content),
-            ] {
-                if let Some(v) = v {
-                    o.insert(k.into(), Value::String(v.clone()));
-                }
+    let mut files: Vec<Value> = Vec::new();
+    for (crt_path, key_path, crt, key) in &material.certificates {
+        files.push(
+            json!({"path": crt_path, "owner": "root:root", "permissions": "0640", "content": crt}),
+        );
+        if let Some(p) = key_path {
+            files.push(
+                json!({"path": p, "owner": "root:root", "permissions": "0600", "content": key}),
+            );
+        }
+    }
+    files.extend(spec.files.iter().map(|f| {
+        let mut o = Map::new();
+        o.insert("path".into(), Value::String(f.path.clone()));
+        for (k, v) in [
+            ("owner", &f.owner),
+            ("permissions", &f.permissions),
+            ("encoding", &f.encoding),
+            ("content", &f.content),
+        ] {
+            if let Some(v) = v {
+                o.insert(k.into(), Value::String(v.clone()));
             }
-            if let Some(a) = f.append {
-                o.insert("append".into(), Value::Bool(a));
-            }
-            Value::Object(o)
-        })
-        .collect();
+        }
+        if let Some(a) = f.append {
+            o.insert("append".into(), Value::Bool(a));
+        }
+        Value::Object(o)
+    }));
     files.push(
         json!({"path": path, "owner": "root:root", "permissions": "0640", "content": kubeadm}),
     );

@@ -54,10 +54,37 @@ fn cluster(infra: bool, cp: bool) -> Value {
         "status": {"initialization": {"infrastructureProvisioned": infra, "controlPlaneInitialized": cp}}})
 }
 
-fn run(cfg: &Value, machines: &[Value], clusters: &[Value]) -> Outcome {
-    let snap = Snapshot::new(cfg, T0)
+fn cert_secret(suffix: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "cluster.x-k8s.io/secret",
+        "metadata": {"name": format!("c1-{suffix}"), "namespace": "ns"},
+        "data": {"tls.crt": B64.encode(format!("{suffix}-crt")), "tls.key": B64.encode(format!("{suffix}-key"))}})
+}
+
+/// A snapshot with the four certificate Secrets present (or not) and the
+/// workload cluster in `connection`.
+fn snapshot_with(
+    cfg: &Value,
+    machines: &[Value],
+    clusters: &[Value],
+    certs: bool,
+    connection: Connection,
+) -> Snapshot {
+    let mut snap = Snapshot::new(cfg, T0)
         .with_related(MACHINE, true, machines)
         .with_related(CLUSTER, true, clusters);
+    for (suffix, _, _) in CERTIFICATES {
+        let found: Vec<Value> = if certs {
+            vec![cert_secret(suffix)]
+        } else {
+            Vec::new()
+        };
+        snap = snap.with_related(&certificate_relation(suffix), true, &found);
+    }
+    snap.with_workload(connection)
+}
+
+fn run(cfg: &Value, machines: &[Value], clusters: &[Value]) -> Outcome {
+    let snap = snapshot_with(cfg, machines, clusters, true, Connection::Connected);
     FakeHost::new()
         .reconcile::<KubeadmBootstrap>(&snap)
         .expect("reconcile succeeds")
@@ -80,8 +107,14 @@ fn cond(status: &Value, t: &str) -> (String, String, String) {
 }
 
 fn the_secret(out: &Outcome) -> (Value, String) {
-    assert_eq!(out.applied().len(), 1, "one Secret");
-    let s: Value = serde_json::from_str(&out.applied()[0]).expect("json");
+    let secrets: Vec<Value> = out
+        .applied()
+        .iter()
+        .map(|a| serde_json::from_str::<Value>(a).expect("json"))
+        .filter(|v| v["kind"] == "Secret")
+        .collect();
+    assert_eq!(secrets.len(), 1, "one Secret");
+    let s = secrets[0].clone();
     let value = B64
         .decode(s["data"]["value"].as_str().expect("value"))
         .expect("base64");
@@ -174,8 +207,9 @@ fn first_control_plane_machine_gets_init_data() {
         ])
     );
     assert_eq!(b["users"], json!([{"name": "capi"}]));
+    // Eight certificate files first (as CABPK), then the user's.
     assert_eq!(
-        b["write_files"][0],
+        b["write_files"][8],
         json!({"path": "/etc/motd", "content": "hello", "permissions": "0644"})
     );
     let docs = kubeadm_docs(&b, INIT_CONFIG_PATH);
@@ -224,7 +258,7 @@ fn nothing_is_generated_before_the_cluster_infrastructure_is_provisioned() {
         &[cluster(false, false)],
     );
     assert!(out.applied().is_empty());
-    assert_eq!(out.requeue_after_ms(), Some(10_000));
+    assert_eq!(out.requeue_after_ms(), None, "watches bring it back");
     let s = status_of(&out);
     assert_eq!(
         cond(&s, "DataSecretAvailable"),
@@ -251,7 +285,7 @@ fn workers_and_joining_control_planes_wait_for_control_plane_initialization() {
     let cp_join = config(json!({"joinConfiguration": {}}), json!({}));
     let out = run(&cp_join, &[machine(true, None)], &[cluster(true, false)]);
     assert!(out.applied().is_empty());
-    assert_eq!(out.requeue_after_ms(), Some(10_000));
+    assert_eq!(out.requeue_after_ms(), None, "watches bring it back");
 }
 
 #[test]
@@ -376,7 +410,7 @@ fn without_owner_machine_or_cluster_it_waits_quietly() {
     );
     let out = run(&config(init_spec(), json!({})), &[machine(true, None)], &[]);
     assert!(out.applied().is_empty() && out.statuses().is_empty());
-    assert_eq!(out.requeue_after_ms(), Some(10_000));
+    assert_eq!(out.requeue_after_ms(), None, "watches bring it back");
 }
 
 #[test]
@@ -394,5 +428,192 @@ fn a_deleting_config_is_left_to_garbage_collection() {
     assert_eq!(
         run(&cfg, &[machine(true, None)], &[cluster(true, false)]),
         Outcome::new()
+    );
+}
+
+#[test]
+fn init_waits_for_the_cluster_certificates_and_writes_them_as_files() {
+    let cfg = config(init_spec(), json!({}));
+    let snap = snapshot_with(
+        &cfg,
+        &[machine(true, None)],
+        &[cluster(true, false)],
+        false,
+        Connection::Connected,
+    );
+    let host = FakeHost::new();
+    let out = host.reconcile::<KubeadmBootstrap>(&snap).expect("ok");
+    assert!(out.applied().is_empty(), "no data without certificates");
+    assert_eq!(
+        host.keys_generated(),
+        0,
+        "CABPK here reads certificates, never generates them"
+    );
+    let s = status_of(&out);
+    let (st, reason, msg) = cond(&s, kc::CERTIFICATES_AVAILABLE);
+    assert_eq!((st.as_str(), reason.as_str()), ("False", "NotAvailable"));
+    assert!(msg.contains("c1-ca, c1-etcd, c1-proxy, c1-sa"), "{msg}");
+    assert_eq!(
+        cond(&s, kc::DATA_SECRET_AVAILABLE).2,
+        "Waiting for the cluster certificates"
+    );
+    assert_eq!(cond(&s, kc::READY).0, "False");
+
+    let out = run(&cfg, &[machine(true, None)], &[cluster(true, false)]);
+    let s = status_of(&out);
+    assert_eq!(cond(&s, kc::CERTIFICATES_AVAILABLE).1, "Available");
+    assert_eq!(cond(&s, kc::READY).0, "True");
+    let (_, text) = the_secret(&out);
+    let files = body(&text)["write_files"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let file = |p: &str| files.iter().find(|f| f["path"] == p).cloned();
+    for (suffix, crt, key) in CERTIFICATES {
+        assert_eq!(
+            file(crt).expect("crt file")["content"],
+            format!("{suffix}-crt")
+        );
+        let k = file(key).expect("key file");
+        assert_eq!(k["content"], format!("{suffix}-key"));
+        assert_eq!(k["permissions"], "0600");
+    }
+    assert!(out.workload_applied().is_empty(), "no token for an init");
+}
+
+#[test]
+fn a_join_creates_a_bootstrap_token_in_the_workload_cluster_once() {
+    let cfg = config(
+        json!({"joinConfiguration": {"nodeRegistration": {"name": "n"}}}),
+        json!({}),
+    );
+    let host = FakeHost::new();
+    let snap = snapshot_with(
+        &cfg,
+        &[machine(false, None)],
+        &[cluster(true, true)],
+        true,
+        Connection::Connected,
+    );
+    let out = host.reconcile::<KubeadmBootstrap>(&snap).expect("ok");
+    assert_eq!(host.keys_generated(), 1, "one key seeds the token");
+    assert_eq!(out.workload_applied().len(), 1);
+    let tok: Value = serde_json::from_str(&out.workload_applied()[0]).expect("json");
+    assert_eq!(tok["type"], "bootstrap.kubernetes.io/token");
+    assert_eq!(tok["metadata"]["namespace"], "kube-system");
+    let d = |k: &str| {
+        String::from_utf8(B64.decode(tok["data"][k].as_str().expect(k)).expect("b64"))
+            .expect("utf8")
+    };
+    let (id, secret) = (d("token-id"), d("token-secret"));
+    assert_eq!(tok["metadata"]["name"], format!("bootstrap-token-{id}"));
+    assert_eq!((id.len(), secret.len()), (6, 16));
+    assert!(
+        id.chars()
+            .chain(secret.chars())
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    );
+    assert_eq!(d("expiration"), "2026-01-01T00:15:00Z");
+    assert_eq!(d("usage-bootstrap-authentication"), "true");
+    assert_eq!(
+        d("auth-extra-groups"),
+        "system:bootstrappers:kubeadm:default-node-token"
+    );
+    let token = format!("{id}.{secret}");
+    // CABPK keeps the token in the config's spec.
+    let patch: Value = out
+        .applied()
+        .iter()
+        .map(|a| serde_json::from_str::<Value>(a).expect("json"))
+        .find(|v| v["kind"] == "KubeadmConfig")
+        .expect("config patch");
+    assert_eq!(
+        patch["spec"]["joinConfiguration"]["discovery"]["bootstrapToken"]["token"],
+        token
+    );
+    assert_eq!(
+        patch["spec"]["joinConfiguration"]["nodeRegistration"]["name"],
+        "n"
+    );
+    let (_, text) = the_secret(&out);
+    let docs = kubeadm_docs(&body(&text), JOIN_CONFIG_PATH);
+    assert_eq!(docs[0]["discovery"]["bootstrapToken"]["token"], token);
+    // A worker gets the CA certificate only.
+    let files = body(&text)["write_files"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        files
+            .iter()
+            .any(|f| f["path"] == "/etc/kubernetes/pki/ca.crt")
+    );
+    assert!(
+        !files
+            .iter()
+            .any(|f| f["path"] == "/etc/kubernetes/pki/ca.key")
+    );
+
+    // Again (the cache not showing the writes yet): the same token, no new key.
+    let again = host.reconcile::<KubeadmBootstrap>(&snap).expect("ok");
+    assert_eq!(host.keys_generated(), 1);
+    assert_eq!(again.workload_applied(), out.workload_applied());
+    // Another config gets another token.
+    let mut other = cfg.clone();
+    other["metadata"]["uid"] = json!("uid-kc-2");
+    let snap2 = snapshot_with(
+        &other,
+        &[machine(false, None)],
+        &[cluster(true, true)],
+        true,
+        Connection::Connected,
+    );
+    let third = host.reconcile::<KubeadmBootstrap>(&snap2).expect("ok");
+    assert_eq!(host.keys_generated(), 2);
+    assert_ne!(third.workload_applied(), out.workload_applied());
+}
+
+#[test]
+fn a_join_waits_for_the_workload_connection_and_a_user_token_needs_none() {
+    let cfg = config(json!({"joinConfiguration": {}}), json!({}));
+    let host = FakeHost::new();
+    let snap = snapshot_with(
+        &cfg,
+        &[machine(false, None)],
+        &[cluster(true, true)],
+        true,
+        Connection::Disconnected,
+    );
+    let out = host.reconcile::<KubeadmBootstrap>(&snap).expect("ok");
+    assert!(out.applied().is_empty() && out.workload_applied().is_empty());
+    assert_eq!(host.keys_generated(), 0);
+    let s = status_of(&out);
+    assert!(
+        cond(&s, kc::DATA_SECRET_AVAILABLE)
+            .2
+            .contains("workload cluster connection")
+    );
+
+    let cfg = config(
+        json!({"joinConfiguration": {"discovery": {"bootstrapToken": {"token": "abcdef.0123456789abcdef"}}}}),
+        json!({}),
+    );
+    let snap = snapshot_with(
+        &cfg,
+        &[machine(false, None)],
+        &[cluster(true, true)],
+        true,
+        Connection::Disconnected,
+    );
+    let out = host.reconcile::<KubeadmBootstrap>(&snap).expect("ok");
+    assert!(
+        out.workload_applied().is_empty(),
+        "the user's token: no Secret"
+    );
+    let (_, text) = the_secret(&out);
+    let docs = kubeadm_docs(&body(&text), JOIN_CONFIG_PATH);
+    assert_eq!(
+        docs[0]["discovery"]["bootstrapToken"]["token"],
+        "abcdef.0123456789abcdef"
     );
 }
