@@ -26,9 +26,8 @@ pub use bindings::capstan::reconciler::types::{
 pub use capabilities::{MAX_LOG_LINES_PER_CALL, MAX_LOG_MESSAGE_BYTES, MAX_MEMO_KEY_BYTES, Memo};
 pub use config::RuntimeConfig;
 pub use error::{CallError, RuntimeError};
-pub use plugin::{Plugin, info_to_json};
+pub use plugin::{Plugin, ReconcileTimings, info_to_json};
 
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
 use wasmtime::Engine;
@@ -126,7 +125,7 @@ impl Runtime {
     /// world, pre-instantiate it, call `describe()` and validate the result.
     pub fn load(&self, bytes: &[u8]) -> Result<Plugin, RuntimeError> {
         check_header(bytes)?;
-        let digest = hex::encode(Sha256::digest(bytes));
+        let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes));
         let rt = &self.inner;
         let component = rt.artifacts.load(&rt.engine, &digest, bytes)?;
 
