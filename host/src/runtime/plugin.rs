@@ -274,8 +274,8 @@ impl Plugin {
             .call_reconcile(&mut store, snapshot)
             .map_err(|e| classify(rt, &p.name, &store, e, false))?;
         mark(Step::Call);
-        // The instance is done with: return its slot (memory reset for the
-        // next instance) before validating, as `reconcile` would on return.
+        // The guest is done: return its slot to the pool (memory reset for
+        // the next instance) before validating the outcome.
         drop(store);
         mark(Step::Drop);
         let plugin = || p.name.to_string();
