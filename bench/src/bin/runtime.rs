@@ -18,6 +18,7 @@ const RECONCILES: usize = 3000;
 const WARMUP: usize = 200;
 const LOADS: usize = 100;
 const COLD_COMPILES: usize = 3;
+const CPU_BLOCK: usize = 500;
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -44,6 +45,19 @@ fn stats(mut samples: Vec<Duration>) -> serde_json::Value {
     let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
     let mean = samples.iter().sum::<Duration>() / u32::try_from(samples.len()).unwrap_or(u32::MAX);
     json!({"p50_us": us(pct(0.5)), "p99_us": us(pct(0.99)), "min_us": us(samples[0]), "mean_us": us(mean), "n": samples.len()})
+}
+
+/// CPU time this (main) thread has run, from `/proc/thread-self/schedstat`
+/// (nanoseconds): unlike wall time it does not count time other processes
+/// on this shared machine take from us.
+fn thread_cpu() -> Result<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat")?;
+    let ns: u64 = s
+        .split_whitespace()
+        .next()
+        .context("empty schedstat")?
+        .parse()?;
+    Ok(Duration::from_nanos(ns))
 }
 
 fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
@@ -107,6 +121,41 @@ fn main() -> Result<()> {
         },
     );
 
+    // `runtime profile-wasm N` / `runtime profile-native N`: only N reconciles,
+    // nothing written, for `perf record`.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, n] = args.as_slice() {
+        let n: usize = n.parse().context("N")?;
+        let cache = tempfile::tempdir()?;
+        let rt = Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache.path().to_owned()),
+            ..RuntimeConfig::default()
+        })?;
+        let plugin = rt.load_file(&wasm)?;
+        let host = FakeHost::new();
+        for _ in 0..n {
+            match mode.as_str() {
+                "profile-wasm" => {
+                    black_box(plugin.reconcile("capi-quickstart/prod-eu-1", black_box(&snap))?);
+                }
+                "profile-native" => {
+                    black_box(
+                        ClusterStatus::reconcile(
+                            &capstan_sdk::Context::new(&host),
+                            black_box(&native_snap),
+                        )
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
+                    );
+                }
+                "profile-load" => {
+                    black_box(rt.load_file(&wasm)?);
+                }
+                _ => anyhow::bail!("unknown mode {mode}"),
+            }
+        }
+        return Ok(());
+    }
+
     // Cold compile: no artifact cache.
     let mut cold = Vec::new();
     for _ in 0..COLD_COMPILES {
@@ -169,6 +218,56 @@ fn main() -> Result<()> {
             wasm_calls.push(dw);
         }
     }
+    // Where the time of a Wasm reconcile goes: the same calls, each step timed.
+    let mut steps: [Vec<Duration>; 6] = Default::default();
+    for _ in 0..RECONCILES {
+        let (out, t) = plugin.reconcile_timed("capi-quickstart/prod-eu-1", black_box(&snap));
+        black_box(out?);
+        let all = [
+            t.store,
+            t.instantiate,
+            t.call,
+            t.drop,
+            t.validate,
+            t.total(),
+        ];
+        for (v, d) in steps.iter_mut().zip(all) {
+            v.push(d);
+        }
+    }
+    let [st, inst, call, drop_, val, total] = steps.map(stats);
+    let breakdown = json!({"store": st, "instantiate": inst, "call": call, "drop": drop_, "validate": val, "total": total});
+
+    // CPU time per reconcile, in alternating blocks: robust against other
+    // processes on the machine, which inflate wall-clock percentiles.
+    let (mut cpu_native, mut cpu_wasm) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..(RECONCILES / CPU_BLOCK) {
+        let t0 = thread_cpu()?;
+        for _ in 0..CPU_BLOCK {
+            let out = ClusterStatus::reconcile(
+                &capstan_sdk::Context::new(&host),
+                black_box(&native_snap),
+            );
+            black_box(out.map_err(|e| anyhow::anyhow!("{e}"))?);
+        }
+        let t1 = thread_cpu()?;
+        for _ in 0..CPU_BLOCK {
+            black_box(plugin.reconcile("capi-quickstart/prod-eu-1", black_box(&snap))?);
+        }
+        let t2 = thread_cpu()?;
+        cpu_native += t1 - t0;
+        cpu_wasm += t2 - t1;
+    }
+    let per = |d: Duration| {
+        (d.as_secs_f64() * 1e6 / (RECONCILES / CPU_BLOCK * CPU_BLOCK) as f64 * 10.0).round() / 10.0
+    };
+    let cpu = json!({
+        "native_us": per(cpu_native),
+        "wasm_us": per(cpu_wasm),
+        "overhead_us": ((per(cpu_wasm) - per(cpu_native)) * 10.0).round() / 10.0,
+        "n": RECONCILES / CPU_BLOCK * CPU_BLOCK,
+    });
+
     let native_s = stats(native);
     let wasm_s = stats(wasm_calls);
     let overhead_p50 =
@@ -182,11 +281,13 @@ fn main() -> Result<()> {
         "machine": machine(),
         "snapshot": {"file": "tests/fixtures/capi/cluster-snapshot.json", "objects": 1 + snap.related.iter().map(|r| r.objects.len()).sum::<usize>(), "json_bytes": snapshot_bytes},
         "guest": {"crate": "tests/guests/cluster-status", "wasm_bytes": std::fs::metadata(&wasm)?.len()},
-        "config": {"epoch_interruption": true, "fuel": false, "pooling_allocator": true, "memory_limit_bytes": rt.config().memory_limit},
+        "config": {"epoch_interruption": true, "fuel": false, "pooling_allocator": true, "memory_limit_bytes": rt.config().memory_limit, "pagemap_scan_keep_resident": wasmtime::PoolingAllocationConfig::is_pagemap_scan_available()},
         "units": "microseconds",
         "reconcile_native": native_s,
         "reconcile_wasm_fresh_instance": wasm_s,
         "wasm_overhead_p50_us": (overhead_p50 * 10.0).round() / 10.0,
+        "reconcile_cpu_time_per_call": cpu,
+        "wasm_breakdown": breakdown,
         "load_cached": load_s,
         "load_cold_compile": cold_s,
         "targets": {"wasm_overhead_p50_us_max": 50, "load_cached_p50_us_max": 5000},
@@ -204,36 +305,74 @@ fn main() -> Result<()> {
             s["p50_us"], s["p99_us"], s["min_us"], s["n"]
         )
     };
+    let b = &result["wasm_breakdown"];
+    let step = |name: &str, key: &str| row(name, &b[key]);
     let md = format!(
         "# Runtime benchmark\n\n\
          Cost of one reconcile of a {objects}-object, {snapshot_bytes}-byte Cluster API snapshot \
          (`tests/fixtures/capi/cluster-snapshot.json`) by `tests/guests/cluster-status` \
          (parse into typed structs, derive v1beta2 conditions and replica counts, return a status \
          patch): the same Rust code called natively, and as a component through \
-         `Plugin::reconcile` (fresh instance from `InstancePre` in a fresh store, copy the \
-         snapshot in, call, copy the outcome out, validate it). Plus the time to load a plugin.\n\n\
-         - Machine: {cpu}, {cpus} CPUs, {mem} GiB, {os}\n\
+         `Plugin::reconcile` (fresh store, fresh instance from `InstancePre`, copy the \
+         snapshot in, call, copy the outcome out, drop the instance, validate the outcome). \
+         Plus the time to load a plugin.\n\n\
+         - Machine: {cpu}, {cpus} CPUs, {mem} GiB, {os} (shared with other jobs while measured)\n\
          - Command: `{command}`\n\
-         - Engine: epoch interruption on, fuel off, pooling allocator, 64 MiB memory cap; guest built at opt-level 3\n\
-         - Samples interleaved native/wasm after {WARMUP} warm-up rounds\n\n\
-         | measurement (microseconds) | p50 | p99 | min | n |\n|---|---|---|---|---|\n\
+         - Engine: epoch interruption on, fuel off, pooling allocator (keep-resident reset with \
+         PAGEMAP_SCAN: {pagemap}), 64 MiB memory cap; guest built at opt-level 3\n\
+         - Wall-clock samples interleaved native/wasm after {WARMUP} warm-up rounds\n\n\
+         | measurement (microseconds, wall clock) | p50 | p99 | min | n |\n|---|---|---|---|---|\n\
          {native}{wasm}{load}{cold}\n\
          **Wasm overhead per reconcile (p50 wasm - p50 native): {overhead} us** (target <= 50 us).\n\
-         Cached load p50: {load_p50} us (target <= 5000 us).\n",
+         Cached load p50: {load_p50} us (target <= 5000 us).\n\n\
+         CPU time of the calling thread per reconcile (`/proc/thread-self/schedstat`, blocks of \
+         {CPU_BLOCK} alternating, {cpu_n} each; not inflated by other processes): native \
+         {cpu_native} us, wasm {cpu_wasm} us, **overhead {cpu_overhead} us**.\n\n\
+         ## Where a Wasm reconcile's time goes\n\n\
+         `Plugin::reconcile_timed`: the steps of `Plugin::reconcile`, each timed ({n} calls).\n\n\
+         | step (microseconds, wall clock) | p50 | p99 | min | n |\n|---|---|---|---|---|\n\
+         {b_store}{b_inst}{b_call}{b_drop}{b_val}{b_total}\n\
+         {notes}",
         objects = result["snapshot"]["objects"],
         cpu = m["cpu"].as_str().unwrap_or(""),
         cpus = m["cpus"],
         mem = m["memory_gib"],
         os = m["os"].as_str().unwrap_or(""),
+        pagemap = if result["config"]["pagemap_scan_keep_resident"] == true {
+            "yes"
+        } else {
+            "no, kernel lacks it"
+        },
         native = row("reconcile, native (same code, direct call)", &native_s),
         wasm = row("reconcile, wasm (fresh instance + call + result)", &wasm_s),
         load = row(
-            "load from artifact cache (deserialize, link, describe, validate)",
+            "load from artifact cache (read + sha256, mmap deserialize, link, describe, validate)",
             &load_s
         ),
         cold = row("load with cold compile (Cranelift)", &cold_s),
         overhead = result["wasm_overhead_p50_us"],
         load_p50 = load_s["p50_us"],
+        cpu_n = cpu["n"],
+        cpu_native = cpu["native_us"],
+        cpu_wasm = cpu["wasm_us"],
+        cpu_overhead = cpu["overhead_us"],
+        n = RECONCILES,
+        b_store = step(
+            "fresh store (WASI context granting nothing, limits)",
+            "store"
+        ),
+        b_inst = step(
+            "instantiate from InstancePre (pool slot, memory image)",
+            "instantiate"
+        ),
+        b_call = step(
+            "call: copy snapshot in, guest reconcile, copy outcome out",
+            "call"
+        ),
+        b_drop = step("drop store (slot reset: dirty pages restored)", "drop"),
+        b_val = step("validate outcome", "validate"),
+        b_total = step("sum of steps", "total"),
+        notes = include_str!("runtime-notes.md"),
     );
     std::fs::write(out_dir.join("runtime.md"), &md)?;
     print!("{md}");

@@ -136,17 +136,20 @@ fn store(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
 
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, path: &Path) -> Result<Component, String> {
-    // Read into memory rather than `deserialize_file` (mmap): a cache file
-    // truncated or rewritten in place while mapped would kill the whole host
-    // with SIGBUS. The copy costs well under a millisecond.
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    // SAFETY: `deserialize` runs native code from these bytes, so they must
-    // have been produced by `Engine::precompile_component` of a compatible
-    // engine. They were: only `store` above writes this directory, naming
-    // each file by the component's sha256 and this engine's compatibility
-    // key, and wasmtime itself checks the artifact's header, version and
-    // engine settings (an error, not UB, on mismatch or truncation). The cache
-    // directory is documented as trusted like the binary
-    // (`RuntimeConfig::cache_dir`).
-    unsafe { Component::deserialize(engine, &bytes) }.map_err(|e| format!("{e:#}"))
+    // SAFETY: `deserialize_file` maps the file and runs native code from it,
+    // so (1) the file must have been produced by `Engine::precompile_component`
+    // of a compatible engine, and (2) it must not change while mapped.
+    // (1): only `store` above writes this directory, naming each file by the
+    // component's sha256 and this engine's compatibility key, and wasmtime
+    // itself checks the artifact's header, version and engine settings (an
+    // error, not UB, on mismatch or truncation). (2): `store` never writes a
+    // file in place: it writes a uniquely named temporary file and renames it
+    // over the old name, so a mapped artifact's inode is never modified, and
+    // a removed one stays alive while mapped. The cache directory is
+    // documented as trusted like the binary (`RuntimeConfig::cache_dir`);
+    // another process truncating a mapped file in place would be fatal
+    // (SIGBUS), as would rewriting the binary. Mapping (instead of reading
+    // into memory) saves a copy per load and lets copy-on-write memory images
+    // map the file's data pages directly.
+    unsafe { Component::deserialize_file(engine, path) }.map_err(|e| format!("{e:#}"))
 }

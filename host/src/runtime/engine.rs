@@ -4,12 +4,22 @@ use super::{RuntimeConfig, RuntimeError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// Core instances a component may hold: a wit-component Rust guest has its
 /// main module plus shim/fixup modules; interpreters link many more
 /// (componentize-py 0.25: 38, libc + libpython + extension modules + shims).
 const CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+
+/// Bytes of a freed linear memory (and of a table) the pool resets in place
+/// and keeps resident for the next instance instead of handing them back
+/// to the kernel, where the kernel has `PAGEMAP_SCAN` (Linux 6.7+): then
+/// only the pages the last instance dirtied are reset (copied back from the
+/// memory image or zeroed), so a fresh instance starts with its image, stack
+/// and heap already faulted in. Dirty pages past this bound are reset with
+/// `madvise`. Without `PAGEMAP_SCAN` keep-resident would `memset` the whole
+/// bound on every reset, so it stays off (`madvise` only, wasmtime's default).
+const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 
 /// Build the engine: component model, epoch interruption, optional fuel, and
 /// a pooling allocator sized for `max_instances` live instances.
@@ -25,9 +35,14 @@ pub(crate) fn build(cfg: &RuntimeConfig) -> Result<Engine, RuntimeError> {
         .total_tables(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
         .max_tables_per_component(CORE_INSTANCES_PER_COMPONENT)
         .max_memory_size(usize::try_from(cfg.memory_limit).unwrap_or(usize::MAX))
-        // Keep a few freed slots warm so a fresh instance reuses an already
-        // faulted-in, copy-on-write-reset memory.
+        // Keep a few freed slots warm so a plugin's next instance reuses a
+        // slot that already has its memory image mapped.
         .max_unused_warm_slots(n.min(16));
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        pool.pagemap_scan(Enabled::Yes)
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(KEEP_RESIDENT_BYTES);
+    }
 
     let mut config = Config::new();
     config

@@ -32,9 +32,8 @@ pub use error::{CallError, RuntimeError};
 pub use hostcalls::{
     CRYPTO_OPERATIONS, HostCallMetrics, MAX_CLOUD_ARG_BYTES, MAX_CRYPTO_OPS_PER_CALL, NO_CLOUD,
 };
-pub use plugin::{Plugin, info_to_json};
+pub use plugin::{Plugin, ReconcileTimings, info_to_json};
 
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
 use wasmtime::Engine;
@@ -151,7 +150,7 @@ impl Runtime {
     /// world, pre-instantiate it, call `describe()` and validate the result.
     pub fn load(&self, bytes: &[u8]) -> Result<Plugin, RuntimeError> {
         check_header(bytes)?;
-        let digest = hex::encode(Sha256::digest(bytes));
+        let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes));
         let rt = &self.inner;
         let component = rt.artifacts.load(&rt.engine, &digest, bytes)?;
 

@@ -13,7 +13,42 @@ use super::store::StoreData;
 use super::validate;
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap};
+
+/// Wall time of each step of one [`Plugin::reconcile`], from
+/// [`Plugin::reconcile_timed`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcileTimings {
+    /// A fresh `Store`: WASI context (grants nothing), limits, capabilities.
+    pub store: Duration,
+    /// A fresh instance from the `InstancePre` (pool slot, memory image).
+    pub instantiate: Duration,
+    /// The call: snapshot copied in, the guest's reconcile, the outcome
+    /// copied out, post-return.
+    pub call: Duration,
+    /// Dropping the store: the instance's slot goes back to the pool and its
+    /// memory is reset for the next instance.
+    pub drop: Duration,
+    /// Checking the outcome (size, kinds, names).
+    pub validate: Duration,
+}
+
+impl ReconcileTimings {
+    /// The sum of the steps.
+    pub fn total(&self) -> Duration {
+        self.store + self.instantiate + self.call + self.drop + self.validate
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Step {
+    Store,
+    Instantiate,
+    Call,
+    Drop,
+    Validate,
+}
 
 /// A plugin ready to reconcile. Cheap to clone; `Send + Sync`. Every call
 /// gets a fresh instance (from the pre-linked `InstancePre`) in a fresh
@@ -208,6 +243,40 @@ impl Plugin {
     /// outcome validated. Blocking (CPU-bound up to the deadline): call it from
     /// `spawn_blocking`/`block_in_place`, or use [`Plugin::reconcile_async`].
     pub fn reconcile(&self, key: &str, snapshot: &Snapshot) -> Result<Outcome, CallError> {
+        self.run(key, snapshot, |_| {})
+    }
+
+    /// [`Plugin::reconcile`], with the wall time of each of its steps (for
+    /// benchmarks; the steps are exactly those of `reconcile`).
+    pub fn reconcile_timed(
+        &self,
+        key: &str,
+        snapshot: &Snapshot,
+    ) -> (Result<Outcome, CallError>, ReconcileTimings) {
+        let mut t = ReconcileTimings::default();
+        let mut last = Instant::now();
+        let result = self.run(key, snapshot, |step| {
+            let now = Instant::now();
+            let d = now - last;
+            last = now;
+            match step {
+                Step::Store => t.store = d,
+                Step::Instantiate => t.instantiate = d,
+                Step::Call => t.call = d,
+                Step::Validate => t.validate = d,
+                Step::Drop => t.drop = d,
+            }
+        });
+        (result, t)
+    }
+
+    /// The steps of one reconcile; `mark` is told when each one ends.
+    fn run(
+        &self,
+        key: &str,
+        snapshot: &Snapshot,
+        mut mark: impl FnMut(Step),
+    ) -> Result<Outcome, CallError> {
         let p = &*self.inner;
         let rt = &*p.runtime;
         let mut store = new_store(
@@ -217,22 +286,29 @@ impl Plugin {
             p.memo.clone(),
             p.info.capabilities,
         );
+        mark(Step::Store);
         let inst = p
             .pre
             .instantiate(&mut store)
             .map_err(|e| classify(rt, &p.name, &store, e, true))?;
+        mark(Step::Instantiate);
         let result = inst
             .call_reconcile(&mut store, snapshot)
             .map_err(|e| classify(rt, &p.name, &store, e, false))?;
+        mark(Step::Call);
+        // The guest is done: return its slot to the pool (memory reset for
+        // the next instance) before validating the outcome.
+        drop(store);
+        mark(Step::Drop);
         let plugin = || p.name.to_string();
-        match result {
+        let out = match result {
             Ok(outcome) => {
                 validate::validate_outcome(&outcome, rt.config.max_outcome_bytes, &p.info)
+                    .map(|()| outcome)
                     .map_err(|reason| CallError::InvalidOutcome {
                         plugin: plugin(),
                         reason,
-                    })?;
-                Ok(outcome)
+                    })
             }
             Err(ReconcileError::Transient(message)) => Err(CallError::Transient {
                 plugin: plugin(),
@@ -242,7 +318,9 @@ impl Plugin {
                 plugin: plugin(),
                 message,
             }),
-        }
+        };
+        mark(Step::Validate);
+        out
     }
 
     /// [`Plugin::reconcile`] on tokio's blocking pool.

@@ -5,23 +5,38 @@
 //! MachineDeployments into typed structs that skip unknown fields, derives
 //! the v1beta2 status, and returns it as a status patch. The same code is
 //! called natively by the benchmark (this crate is also an rlib).
+//!
+//! It parses only what it reads: metadata is the few fields below, not the
+//! SDK's full `ObjectMeta` (whose flattened catch-all buffers and re-parses
+//! every metadata field, managedFields included).
 
 use capstan_sdk::conditions::{self, Condition, FALSE, TRUE};
-use capstan_sdk::meta::ObjectMeta;
 use capstan_sdk::{
     Context, Error, Gvk, KeyMapping, Outcome, PluginInfo, Reconciler, RelationSelector, Snapshot,
     Verbs,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::collections::BTreeMap;
 
 const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
 const CONTROL_PLANE_LABEL: &str = "cluster.x-k8s.io/control-plane";
 
+/// The metadata this reconciler reads; every other field is skipped unparsed.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Meta {
+    name: String,
+    namespace: String,
+    generation: Option<i64>,
+    deletion_timestamp: Option<String>,
+    labels: BTreeMap<String, String>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 struct Cluster {
-    metadata: ObjectMeta,
+    metadata: Meta,
     spec: ClusterSpec,
     status: ClusterStatusIn,
 }
@@ -75,7 +90,7 @@ struct SpecReplicas {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct Scalable {
-    metadata: ObjectMeta,
+    metadata: Meta,
     spec: SpecReplicas,
     status: Replicas,
 }
@@ -89,7 +104,7 @@ struct InfraCluster {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct Machine {
-    metadata: ObjectMeta,
+    metadata: Meta,
     status: MachineStatus,
 }
 
@@ -317,7 +332,7 @@ impl Reconciler for ClusterStatus {
             "see InfrastructureReady, ControlPlaneAvailable and WorkersAvailable".to_owned(),
         );
 
-        let phase = if cluster.metadata.is_deleting() {
+        let phase = if cluster.metadata.deletion_timestamp.is_some() {
             "Deleting"
         } else if infra_ready && cp_initialized {
             "Provisioned"
