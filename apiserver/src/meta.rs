@@ -446,9 +446,18 @@ pub fn leaf_paths(
                         let parent: Vec<String> = prefix.clone();
                         match list_key(&parent, k) {
                             Some(key) if items.iter().all(|i| i.get(&key).is_some()) => {
+                                // An OwnerReference is an atomic struct: its key path alone.
+                                let atomic = prefix.len() == 2
+                                    && prefix[0] == "f:metadata"
+                                    && k == "ownerReferences";
                                 for item in items {
                                     let kv = json!({ key.clone(): item.get(&key).cloned().unwrap_or(Value::Null) });
                                     prefix.push(format!("k:{kv}"));
+                                    if atomic {
+                                        out.insert(prefix.clone());
+                                        prefix.pop();
+                                        continue;
+                                    }
                                     let mut marker = prefix.clone();
                                     marker.push(".".into());
                                     out.insert(marker);

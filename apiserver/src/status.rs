@@ -128,6 +128,9 @@ impl ApiError {
         if group.is_empty() {
             d.as_object_mut().map(|m| m.remove("group"));
         }
+        if name.is_empty() {
+            d.as_object_mut().map(|m| m.remove("name"));
+        }
         d["causes"] = causes_json(&causes);
         Self::new(
             422,

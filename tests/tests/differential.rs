@@ -24,70 +24,10 @@ struct Known {
 
 const KNOWN: &[Known] = &[
     Known {
-        step: "*",
-        path: "*/fieldsV1/*/.",
-        values: Some(("{}", "-")),
-        reason: "managedFields: capstan-apiserver omits the \".\" entry kube-apiserver records when a manager owns a map or list element as a whole",
-    },
-    Known {
-        step: "*",
-        path: "*/fieldsV1/f:metadata/f:ownerReferences",
-        values: None,
-        reason: "managedFields: kube-apiserver treats an ownerReference as an atomic struct (k:{uid}: {}); capstan-apiserver lists its fields",
-    },
-    Known {
-        step: "*",
-        path: "*/data",
-        values: Some(("-", "{}")),
-        reason: "empty maps: capstan-apiserver keeps \"data\": {} as sent; kube-apiserver drops empty maps of built-in kinds (Go omitempty), also from managedFields (f:data)",
-    },
-    Known {
-        step: "*",
-        path: "*/fieldsV1/f:data",
-        values: Some(("-", "{}")),
-        reason: "empty maps (see */data): managedFields of an empty data map",
-    },
-    Known {
-        step: "*",
-        path: "/items/*/apiVersion",
-        values: None,
-        reason: "lists: capstan-apiserver repeats apiVersion on each item; kube-apiserver leaves it to the list",
-    },
-    Known {
-        step: "*",
-        path: "/items/*/kind",
-        values: None,
-        reason: "lists: capstan-apiserver repeats kind on each item; kube-apiserver leaves it to the list",
-    },
-    Known {
-        step: "namespace.*",
-        path: "/metadata/managedFields/0/fieldsV1/f:s*",
-        values: None,
-        reason: "managedFields: capstan-apiserver records defaulted Namespace fields (spec.finalizers, status.phase) as owned by the creator; kube-apiserver does not",
-    },
-    Known {
         step: "namespace.delete",
         path: "/metadata/deletionGracePeriodSeconds",
         values: None,
         reason: "a deleted Namespace: capstan-apiserver sets deletionGracePeriodSeconds 0; kube-apiserver leaves it unset",
-    },
-    Known {
-        step: "finalizer.remove",
-        path: "/metadata/managedFields/0/fieldsV1/f:metadata/f:finalizers",
-        values: None,
-        reason: "managedFields: after a merge patch removes every finalizer, capstan-apiserver keeps the creator's ownership of the old finalizer",
-    },
-    Known {
-        step: "deployment.create",
-        path: "*",
-        values: None,
-        reason: "capstan-apiserver does not serve apps/v1 (Deployment): 404",
-    },
-    Known {
-        step: "patch.strategic*",
-        path: "*",
-        values: None,
-        reason: "capstan-apiserver does not serve apps/v1 (Deployment), so the strategic-merge steps on a keyed list get 404; strategic merge on a ConfigMap agrees",
     },
     Known {
         step: "apply.force",
@@ -112,12 +52,6 @@ const KNOWN: &[Known] = &[
         path: "*",
         values: None,
         reason: "conflict Status: capstan-apiserver names the version in the message (\"using v1\") and fills details.kind/name; the code (409), reason and causes' fields agree",
-    },
-    Known {
-        step: "apply.no-field-manager",
-        path: "*",
-        values: None,
-        reason: "apply without fieldManager: capstan-apiserver answers 400 BadRequest, kube-apiserver 422 Invalid with a cause on fieldManager",
     },
     Known {
         step: "patch.json.*",
@@ -160,12 +94,6 @@ const KNOWN: &[Known] = &[
         path: "/metadata/managedFields/1/fieldsV1/f:metadata",
         values: None,
         reason: "a custom resource's /status subresource: both apply the metadata.labels change sent with it, but only kube-apiserver records the manager's ownership of it in managedFields",
-    },
-    Known {
-        step: "cr.get-v1beta1",
-        path: "/spec/*Ref/apiGroup",
-        values: None,
-        reason: "reading a CR at another served version (conversion None): kube-apiserver prunes the stored object with that version's schema (v1beta1 refs have no apiGroup); capstan-apiserver only rewrites apiVersion",
     },
 ];
 
