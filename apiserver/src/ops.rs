@@ -783,9 +783,20 @@ fn read_managed(v: &Value) -> Vec<Managed> {
         .unwrap_or_default()
 }
 
+/// Writes managedFields in kube-apiserver's order: by operation (Apply before Update), then
+/// time (whole seconds), manager and subresource.
 fn write_managed(v: &mut Value, entries: &[Managed]) {
-    let arr: Vec<Value> = entries
-        .iter()
+    let mut sorted: Vec<&Managed> = entries.iter().collect();
+    sorted.sort_by(|p, q| {
+        (&p.operation, &p.time, &p.manager, &p.subresource).cmp(&(
+            &q.operation,
+            &q.time,
+            &q.manager,
+            &q.subresource,
+        ))
+    });
+    let arr: Vec<Value> = sorted
+        .into_iter()
         .filter(|e| !e.fields.is_empty())
         .map(|e| {
             let mut m = json!({
@@ -968,7 +979,12 @@ pub fn prepare_update(
     managed: bool,
     strict: bool,
 ) -> Result<Option<Value>, ApiError> {
+    // The field manager runs on the request before the status strategy resets everything
+    // but status, so a status writer owns the labels and annotations it sent even though
+    // they are not stored (kube-apiserver does this).
+    let mut requested_meta: Option<Value> = None;
     if sub == Sub::Status {
+        requested_meta = Some(new.get("metadata").cloned().unwrap_or_default());
         let status = new.get("status").cloned();
         let mf = new.pointer("/metadata/managedFields").cloned();
         new = old.clone();
@@ -1061,7 +1077,26 @@ pub fn prepare_update(
             return Ok(None);
         }
         let subname = (sub == Sub::Status).then_some("status");
-        set_update_manager(rt, Some(old), &mut new, manager, subname);
+        match &requested_meta {
+            Some(req) => {
+                let mut view = new.clone();
+                let m = meta_mut(&mut view);
+                for k in ["labels", "annotations"] {
+                    match req.get(k) {
+                        Some(v) => m.insert(k.into(), v.clone()),
+                        None => m.remove(k),
+                    };
+                }
+                set_update_manager(rt, Some(old), &mut view, manager, subname);
+                let mf = view.pointer("/metadata/managedFields").cloned();
+                let m = meta_mut(&mut new);
+                match mf {
+                    Some(mf) => m.insert("managedFields".into(), mf),
+                    None => m.remove("managedFields"),
+                };
+            }
+            None => set_update_manager(rt, Some(old), &mut new, manager, subname),
+        }
     } else {
         let mut a = new.clone();
         let mut b = old_cmp.clone();
@@ -1151,31 +1186,33 @@ pub fn apply(
     };
     let mut entries = read_managed(old);
     let mut conflicts = vec![];
+    let mut conflicting: BTreeSet<FieldPath> = BTreeSet::new();
     for e in entries.iter().filter(|e| !mine(e)) {
         for p in applied_paths.intersection(&e.fields) {
             if p.last().is_some_and(|l| l == ".") {
                 continue;
             }
             if get_path(old, p) != get_path(applied, p) {
-                let dotted = dotted_path(p);
+                conflicting.insert(p.clone());
+                // kube's printManager: Apply managers by name; Update managers with their
+                // version and time; a subresource named.
+                let mut who = format!("{:?}", e.manager);
+                if let Some(sub) = &e.subresource {
+                    who = format!("{who} with subresource {sub:?}");
+                }
+                if e.operation == "Update" {
+                    who = format!("{who} using {} at {}", e.api_version, e.time);
+                }
                 conflicts.push(Cause {
                     reason: "FieldManagerConflict",
-                    message: format!(
-                        "conflict with {:?} using {}: {dotted}",
-                        e.manager, e.api_version
-                    ),
-                    field: dotted,
+                    message: format!("conflict with {who}"),
+                    field: dotted_path(p),
                 });
             }
         }
     }
     if !conflicts.is_empty() && !force {
-        return Err(ApiError::apply_conflict(
-            &rt.group,
-            &rt.plural,
-            name_of(old),
-            conflicts,
-        ));
+        return Err(ApiError::apply_conflict(conflicts));
     }
     let previous: BTreeSet<FieldPath> = entries
         .iter()
@@ -1195,8 +1232,10 @@ pub fn apply(
         }
     }
     if force {
+        // A forced apply takes the conflicting fields; fields applied with the value they
+        // already have stay shared.
         for e in entries.iter_mut().filter(|e| !mine(e)) {
-            e.fields.retain(|p| !applied_paths.contains(p));
+            e.fields.retain(|p| !conflicting.contains(p));
         }
     }
     entries.retain(|e| !mine(e));
@@ -1496,7 +1535,10 @@ pub fn delete(
         if !already {
             let m = meta_mut(&mut v);
             m.insert("deletionTimestamp".into(), json!(meta::now()));
-            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            // kube-apiserver leaves a Namespace's grace period unset.
+            if !is_ns {
+                m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            }
         }
         set_finalizers(&mut v, fins.clone());
         if is_ns {

@@ -102,16 +102,22 @@ impl ApiError {
     }
 
     /// 409 Conflict from server-side apply field managers.
-    pub fn apply_conflict(group: &str, resource: &str, name: &str, causes: Vec<Cause>) -> Self {
+    pub fn apply_conflict(causes: Vec<Cause>) -> Self {
         let n = causes.len();
-        let lines: Vec<String> = causes.iter().map(|c| format!("- {}", c.message)).collect();
+        let lines: Vec<String> = causes
+            .iter()
+            .map(|c| format!("- {}: {}", c.message, c.field))
+            .collect();
         let msg = if n == 1 {
-            format!("Apply failed with 1 conflict: {}", causes[0].message)
+            format!(
+                "Apply failed with 1 conflict: {}: {}",
+                causes[0].message, causes[0].field
+            )
         } else {
             format!("Apply failed with {n} conflicts: {}", lines.join("\n"))
         };
-        let mut d = details(name, group, resource);
-        d["causes"] = causes_json(&causes);
+        // kube-apiserver's NewApplyConflict names no object in the details.
+        let d = json!({"causes": causes_json(&causes)});
         Self::new(409, "Conflict", msg).with_details(d)
     }
 

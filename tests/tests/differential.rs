@@ -24,36 +24,6 @@ struct Known {
 
 const KNOWN: &[Known] = &[
     Known {
-        step: "namespace.delete",
-        path: "/metadata/deletionGracePeriodSeconds",
-        values: None,
-        reason: "a deleted Namespace: capstan-apiserver sets deletionGracePeriodSeconds 0; kube-apiserver leaves it unset",
-    },
-    Known {
-        step: "apply.force",
-        path: "/metadata/managedFields/0/fieldsV1/f:metadata",
-        values: None,
-        reason: "server-side apply: on a forced apply capstan-apiserver moves fields whose value did not change (labels) to the new manager; kube-apiserver leaves them shared",
-    },
-    Known {
-        step: "apply.*",
-        path: "/metadata/managedFields/*/manager",
-        values: None,
-        reason: "managedFields order: capstan-apiserver lists managers in a different order after a forced apply",
-    },
-    Known {
-        step: "apply.*",
-        path: "/metadata/managedFields/*/fieldsV1/f:data/f:x",
-        values: None,
-        reason: "managedFields order (see apply.* manager): the same ownership at other indices",
-    },
-    Known {
-        step: "apply.conflict",
-        path: "*",
-        values: None,
-        reason: "conflict Status: capstan-apiserver names the version in the message (\"using v1\") and fills details.kind/name; the code (409), reason and causes' fields agree",
-    },
-    Known {
         step: "patch.json.*",
         path: "/message",
         values: None,
@@ -88,12 +58,6 @@ const KNOWN: &[Known] = &[
         path: "*",
         values: None,
         reason: "Orphan propagation: capstan-apiserver orphans the dependents at once and answers Status Success; kube-apiserver answers the owner with the orphan finalizer and lets the garbage collector finish (the final state agrees: owner.remaining)",
-    },
-    Known {
-        step: "cr.*",
-        path: "/metadata/managedFields/1/fieldsV1/f:metadata",
-        values: None,
-        reason: "a custom resource's /status subresource: both apply the metadata.labels change sent with it, but only kube-apiserver records the manager's ownership of it in managedFields",
     },
 ];
 
