@@ -892,8 +892,16 @@ impl Ctx<'_> {
             let mut v = target.clone();
             match &kind {
                 Kind::Json(p) => {
-                    json_patch::patch(&mut v, p)
-                        .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
+                    // kube-apiserver answers a failed operation with a generic 422 and empty
+                    // details, whichever operation failed.
+                    json_patch::patch(&mut v, p).map_err(|_| {
+                        ApiError::new(
+                            422,
+                            "Invalid",
+                            "the server rejected our request due to an error in our request",
+                        )
+                        .with_details(json!({}))
+                    })?;
                 }
                 Kind::Merge(p) => json_patch::merge(&mut v, p),
                 Kind::Strategic(p) => ops::strategic_merge(&mut v, p, ""),

@@ -1037,13 +1037,22 @@ pub fn prepare_update(
     }
     if is_deleting(old) {
         let before = finalizers(old);
-        if finalizers(&new).iter().any(|f| !before.contains(f)) {
+        let added: Vec<String> = finalizers(&new)
+            .into_iter()
+            .filter(|f| !before.contains(f))
+            .map(|f| format!("{f:?}"))
+            .collect();
+        if !added.is_empty() {
+            // Go's %#v of the []string of new finalizers, as kube-apiserver words it.
             return Err(invalid(
                 rt,
                 &new,
                 vec![status::forbidden_field(
                     "metadata.finalizers",
-                    "no new finalizers can be added if the object is being deleted",
+                    &format!(
+                        "no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                        added.join(", ")
+                    ),
                 )],
             ));
         }
@@ -1485,12 +1494,13 @@ pub fn delete(
     if let Some(uid) = &opts.uid
         && meta_str(&v, "uid") != Some(uid.as_str())
     {
+        // kube's BeforeDelete: a Conflict on the kind (not the resource).
         return Err(ApiError::conflict(
             &rt.group,
-            &rt.plural,
+            &rt.kind,
             name,
             &format!(
-                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                "the UID in the precondition ({uid}) does not match the UID in record ({}). The object might have been deleted and then recreated",
                 meta_str(&v, "uid").unwrap_or_default()
             ),
         ));
@@ -1500,10 +1510,10 @@ pub fn delete(
     {
         return Err(ApiError::conflict(
             &rt.group,
-            &rt.plural,
+            &rt.kind,
             name,
             &format!(
-                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({}). The object might have been modified",
                 cur.rv
             ),
         ));
@@ -1519,9 +1529,34 @@ pub fn delete(
     let mut fins = finalizers(&v);
     let uid = meta_str(&v, "uid").unwrap_or_default().to_string();
     match policy {
-        Propagation::Orphan => {
+        Propagation::Orphan if !is_ns && !fins.iter().any(|f| f == "orphan") => {
+            // kube-apiserver adds the `orphan` finalizer and answers with that object; the
+            // garbage collector then strips the dependents' references and removes the
+            // finalizer. The same steps run here at once (watchers see each of them).
+            let mut pending = v.clone();
+            if !is_deleting(&pending) {
+                let m = meta_mut(&mut pending);
+                m.insert("deletionTimestamp".into(), json!(meta::now()));
+                m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            }
+            let mut with_orphan = fins.clone();
+            with_orphan.push("orphan".into());
+            set_finalizers(&mut pending, with_orphan);
+            let shown = st.put(&table, &key, pending, EventType::Modified);
             orphan_dependents(st, &uid);
+            let mut done = shown.value();
+            set_finalizers(&mut done, fins.clone());
+            if fins.is_empty() {
+                remove_object(st, &table, &key, done);
+            } else {
+                st.put(&table, &key, done, EventType::Modified);
+            }
+            return Ok(Deleted {
+                obj: shown,
+                removed: false,
+            });
         }
+        Propagation::Orphan => orphan_dependents(st, &uid),
         Propagation::Foreground
             if st.dependents.contains_key(&uid)
                 && !fins.iter().any(|f| f == "foregroundDeletion") =>

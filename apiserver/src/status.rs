@@ -42,7 +42,8 @@ impl ApiError {
         }
     }
 
-    fn with_details(mut self, details: Value) -> Self {
+    /// Sets the Status details.
+    pub fn with_details(mut self, details: Value) -> Self {
         self.details = Some(details);
         self
     }

@@ -22,44 +22,12 @@ struct Known {
     reason: &'static str,
 }
 
-const KNOWN: &[Known] = &[
-    Known {
-        step: "patch.json.*",
-        path: "/message",
-        values: None,
-        reason: "failed JSON patch: kube-apiserver's 422 has a generic message; capstan-apiserver says which operation failed",
-    },
-    Known {
-        step: "patch.json.*",
-        path: "/details",
-        values: None,
-        reason: "failed JSON patch: kube-apiserver sends empty details; capstan-apiserver none",
-    },
-    Known {
-        step: "list.bad-selector",
-        path: "/message",
-        values: None,
-        reason: "wording of the selector parse error (both 400 BadRequest)",
-    },
-    Known {
-        step: "finalizer.add-while-deleting",
-        path: "*",
-        values: None,
-        reason: "wording: kube-apiserver also lists the new finalizers in the message and cause (both 422, same field)",
-    },
-    Known {
-        step: "delete.precondition-uid",
-        path: "*",
-        values: None,
-        reason: "wording of the precondition conflict, and details.kind is the resource (configmaps) not the kind (ConfigMap) (both 409 Conflict)",
-    },
-    Known {
-        step: "owner.orphan.delete",
-        path: "*",
-        values: None,
-        reason: "Orphan propagation: capstan-apiserver orphans the dependents at once and answers Status Success; kube-apiserver answers the owner with the orphan finalizer and lets the garbage collector finish (the final state agrees: owner.remaining)",
-    },
-];
+const KNOWN: &[Known] = &[Known {
+    step: "list.bad-selector",
+    path: "/message",
+    values: None,
+    reason: "wording of the selector parse error (both 400 BadRequest)",
+}];
 
 /// The script's transcript on a fresh real control plane (strict: every status must be the
 /// one the Kubernetes API defines for the step), recorded once per test process.
