@@ -263,6 +263,15 @@ impl LabelSelector {
             };
             let val_ok = |v: &str| -> Result<String, SelectorError> {
                 let v = v.trim();
+                // kube's lexer reads an operator token where the value should start.
+                let token = ["!=", "==", "!", "(", ")", ",", "=", "<", ">"]
+                    .into_iter()
+                    .find(|t| v.starts_with(t));
+                if let Some(t) = token {
+                    return Err(SelectorError::Parse(format!(
+                        "found '{t}', expected: identifier"
+                    )));
+                }
                 match label_value_errors(v) {
                     None => Ok(v.to_string()),
                     Some(m) => Err(SelectorError::Parse(format!(

@@ -1043,18 +1043,16 @@ pub fn prepare_update(
             .map(|f| format!("{f:?}"))
             .collect();
         if !added.is_empty() {
-            // Go's %#v of the []string of new finalizers, as kube-apiserver words it.
-            return Err(invalid(
-                rt,
-                &new,
-                vec![status::forbidden_field(
-                    "metadata.finalizers",
-                    &format!(
-                        "no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
-                        added.join(", ")
-                    ),
-                )],
-            ));
+            // Go's %#v of the []string of new finalizers, as kube-apiserver words it; kube
+            // validates object metadata twice on update, so the cause comes twice.
+            let cause = status::forbidden_field(
+                "metadata.finalizers",
+                &format!(
+                    "no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                    added.join(", ")
+                ),
+            );
+            return Err(invalid(rt, &new, vec![cause.clone(), cause]));
         }
     }
     if rt.group.is_empty() && rt.kind == "Service" {

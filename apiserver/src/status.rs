@@ -124,7 +124,13 @@ impl ApiError {
 
     /// 422 Invalid with field causes; `kind` is the qualified kind (`Cluster.cluster.x-k8s.io`).
     pub fn invalid(qualified_kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> Self {
-        let parts: Vec<String> = causes.iter().map(render_cause).collect();
+        // Go's ErrorList.ToAggregate drops repeated messages; the causes keep them.
+        let mut parts: Vec<String> = Vec::new();
+        for part in causes.iter().map(render_cause) {
+            if !parts.contains(&part) {
+                parts.push(part);
+            }
+        }
         let body = if parts.len() == 1 {
             parts[0].clone()
         } else {
