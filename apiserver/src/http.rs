@@ -496,19 +496,37 @@ struct Ctx<'a> {
     table: bool,
 }
 
-/// Rewrites the apiVersion of a stored object to the requested version when they differ.
+/// A stored object at the requested version (see [`render_value`]).
 fn render(rt: &ResourceType, o: &Obj) -> Bytes {
     if rt.version == rt.storage_version {
         return o.json.clone();
     }
+    Bytes::from(serde_json::to_vec(&render_value(rt, o.value())).unwrap_or_default())
+}
+
+/// A list item: built-in kinds' items leave apiVersion and kind to the list (kube-apiserver
+/// encodes typed lists so); custom resources' items keep them (unstructured lists do).
+fn render_item(rt: &ResourceType, o: &Obj) -> Bytes {
+    if rt.custom {
+        return render(rt, o);
+    }
     let mut v = o.value();
-    v["apiVersion"] = json!(rt.api_version());
+    if let Some(m) = v.as_object_mut() {
+        m.remove("apiVersion");
+        m.remove("kind");
+    }
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
 }
 
+/// An object read at a served version other than the storage one (conversion `None`): the
+/// apiVersion is rewritten and, as kube-apiserver does after converting, the object is pruned
+/// with that version's schema (defaults were applied at write with the storage version's).
 fn render_value(rt: &ResourceType, mut v: Value) -> Value {
     if rt.version != rt.storage_version {
         v["apiVersion"] = json!(rt.api_version());
+        if let Some(schema) = &rt.schema {
+            crate::schema::prune(schema, &mut v, true, "", &mut vec![]);
+        }
     }
     v
 }
@@ -665,7 +683,7 @@ impl Ctx<'_> {
             if i > 0 {
                 buf.put_u8(b',');
             }
-            buf.put_slice(&render(self.rt, o));
+            buf.put_slice(&render_item(self.rt, o));
         }
         buf.put_slice(b"]}");
         Ok(full(StatusCode::OK, "application/json", buf.freeze()))
@@ -874,8 +892,16 @@ impl Ctx<'_> {
             let mut v = target.clone();
             match &kind {
                 Kind::Json(p) => {
-                    json_patch::patch(&mut v, p)
-                        .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
+                    // kube-apiserver answers a failed operation with a generic 422 and empty
+                    // details, whichever operation failed.
+                    json_patch::patch(&mut v, p).map_err(|_| {
+                        ApiError::new(
+                            422,
+                            "Invalid",
+                            "the server rejected our request due to an error in our request",
+                        )
+                        .with_details(json!({}))
+                    })?;
                 }
                 Kind::Merge(p) => json_patch::merge(&mut v, p),
                 Kind::Strategic(p) => ops::strategic_merge(&mut v, p, ""),
@@ -896,8 +922,15 @@ impl Ctx<'_> {
         };
         if let Kind::Apply(applied) = &kind {
             if !self.query.contains_key("fieldManager") {
-                return Err(ApiError::bad_request(
-                    "PATCH, application/apply-patch+yaml requests require fieldManager to be set",
+                // kube-apiserver validates PatchOptions: 422 with a cause on fieldManager.
+                return Err(ApiError::invalid(
+                    "PatchOptions.meta.k8s.io",
+                    "meta.k8s.io",
+                    "",
+                    vec![crate::status::required(
+                        "fieldManager",
+                        "is required for apply patch",
+                    )],
                 ));
             }
             ops::check_type(self.rt, applied, body.len())?;
@@ -1265,7 +1298,11 @@ fn scale_of(rt: &ResourceType, v: &Value) -> Value {
     let status = s.and_then(|s| get(&s.status_replicas)).unwrap_or(json!(0));
     let mut st = json!({"replicas": status});
     if let Some(sel) = s.and_then(|s| s.label_selector.as_deref()).and_then(get) {
-        st["selector"] = sel;
+        // Built-in kinds point at spec.selector (a LabelSelector); Scale carries its string form.
+        st["selector"] = match sel {
+            Value::Object(_) => json!(selector_string(&sel)),
+            other => other,
+        };
     }
     let md = v.get("metadata").cloned().unwrap_or_default();
     json!({
@@ -1278,6 +1315,38 @@ fn scale_of(rt: &ResourceType, v: &Value) -> Value {
         "spec": {"replicas": spec},
         "status": st,
     })
+}
+
+/// The string form of a LabelSelector (`a=b,c in (d,e),!f`), as kube's Scale status shows it.
+fn selector_string(sel: &Value) -> String {
+    let mut terms: Vec<String> = Vec::new();
+    if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
+        for (k, v) in m {
+            terms.push(format!("{k}={}", v.as_str().unwrap_or_default()));
+        }
+    }
+    for e in sel
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
+        let values: Vec<&str> = e
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        terms.push(match e.get("operator").and_then(Value::as_str) {
+            Some("In") => format!("{key} in ({})", values.join(",")),
+            Some("NotIn") => format!("{key} notin ({})", values.join(",")),
+            Some("DoesNotExist") => format!("!{key}"),
+            _ => key.to_string(),
+        });
+    }
+    terms.join(",")
 }
 
 /// A running watch stream.

@@ -34,6 +34,7 @@
 //! (metadata, [`schema`] admission, finalizers, garbage collection) into [`store`], which
 //! assigns the cluster-wide resourceVersion and fans events out to watches.
 
+pub mod defaults;
 pub mod discovery;
 pub mod http;
 pub mod meta;

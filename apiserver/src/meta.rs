@@ -263,6 +263,15 @@ impl LabelSelector {
             };
             let val_ok = |v: &str| -> Result<String, SelectorError> {
                 let v = v.trim();
+                // kube's lexer reads an operator token where the value should start.
+                let token = ["!=", "==", "!", "(", ")", ",", "=", "<", ">"]
+                    .into_iter()
+                    .find(|t| v.starts_with(t));
+                if let Some(t) = token {
+                    return Err(SelectorError::Parse(format!(
+                        "found '{t}', expected: identifier"
+                    )));
+                }
                 match label_value_errors(v) {
                     None => Ok(v.to_string()),
                     Some(m) => Err(SelectorError::Parse(format!(
@@ -446,9 +455,18 @@ pub fn leaf_paths(
                         let parent: Vec<String> = prefix.clone();
                         match list_key(&parent, k) {
                             Some(key) if items.iter().all(|i| i.get(&key).is_some()) => {
+                                // An OwnerReference is an atomic struct: its key path alone.
+                                let atomic = prefix.len() == 2
+                                    && prefix[0] == "f:metadata"
+                                    && k == "ownerReferences";
                                 for item in items {
                                     let kv = json!({ key.clone(): item.get(&key).cloned().unwrap_or(Value::Null) });
                                     prefix.push(format!("k:{kv}"));
+                                    if atomic {
+                                        out.insert(prefix.clone());
+                                        prefix.pop();
+                                        continue;
+                                    }
                                     let mut marker = prefix.clone();
                                     marker.push(".".into());
                                     out.insert(marker);

@@ -266,6 +266,7 @@ fn admit(rt: &ResourceType, obj: &mut Value, strict: bool) -> Result<(), ApiErro
     if rt.custom {
         return Ok(());
     }
+    drop_empty_maps(rt, obj);
     match (rt.group.as_str(), rt.kind.as_str()) {
         ("", "Secret") => {
             let m = obj_mut(obj);
@@ -282,6 +283,7 @@ fn admit(rt: &ResourceType, obj: &mut Value, strict: bool) -> Result<(), ApiErro
             }
             m.entry("type").or_insert_with(|| json!("Opaque"));
         }
+        ("apps", kind) => crate::defaults::apps_v1(kind, obj),
         ("", "Namespace") => {
             let name = name_of(obj).to_string();
             let m = meta_mut(obj);
@@ -323,6 +325,31 @@ fn admit(rt: &ResourceType, obj: &mut Value, strict: bool) -> Result<(), ApiErro
         _ => {}
     }
     Ok(())
+}
+
+/// Drops the empty maps a built-in kind's Go type encodes with `omitempty` (kube-apiserver
+/// decodes into the typed object, so `"data": {}` is gone from what it stores and answers).
+fn drop_empty_maps(rt: &ResourceType, obj: &mut Value) {
+    let empty = |v: Option<&Value>| v.and_then(Value::as_object).is_some_and(Map::is_empty);
+    let top: &[&str] = match (rt.group.as_str(), rt.kind.as_str()) {
+        ("", "ConfigMap") => &["data", "binaryData"],
+        ("", "Secret") => &["data", "stringData"],
+        _ => &[],
+    };
+    if let Some(m) = obj.as_object_mut() {
+        for k in top {
+            if empty(m.get(*k)) {
+                m.remove(*k);
+            }
+        }
+    }
+    if let Some(Value::Object(m)) = obj.get_mut("metadata") {
+        for k in ["labels", "annotations"] {
+            if empty(m.get(k)) {
+                m.remove(k);
+            }
+        }
+    }
 }
 
 /// Default field manager from a User-Agent (`kubectl/v1.32 ...` -> `kubectl`).
@@ -385,11 +412,34 @@ pub fn prepare_create(
     if rt.status_subresource && rt.kind != "Node" {
         obj_mut(&mut obj).remove("status");
     }
+    // Decode-time defaults (kube's SetDefaults_*), which the field manager sees.
+    if (rt.group.as_str(), rt.kind.as_str()) == ("", "Service") {
+        let spec = obj_mut(obj_mut(&mut obj).entry("spec").or_insert_with(|| json!({})));
+        spec.entry("type").or_insert_with(|| json!("ClusterIP"));
+        spec.entry("sessionAffinity")
+            .or_insert_with(|| json!("None"));
+    }
+    admit(rt, &mut obj, strict)?;
+    set_update_manager(rt, None, &mut obj, manager, None);
+    // PrepareForCreate: the registry's own fields, set after the field manager ran.
     match (rt.group.as_str(), rt.kind.as_str()) {
         ("", "Namespace") => {
             let m = obj_mut(&mut obj);
             m.insert("spec".into(), json!({"finalizers": ["kubernetes"]}));
             m.insert("status".into(), json!({"phase": "Active"}));
+        }
+        // PrepareForCreate resets status; Go encodes the non-omitempty counters as 0.
+        ("apps", kind) => {
+            let status = match kind {
+                "ReplicaSet" => json!({"replicas": 0}),
+                "StatefulSet" => json!({"replicas": 0, "availableReplicas": 0}),
+                "DaemonSet" => json!({
+                    "currentNumberScheduled": 0, "numberMisscheduled": 0,
+                    "desiredNumberScheduled": 0, "numberReady": 0,
+                }),
+                _ => json!({}),
+            };
+            obj_mut(&mut obj).insert("status".into(), status);
         }
         ("", "Pod") => {
             obj_mut(&mut obj).insert(
@@ -398,10 +448,6 @@ pub fn prepare_create(
             );
         }
         ("", "Service") => {
-            let spec = obj_mut(obj_mut(&mut obj).entry("spec").or_insert_with(|| json!({})));
-            spec.entry("type").or_insert_with(|| json!("ClusterIP"));
-            spec.entry("sessionAffinity")
-                .or_insert_with(|| json!("None"));
             obj_mut(&mut obj).insert("status".into(), json!({"loadBalancer": {}}));
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
@@ -431,8 +477,6 @@ pub fn prepare_create(
         }
         _ => {}
     }
-    admit(rt, &mut obj, strict)?;
-    set_update_manager(rt, None, &mut obj, manager, None);
     Ok(obj)
 }
 
@@ -603,6 +647,15 @@ fn paths_of(rt: &ResourceType, v: &Value) -> BTreeSet<FieldPath> {
         &mut out,
         &list_key_for(rt),
     );
+    // apps/v1 selectors are atomic LabelSelectors: owned as a whole.
+    if rt.group == "apps" && !rt.custom {
+        let selector = vec!["f:spec".to_string(), "f:selector".to_string()];
+        let before = out.len();
+        out.retain(|p| !p.starts_with(&selector));
+        if out.len() != before {
+            out.insert(selector);
+        }
+    }
     out
 }
 
@@ -730,9 +783,20 @@ fn read_managed(v: &Value) -> Vec<Managed> {
         .unwrap_or_default()
 }
 
+/// Writes managedFields in kube-apiserver's order: by operation (Apply before Update), then
+/// time (whole seconds), manager and subresource.
 fn write_managed(v: &mut Value, entries: &[Managed]) {
-    let arr: Vec<Value> = entries
-        .iter()
+    let mut sorted: Vec<&Managed> = entries.iter().collect();
+    sorted.sort_by(|p, q| {
+        (&p.operation, &p.time, &p.manager, &p.subresource).cmp(&(
+            &q.operation,
+            &q.time,
+            &q.manager,
+            &q.subresource,
+        ))
+    });
+    let arr: Vec<Value> = sorted
+        .into_iter()
         .filter(|e| !e.fields.is_empty())
         .map(|e| {
             let mut m = json!({
@@ -765,29 +829,49 @@ fn set_update_manager(
     manager: &str,
     sub: Option<&str>,
 ) {
-    let new_paths = paths_of(rt, new);
-    let (mut entries, changed, removed): (Vec<Managed>, BTreeSet<FieldPath>, BTreeSet<FieldPath>) =
-        match old {
-            None => (vec![], new_paths.clone(), BTreeSet::new()),
-            Some(old) => {
-                let old_paths = paths_of(rt, old);
-                let changed = new_paths
-                    .iter()
-                    .filter(|p| {
-                        p.last().is_some_and(|l| l != ".") && get_path(old, p) != get_path(new, p)
-                    })
-                    .cloned()
-                    .collect();
-                let removed = old_paths.difference(&new_paths).cloned().collect();
-                (read_managed(old), changed, removed)
-            }
-        };
+    // kube-apiserver resets the status of kinds with a status subresource on main-resource
+    // writes, so their managers never own status fields.
+    let reset = |mut paths: BTreeSet<FieldPath>| {
+        if rt.status_subresource && sub.is_none() {
+            paths.retain(|p| p.first().is_none_or(|f| f != "f:status"));
+        }
+        paths
+    };
+    let new_paths = reset(paths_of(rt, new));
+    let (mut entries, mut changed, removed): (
+        Vec<Managed>,
+        BTreeSet<FieldPath>,
+        BTreeSet<FieldPath>,
+    ) = match old {
+        None => (vec![], new_paths.clone(), BTreeSet::new()),
+        Some(old) => {
+            let old_paths = reset(paths_of(rt, old));
+            let changed = new_paths
+                .iter()
+                .filter(|p| match p.split_last() {
+                    // A list item's "." is owned by whoever adds the item.
+                    Some((l, parent)) if l == "." => get_path(old, parent).is_none(),
+                    _ => get_path(old, p) != get_path(new, p),
+                })
+                .cloned()
+                .collect();
+            let removed = old_paths.difference(&new_paths).cloned().collect();
+            (read_managed(old), changed, removed)
+        }
+    };
+    changed.extend(added_maps(rt, old, new, &new_paths));
+    // A "." entry goes when the map or item it stands for is gone.
+    let gone = |p: &FieldPath| {
+        p.split_last()
+            .is_some_and(|(l, parent)| l == "." && get_path(new, parent).is_none())
+    };
     for e in &mut entries {
         if e.manager == manager && e.operation == "Update" && e.subresource.as_deref() == sub {
+            e.fields.retain(|p| !removed.contains(p) && !gone(p));
             continue;
         }
         e.fields
-            .retain(|p| !changed.contains(p) && !removed.contains(p));
+            .retain(|p| !changed.contains(p) && !removed.contains(p) && !gone(p));
     }
     entries.retain(|e| !e.fields.is_empty());
     if !changed.is_empty() {
@@ -813,6 +897,67 @@ fn set_update_manager(
     write_managed(new, &entries);
 }
 
+/// The "." entries of maps an update adds: kube-apiserver's field manager records a map (a Go
+/// map or pointer-to-struct in a built-in kind, any object in a custom resource) as owned in
+/// itself by the manager that creates it. Built-in kinds' value structs (metadata, spec,
+/// status, template, strategy, ...) always exist in Go, so nobody "adds" them.
+fn added_maps(
+    rt: &ResourceType,
+    old: Option<&Value>,
+    new: &Value,
+    new_paths: &BTreeSet<FieldPath>,
+) -> BTreeSet<FieldPath> {
+    // Fields a built-in kind's zero value already has: value structs, and lists without
+    // `omitempty` (encoded as null).
+    const STRUCTS: &[&str] = &[
+        "f:metadata",
+        "f:spec",
+        "f:status",
+        "f:template",
+        "f:strategy",
+        "f:updateStrategy",
+        "f:resources",
+        "f:roleRef",
+        "f:names",
+        "f:containers",
+        "f:rules",
+        "f:versions",
+    ];
+    let mut out = BTreeSet::new();
+    for leaf in new_paths {
+        for end in 1..leaf.len() {
+            let p = &leaf[..end];
+            let Some(last) = p.last().filter(|l| l.starts_with("f:")) else {
+                continue;
+            };
+            if p.len() == 1 && last == "f:metadata" {
+                continue;
+            }
+            if !rt.custom && STRUCTS.contains(&last.as_str()) {
+                continue;
+            }
+            let nonempty = |v: &Value| match v {
+                Value::Object(m) => !m.is_empty(),
+                Value::Array(a) => !a.is_empty(),
+                _ => false,
+            };
+            if !get_path(new, p).is_some_and(nonempty) {
+                continue;
+            }
+            if old
+                .and_then(|o| get_path(o, p))
+                .is_some_and(|v| v.is_object() || v.is_array())
+            {
+                continue;
+            }
+            let mut marker = p.to_vec();
+            marker.push(".".into());
+            out.insert(marker);
+        }
+    }
+    out
+}
+
 fn spec_view(v: &Value) -> Value {
     let mut c = v.clone();
     if let Some(m) = c.as_object_mut() {
@@ -834,7 +979,12 @@ pub fn prepare_update(
     managed: bool,
     strict: bool,
 ) -> Result<Option<Value>, ApiError> {
+    // The field manager runs on the request before the status strategy resets everything
+    // but status, so a status writer owns the labels and annotations it sent even though
+    // they are not stored (kube-apiserver does this).
+    let mut requested_meta: Option<Value> = None;
     if sub == Sub::Status {
+        requested_meta = Some(new.get("metadata").cloned().unwrap_or_default());
         let status = new.get("status").cloned();
         let mf = new.pointer("/metadata/managedFields").cloned();
         new = old.clone();
@@ -887,15 +1037,22 @@ pub fn prepare_update(
     }
     if is_deleting(old) {
         let before = finalizers(old);
-        if finalizers(&new).iter().any(|f| !before.contains(f)) {
-            return Err(invalid(
-                rt,
-                &new,
-                vec![status::forbidden_field(
-                    "metadata.finalizers",
-                    "no new finalizers can be added if the object is being deleted",
-                )],
-            ));
+        let added: Vec<String> = finalizers(&new)
+            .into_iter()
+            .filter(|f| !before.contains(f))
+            .map(|f| format!("{f:?}"))
+            .collect();
+        if !added.is_empty() {
+            // Go's %#v of the []string of new finalizers, as kube-apiserver words it; kube
+            // validates object metadata twice on update, so the cause comes twice.
+            let cause = status::forbidden_field(
+                "metadata.finalizers",
+                &format!(
+                    "no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                    added.join(", ")
+                ),
+            );
+            return Err(invalid(rt, &new, vec![cause.clone(), cause]));
         }
     }
     if rt.group.is_empty() && rt.kind == "Service" {
@@ -927,7 +1084,26 @@ pub fn prepare_update(
             return Ok(None);
         }
         let subname = (sub == Sub::Status).then_some("status");
-        set_update_manager(rt, Some(old), &mut new, manager, subname);
+        match &requested_meta {
+            Some(req) => {
+                let mut view = new.clone();
+                let m = meta_mut(&mut view);
+                for k in ["labels", "annotations"] {
+                    match req.get(k) {
+                        Some(v) => m.insert(k.into(), v.clone()),
+                        None => m.remove(k),
+                    };
+                }
+                set_update_manager(rt, Some(old), &mut view, manager, subname);
+                let mf = view.pointer("/metadata/managedFields").cloned();
+                let m = meta_mut(&mut new);
+                match mf {
+                    Some(mf) => m.insert("managedFields".into(), mf),
+                    None => m.remove("managedFields"),
+                };
+            }
+            None => set_update_manager(rt, Some(old), &mut new, manager, subname),
+        }
     } else {
         let mut a = new.clone();
         let mut b = old_cmp.clone();
@@ -1017,31 +1193,33 @@ pub fn apply(
     };
     let mut entries = read_managed(old);
     let mut conflicts = vec![];
+    let mut conflicting: BTreeSet<FieldPath> = BTreeSet::new();
     for e in entries.iter().filter(|e| !mine(e)) {
         for p in applied_paths.intersection(&e.fields) {
             if p.last().is_some_and(|l| l == ".") {
                 continue;
             }
             if get_path(old, p) != get_path(applied, p) {
-                let dotted = dotted_path(p);
+                conflicting.insert(p.clone());
+                // kube's printManager: Apply managers by name; Update managers with their
+                // version and time; a subresource named.
+                let mut who = format!("{:?}", e.manager);
+                if let Some(sub) = &e.subresource {
+                    who = format!("{who} with subresource {sub:?}");
+                }
+                if e.operation == "Update" {
+                    who = format!("{who} using {} at {}", e.api_version, e.time);
+                }
                 conflicts.push(Cause {
                     reason: "FieldManagerConflict",
-                    message: format!(
-                        "conflict with {:?} using {}: {dotted}",
-                        e.manager, e.api_version
-                    ),
-                    field: dotted,
+                    message: format!("conflict with {who}"),
+                    field: dotted_path(p),
                 });
             }
         }
     }
     if !conflicts.is_empty() && !force {
-        return Err(ApiError::apply_conflict(
-            &rt.group,
-            &rt.plural,
-            name_of(old),
-            conflicts,
-        ));
+        return Err(ApiError::apply_conflict(conflicts));
     }
     let previous: BTreeSet<FieldPath> = entries
         .iter()
@@ -1061,8 +1239,10 @@ pub fn apply(
         }
     }
     if force {
+        // A forced apply takes the conflicting fields; fields applied with the value they
+        // already have stay shared.
         for e in entries.iter_mut().filter(|e| !mine(e)) {
-            e.fields.retain(|p| !applied_paths.contains(p));
+            e.fields.retain(|p| !conflicting.contains(p));
         }
     }
     entries.retain(|e| !mine(e));
@@ -1312,12 +1492,13 @@ pub fn delete(
     if let Some(uid) = &opts.uid
         && meta_str(&v, "uid") != Some(uid.as_str())
     {
+        // kube's BeforeDelete: a Conflict on the kind (not the resource).
         return Err(ApiError::conflict(
             &rt.group,
-            &rt.plural,
+            &rt.kind,
             name,
             &format!(
-                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                "the UID in the precondition ({uid}) does not match the UID in record ({}). The object might have been deleted and then recreated",
                 meta_str(&v, "uid").unwrap_or_default()
             ),
         ));
@@ -1327,10 +1508,10 @@ pub fn delete(
     {
         return Err(ApiError::conflict(
             &rt.group,
-            &rt.plural,
+            &rt.kind,
             name,
             &format!(
-                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({}). The object might have been modified",
                 cur.rv
             ),
         ));
@@ -1346,9 +1527,34 @@ pub fn delete(
     let mut fins = finalizers(&v);
     let uid = meta_str(&v, "uid").unwrap_or_default().to_string();
     match policy {
-        Propagation::Orphan => {
+        Propagation::Orphan if !is_ns && !fins.iter().any(|f| f == "orphan") => {
+            // kube-apiserver adds the `orphan` finalizer and answers with that object; the
+            // garbage collector then strips the dependents' references and removes the
+            // finalizer. The same steps run here at once (watchers see each of them).
+            let mut pending = v.clone();
+            if !is_deleting(&pending) {
+                let m = meta_mut(&mut pending);
+                m.insert("deletionTimestamp".into(), json!(meta::now()));
+                m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            }
+            let mut with_orphan = fins.clone();
+            with_orphan.push("orphan".into());
+            set_finalizers(&mut pending, with_orphan);
+            let shown = st.put(&table, &key, pending, EventType::Modified);
             orphan_dependents(st, &uid);
+            let mut done = shown.value();
+            set_finalizers(&mut done, fins.clone());
+            if fins.is_empty() {
+                remove_object(st, &table, &key, done);
+            } else {
+                st.put(&table, &key, done, EventType::Modified);
+            }
+            return Ok(Deleted {
+                obj: shown,
+                removed: false,
+            });
         }
+        Propagation::Orphan => orphan_dependents(st, &uid),
         Propagation::Foreground
             if st.dependents.contains_key(&uid)
                 && !fins.iter().any(|f| f == "foregroundDeletion") =>
@@ -1362,7 +1568,10 @@ pub fn delete(
         if !already {
             let m = meta_mut(&mut v);
             m.insert("deletionTimestamp".into(), json!(meta::now()));
-            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            // kube-apiserver leaves a Namespace's grace period unset.
+            if !is_ns {
+                m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            }
         }
         set_finalizers(&mut v, fins.clone());
         if is_ns {
@@ -1446,6 +1655,17 @@ fn orphan_dependents(st: &mut State, owner_uid: &str) {
         if let Some(o) = st.get(&t, &k).cloned() {
             let mut v = o.value();
             strip_owner(&mut v, owner_uid);
+            // The garbage collector's patch removes the reference; the field manager drops
+            // everyone's ownership of it with it.
+            let mut entries = read_managed(&v);
+            for e in &mut entries {
+                e.fields.retain(|p| {
+                    p.get(1).is_none_or(|f| f != "f:ownerReferences")
+                        || get_path(&v, &p[..3.min(p.len())]).is_some()
+                });
+            }
+            entries.retain(|e| !e.fields.is_empty());
+            write_managed(&mut v, &entries);
             st.put(&t, &k, v, EventType::Modified);
         }
     }

@@ -266,6 +266,54 @@ impl Registry {
         crd.return_deleted_object = true;
         crd.columns = vec![col("Created At", "date", ".metadata.creationTimestamp", 0)];
         r.insert(crd);
+        // apps/v1: stored kinds with status (and, but for DaemonSet, scale) subresources as
+        // kube-apiserver serves them; no controller acts on them.
+        for (plural, kind, short, scale) in [
+            ("deployments", "Deployment", "deploy", true),
+            ("replicasets", "ReplicaSet", "rs", true),
+            ("statefulsets", "StatefulSet", "sts", true),
+            ("daemonsets", "DaemonSet", "ds", false),
+        ] {
+            let mut t = b("apps", "v1", plural, kind, true, &[short]);
+            t.status_subresource = true;
+            t.has_generation = true;
+            t.categories = vec!["all".into()];
+            t.scale = scale.then(|| ScaleSpec {
+                spec_replicas: ".spec.replicas".into(),
+                status_replicas: ".status.replicas".into(),
+                label_selector: Some(".spec.selector".into()),
+            });
+            t.columns = match kind {
+                "Deployment" => vec![
+                    col("Up-to-date", "integer", ".status.updatedReplicas", 0),
+                    col("Available", "integer", ".status.availableReplicas", 0),
+                    col(
+                        "Containers",
+                        "string",
+                        ".spec.template.spec.containers[*].name",
+                        1,
+                    ),
+                    col(
+                        "Images",
+                        "string",
+                        ".spec.template.spec.containers[*].image",
+                        1,
+                    ),
+                ],
+                "ReplicaSet" => vec![
+                    col("Desired", "integer", ".spec.replicas", 0),
+                    col("Current", "integer", ".status.replicas", 0),
+                    col("Ready", "integer", ".status.readyReplicas", 0),
+                ],
+                "StatefulSet" => vec![col("Ready", "integer", ".status.readyReplicas", 0)],
+                _ => vec![
+                    col("Desired", "integer", ".status.desiredNumberScheduled", 0),
+                    col("Current", "integer", ".status.currentNumberScheduled", 0),
+                    col("Ready", "integer", ".status.numberReady", 0),
+                ],
+            };
+            r.insert(t);
+        }
         for (plural, kind, namespaced) in [
             ("roles", "Role", true),
             ("rolebindings", "RoleBinding", true),

@@ -42,7 +42,8 @@ impl ApiError {
         }
     }
 
-    fn with_details(mut self, details: Value) -> Self {
+    /// Sets the Status details.
+    pub fn with_details(mut self, details: Value) -> Self {
         self.details = Some(details);
         self
     }
@@ -102,22 +103,34 @@ impl ApiError {
     }
 
     /// 409 Conflict from server-side apply field managers.
-    pub fn apply_conflict(group: &str, resource: &str, name: &str, causes: Vec<Cause>) -> Self {
+    pub fn apply_conflict(causes: Vec<Cause>) -> Self {
         let n = causes.len();
-        let lines: Vec<String> = causes.iter().map(|c| format!("- {}", c.message)).collect();
+        let lines: Vec<String> = causes
+            .iter()
+            .map(|c| format!("- {}: {}", c.message, c.field))
+            .collect();
         let msg = if n == 1 {
-            format!("Apply failed with 1 conflict: {}", causes[0].message)
+            format!(
+                "Apply failed with 1 conflict: {}: {}",
+                causes[0].message, causes[0].field
+            )
         } else {
             format!("Apply failed with {n} conflicts: {}", lines.join("\n"))
         };
-        let mut d = details(name, group, resource);
-        d["causes"] = causes_json(&causes);
+        // kube-apiserver's NewApplyConflict names no object in the details.
+        let d = json!({"causes": causes_json(&causes)});
         Self::new(409, "Conflict", msg).with_details(d)
     }
 
     /// 422 Invalid with field causes; `kind` is the qualified kind (`Cluster.cluster.x-k8s.io`).
     pub fn invalid(qualified_kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> Self {
-        let parts: Vec<String> = causes.iter().map(render_cause).collect();
+        // Go's ErrorList.ToAggregate drops repeated messages; the causes keep them.
+        let mut parts: Vec<String> = Vec::new();
+        for part in causes.iter().map(render_cause) {
+            if !parts.contains(&part) {
+                parts.push(part);
+            }
+        }
         let body = if parts.len() == 1 {
             parts[0].clone()
         } else {
@@ -127,6 +140,9 @@ impl ApiError {
         let mut d = json!({"name": name, "group": group, "kind": kind});
         if group.is_empty() {
             d.as_object_mut().map(|m| m.remove("group"));
+        }
+        if name.is_empty() {
+            d.as_object_mut().map(|m| m.remove("name"));
         }
         d["causes"] = causes_json(&causes);
         Self::new(

@@ -539,7 +539,11 @@ async fn finalizers_and_garbage_collection() -> anyhow::Result<()> {
         json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "o2", "uid": o2.metadata.uid}]),
     )?);
     cms.create(&PostParams::default(), &d).await?;
-    cms.delete("o2", &DeleteParams::orphan()).await?;
+    // Answered, as kube, with the owner holding the `orphan` finalizer; then it is gone.
+    let answer = cms.delete("o2", &DeleteParams::orphan()).await?;
+    let shown = answer.left().expect("the owner, not a Status");
+    assert_eq!(shown.metadata.finalizers, Some(vec!["orphan".to_string()]));
+    assert!(cms.get_opt("o2").await?.is_none());
     let d2 = cms.get("d2").await?;
     assert!(d2.metadata.owner_references.unwrap_or_default().is_empty());
 

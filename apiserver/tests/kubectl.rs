@@ -469,3 +469,77 @@ async fn kubectl_builtins_and_owner_cascade() {
     k.ok(&["version"]).await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_deployments() {
+    let (_server, k, _dir) = setup().await;
+    k.ok(&["create", "namespace", "apps"]).await;
+    // The generator sends a protobuf Deployment.
+    k.ok(&[
+        "-n",
+        "apps",
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--port=80",
+    ])
+    .await;
+    let out = k.ok(&["-n", "apps", "get", "deploy"]).await;
+    assert!(out.contains("web"), "{out}");
+    // Defaults as kube-apiserver applies them; no controller, so no status.
+    let get = |path: &'static str| {
+        let k = &k;
+        async move {
+            k.ok(&[
+                "-n",
+                "apps",
+                "get",
+                "deployment",
+                "web",
+                "-o",
+                &format!("jsonpath={{{path}}}"),
+            ])
+            .await
+        }
+    };
+    assert_eq!(get(".spec.replicas").await, "1");
+    assert_eq!(get(".spec.strategy.type").await, "RollingUpdate");
+    assert_eq!(
+        get(".spec.template.spec.containers[0].imagePullPolicy").await,
+        "Always"
+    );
+    assert_eq!(
+        get(".spec.template.spec.containers[0].ports[0].protocol").await,
+        "TCP"
+    );
+    assert_eq!(get(".spec.selector.matchLabels.app").await, "web");
+    k.ok(&["-n", "apps", "scale", "deploy", "web", "--replicas=3"])
+        .await;
+    assert_eq!(get(".spec.replicas").await, "3");
+    assert_eq!(get(".metadata.generation").await, "2");
+    // kubectl set image patches the keyed container list (strategic merge).
+    k.ok(&[
+        "-n",
+        "apps",
+        "set",
+        "image",
+        "deploy/web",
+        "nginx=nginx:1.27",
+    ])
+    .await;
+    assert_eq!(
+        get(".spec.template.spec.containers[*].image").await,
+        "nginx:1.27"
+    );
+    let out = k.ok(&["api-resources", "--api-group=apps"]).await;
+    for r in ["deployments", "replicasets", "statefulsets", "daemonsets"] {
+        assert!(out.contains(r), "{out}");
+    }
+    let out = k
+        .ok(&["-n", "apps", "get", "deploy", "web", "-o", "wide"])
+        .await;
+    assert!(out.contains("nginx:1.27"), "{out}");
+    k.ok(&["-n", "apps", "delete", "deploy", "web"]).await;
+    k.fails(&["-n", "apps", "get", "deploy", "web"]).await;
+}
