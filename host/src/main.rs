@@ -119,6 +119,7 @@ fn simulate(args: capstan::simulate::SimulateArgs) -> ExitCode {
                             dir,
                             capstan::runtime::RuntimeConfig::default(),
                         )
+                        .map(|loaded| loaded.plugins)
                     },
                     stop,
                 )

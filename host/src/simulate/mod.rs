@@ -420,6 +420,7 @@ where
             ..ControllerOptions::default()
         },
         instance: "capstan-simulate".into(),
+        leader_election: None,
     };
     let mut mgr = Manager::new(client, Arc::clone(&registry), metrics, options);
     for p in plugins {
