@@ -15,6 +15,8 @@
 //!    permissions, optimistic concurrency, the client's QPS limiter and REST metrics.
 //! 7. [`metrics`] and [`telemetry`]: controller-runtime metrics, spans and logs.
 //! 8. [`manager`]: the composition root behind `capstan run`.
+//! 9. [`reload`]: the plugin directory watched while running: versions swapped,
+//!    added, removed and shadowed without dropping caches.
 //!
 //! [`cli`] holds the other subcommands' implementations (the binary only parses).
 pub mod runtime;
@@ -24,6 +26,7 @@ pub mod controller;
 pub mod manager;
 pub mod metrics;
 pub mod queue;
+pub mod reload;
 pub mod telemetry;
 pub mod watch;
 pub mod writer;

@@ -68,9 +68,10 @@ fn run_manager(args: capstan::manager::RunArgs) -> ExitCode {
         .build()
         .map_err(anyhow::Error::from)
         .and_then(|rt| {
-            rt.block_on(capstan::manager::run_command(args, |dir| {
-                capstan::manager::load_plugin_dir(dir, capstan::runtime::RuntimeConfig::default())
-            }))
+            rt.block_on(capstan::manager::run_command(
+                args,
+                capstan::runtime::RuntimeConfig::default(),
+            ))
             .map_err(anyhow::Error::from)
         });
     match result {

@@ -21,12 +21,22 @@
 //!
 //! A fault fails only that reconcile: it is counted, logged with plugin and key, and backed
 //! off; other keys and other plugins carry on.
+//!
+//! Hot reload ([`Controller::swap`]): everything a plugin version declares (the plugin
+//! itself, its relations, grants and watch listeners) is one immutable [`Wiring`] behind a
+//! lock. Each reconcile takes the current wiring once, at its start, and uses it for the
+//! snapshot, the call and the write, so a reconcile in flight during a swap finishes wholly
+//! on the old version and the next one runs wholly on the new. [`Controller::retire`] stops
+//! the controller once in-flight reconciles finish. A shadow ([`Controller::set_shadow`])
+//! sees the same snapshots as the serving version and never writes.
 
 mod plugin;
+mod shadow;
 
 pub use plugin::classify;
+pub use shadow::{Shadow, ShadowVerdict, outcome_json};
 
-use crate::cache::{Cache, CachedObject, Gvk, KindCache, ObjectKey};
+use crate::cache::{Cache, CachedObject, Gvk, KindCache, ListenerId, ObjectKey};
 use crate::metrics::ControllerMetrics;
 use crate::queue::{QueueConfig, WorkQueue};
 use crate::runtime::bindings::capstan::reconciler::types::{
@@ -82,6 +92,11 @@ pub trait Reconcile: Send + Sync + 'static {
     /// One reconcile call for `key` (`namespace/name`). Blocking; may take up to the
     /// plugin's deadline.
     fn reconcile(&self, key: &str, snapshot: &Snapshot) -> Result<Outcome, CallFailure>;
+    /// sha256 of the component this plugin was loaded from, when it was (the reloader
+    /// recognises a file already serving by it).
+    fn digest(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Errors building a controller.
@@ -94,6 +109,24 @@ pub enum ControllerError {
         plugin: String,
         /// The kind.
         kind: Gvk,
+    },
+    /// A replacement declares another plugin name.
+    #[error("plugin {plugin}: the replacement is named {found}")]
+    NameChanged {
+        /// The serving plugin's name.
+        plugin: String,
+        /// The replacement's name.
+        found: String,
+    },
+    /// A replacement declares another primary kind (its keys would mean other objects).
+    #[error("plugin {plugin}: the replacement's primary kind is {found}, not {serving}")]
+    PrimaryChanged {
+        /// Plugin name.
+        plugin: String,
+        /// The serving primary kind.
+        serving: Gvk,
+        /// The replacement's primary kind.
+        found: Gvk,
     },
 }
 
@@ -165,21 +198,94 @@ impl Verdict {
     }
 }
 
+/// What one plugin version wires: the plugin, its relation plans, its grants and the cache
+/// listeners that map its watches to keys. Immutable; replaced whole by a swap.
+struct Wiring {
+    plugin: Arc<dyn Reconcile>,
+    relations: Vec<RelationPlan>,
+    grants: Grants,
+    listeners: Vec<(Arc<KindCache>, ListenerId)>,
+}
+
+impl Wiring {
+    /// Wire `plugin` to the registered caches of its kinds; its watches feed `queue`.
+    fn build(
+        plugin: Arc<dyn Reconcile>,
+        cache: &Cache,
+        queue: &Arc<WorkQueue<ObjectKey>>,
+    ) -> Result<Self, ControllerError> {
+        let info = plugin.info();
+        let kind = |g: &Gvk| {
+            cache.kind(g).ok_or_else(|| ControllerError::KindNotCached {
+                plugin: info.name.clone(),
+                kind: g.clone(),
+            })
+        };
+        let primary = Gvk::from(&info.primary);
+        let mut relations = Vec::new();
+        for r in &info.relations {
+            let rc = kind(&Gvk::from(&r.kind))?;
+            let selector = match &r.selector {
+                RelationSelector::Owned => Selector::Owned,
+                RelationSelector::Label(l) => {
+                    rc.index_label(l);
+                    Selector::Label(l.clone())
+                }
+                RelationSelector::FieldRef(p) => Selector::FieldRef(watch::split_path(p)),
+                RelationSelector::ControllerOwner => Selector::ControllerOwner,
+                RelationSelector::ByLabelValue(l) => Selector::ByLabelValue(l.clone()),
+            };
+            relations.push(RelationPlan {
+                name: r.name.clone(),
+                cache: rc,
+                selector,
+            });
+        }
+        let plan = watch::plan(info);
+        debug_assert!(plan.first().is_some_and(|(_, r)| *r == Rule::Primary));
+        // Resolve every kind before subscribing anything, so a failure leaves no listener.
+        let caches = plan
+            .iter()
+            .map(|(gvk, _)| kind(gvk))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut listeners = Vec::new();
+        for ((_, rule), kc) in plan.into_iter().zip(caches) {
+            let q = Arc::clone(queue);
+            let id = watch::connect(&kc, rule, primary.clone(), move |k| q.add(k));
+            listeners.push((kc, id));
+        }
+        let grants = Grants::new(&info.permissions);
+        Ok(Self {
+            plugin,
+            relations,
+            grants,
+            listeners,
+        })
+    }
+
+    fn disconnect(&self) {
+        for (kc, id) in &self.listeners {
+            kc.unsubscribe(*id);
+        }
+    }
+}
+
 /// One plugin's queue, workers and wiring.
 pub struct Controller {
     name: String,
-    plugin: Arc<dyn Reconcile>,
     primary: Gvk,
     primary_cache: Arc<KindCache>,
-    relations: Vec<RelationPlan>,
+    wiring: parking_lot::RwLock<Arc<Wiring>>,
+    shadow: parking_lot::RwLock<Option<Arc<Shadow>>>,
     cache: Arc<Cache>,
     queue: Arc<WorkQueue<ObjectKey>>,
     writes: Arc<WritePath>,
-    grants: Grants,
     metrics: ControllerMetrics,
     concurrency: u32,
     sync_period: Duration,
     blocking_calls: bool,
+    retired: CancellationToken,
+    stopped: CancellationToken,
 }
 
 impl fmt::Debug for Controller {
@@ -214,33 +320,13 @@ impl Controller {
     ) -> Result<Arc<Self>, ControllerError> {
         let info = plugin.info();
         let name = info.name.clone();
-        let kind = |g: &Gvk| {
-            cache.kind(g).ok_or_else(|| ControllerError::KindNotCached {
-                plugin: name.clone(),
-                kind: g.clone(),
-            })
-        };
         let primary = Gvk::from(&info.primary);
-        let primary_cache = kind(&primary)?;
-        let mut relations = Vec::new();
-        for r in &info.relations {
-            let rc = kind(&Gvk::from(&r.kind))?;
-            let selector = match &r.selector {
-                RelationSelector::Owned => Selector::Owned,
-                RelationSelector::Label(l) => {
-                    rc.index_label(l);
-                    Selector::Label(l.clone())
-                }
-                RelationSelector::FieldRef(p) => Selector::FieldRef(watch::split_path(p)),
-                RelationSelector::ControllerOwner => Selector::ControllerOwner,
-                RelationSelector::ByLabelValue(l) => Selector::ByLabelValue(l.clone()),
-            };
-            relations.push(RelationPlan {
-                name: r.name.clone(),
-                cache: rc,
-                selector,
-            });
-        }
+        let primary_cache = cache
+            .kind(&primary)
+            .ok_or_else(|| ControllerError::KindNotCached {
+                plugin: name.clone(),
+                kind: primary.clone(),
+            })?;
         let concurrency = options
             .concurrency
             .or(info.concurrency)
@@ -254,29 +340,85 @@ impl Controller {
             .unwrap_or(DEFAULT_SYNC_PERIOD);
         let metrics = metrics_for(&name, concurrency);
         let queue = WorkQueue::new(options.queue, metrics.queue.clone());
-        let plan = watch::plan(info);
-        for (gvk, rule) in &plan {
-            let kc = kind(gvk)?;
-            let q = Arc::clone(&queue);
-            watch::connect(&kc, rule.clone(), primary.clone(), move |k| q.add(k));
-        }
-        let grants = Grants::new(&info.permissions);
-        debug_assert!(plan.first().is_some_and(|(_, r)| *r == Rule::Primary));
+        let wiring = Wiring::build(plugin, &cache, &queue)?;
         Ok(Arc::new(Self {
             name,
-            plugin,
             primary,
             primary_cache,
-            relations,
+            wiring: parking_lot::RwLock::new(Arc::new(wiring)),
+            shadow: parking_lot::RwLock::new(None),
             cache,
             queue,
             writes,
-            grants,
             metrics,
             concurrency,
             sync_period,
             blocking_calls: options.blocking_calls,
+            retired: CancellationToken::new(),
+            stopped: CancellationToken::new(),
         }))
+    }
+
+    /// Serve `plugin` from the next reconcile on; returns the version it replaces.
+    ///
+    /// The replacement must have the same name and primary kind; every other kind it
+    /// declares must already be cached (the reloader registers new kinds first). Its
+    /// relations and watches replace the old ones (listeners swapped; the shared caches
+    /// stay), reconciles in flight finish on the old version, and every primary object is
+    /// queued again (terminal errors included) so each converges to the new version's result.
+    /// Concurrency and the resync period keep their values until the controller restarts.
+    pub fn swap(&self, plugin: Arc<dyn Reconcile>) -> Result<Arc<dyn Reconcile>, ControllerError> {
+        let info = plugin.info();
+        if info.name != self.name {
+            return Err(ControllerError::NameChanged {
+                plugin: self.name.clone(),
+                found: info.name.clone(),
+            });
+        }
+        let found = Gvk::from(&info.primary);
+        if found != self.primary {
+            return Err(ControllerError::PrimaryChanged {
+                plugin: self.name.clone(),
+                serving: self.primary.clone(),
+                found,
+            });
+        }
+        let new = Arc::new(Wiring::build(plugin, &self.cache, &self.queue)?);
+        let old = std::mem::replace(&mut *self.wiring.write(), new);
+        old.disconnect();
+        for k in self.primary_cache.keys() {
+            self.queue.add(k);
+        }
+        Ok(Arc::clone(&old.plugin))
+    }
+
+    /// The plugin serving now.
+    pub fn plugin(&self) -> Arc<dyn Reconcile> {
+        Arc::clone(&self.wiring.read().plugin)
+    }
+
+    /// Run `shadow` beside the serving version from the next reconcile on (`None` stops it).
+    pub fn set_shadow(&self, shadow: Option<Arc<Shadow>>) {
+        *self.shadow.write() = shadow;
+    }
+
+    /// The shadow running now.
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.shadow.read().clone()
+    }
+
+    /// Stop this controller (its plugin was removed): no new keys are taken, its watches are
+    /// disconnected, and [`Controller::run`] returns once in-flight reconciles finish; see
+    /// [`Controller::stopped`].
+    pub fn retire(&self) {
+        self.wiring.read().disconnect();
+        self.set_shadow(None);
+        self.retired.cancel();
+    }
+
+    /// Resolves once [`Controller::run`] has returned.
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await;
     }
 
     /// The controller (plugin) name.
@@ -315,13 +457,17 @@ impl Controller {
             let stop = stop.clone();
             tokio::spawn(async move { c.resync_loop(stop).await })
         };
-        stop.cancelled().await;
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = self.retired.cancelled() => {}
+        }
         self.queue.shutdown();
         for w in workers {
             let _ = w.await;
         }
         resync.abort();
         let _ = driver.await;
+        self.stopped.cancel();
         tracing::info!(controller = %self.name, "controller stopped");
     }
 
@@ -331,6 +477,7 @@ impl Controller {
             let wait = self.sync_period.mul_f64(jitter);
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = self.retired.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
             self.resync();
@@ -384,11 +531,17 @@ impl Controller {
             .is_some_and(|c| c.spec_paused)
     }
 
-    /// The snapshot of `primary`: itself and every declared relation, from the cache.
+    /// The snapshot of `primary`: itself and every relation the serving version declares,
+    /// from the cache.
     pub fn snapshot(&self, primary: &CachedObject) -> Snapshot {
+        let wiring = Arc::clone(&*self.wiring.read());
+        Self::snapshot_with(&wiring, primary)
+    }
+
+    fn snapshot_with(wiring: &Wiring, primary: &CachedObject) -> Snapshot {
         let mut parsed: Option<Value> = None;
         let ns = &primary.key.namespace;
-        let related = self
+        let related = wiring
             .relations
             .iter()
             .map(|r| {
@@ -434,12 +587,17 @@ impl Controller {
         }
     }
 
-    async fn call(&self, key: &ObjectKey, snapshot: Snapshot) -> Result<Outcome, CallFailure> {
+    async fn call(
+        &self,
+        plugin: &Arc<dyn Reconcile>,
+        key: &ObjectKey,
+        snapshot: Snapshot,
+    ) -> Result<Outcome, CallFailure> {
         let span = tracing::debug_span!("call");
         let start = Instant::now();
         let key = key.to_string();
         let result = if self.blocking_calls {
-            let plugin = Arc::clone(&self.plugin);
+            let plugin = Arc::clone(plugin);
             let span = span.clone();
             match tokio::task::spawn_blocking(move || {
                 span.in_scope(|| plugin.reconcile(&key, &snapshot))
@@ -452,7 +610,7 @@ impl Controller {
                 )))),
             }
         } else {
-            span.in_scope(|| self.plugin.reconcile(&key, &snapshot))
+            span.in_scope(|| plugin.reconcile(&key, &snapshot))
         };
         self.metrics
             .plugin_call
@@ -486,8 +644,17 @@ impl Controller {
             self.queue.forget(key);
             return Verdict::Skipped;
         }
-        let snapshot = tracing::debug_span!("snapshot").in_scope(|| self.snapshot(&primary));
-        let outcome = match self.call(key, snapshot).await {
+        // One version for the whole reconcile: snapshot, call and write.
+        let wiring = Arc::clone(&*self.wiring.read());
+        let snapshot =
+            tracing::debug_span!("snapshot").in_scope(|| Self::snapshot_with(&wiring, &primary));
+        let shadow = self.shadow.read().clone();
+        let shadow_input = shadow.as_ref().map(|_| snapshot.clone());
+        let result = self.call(&wiring.plugin, key, snapshot).await;
+        if let (Some(shadow), Some(input)) = (shadow, shadow_input) {
+            shadow.compare(key, input, &result);
+        }
+        let outcome = match result {
             Ok(o) => o,
             Err(CallFailure::Transient(msg)) => {
                 self.metrics.errors.inc();
@@ -511,7 +678,7 @@ impl Controller {
         };
         let writer = Writer {
             plugin: &self.name,
-            grants: &self.grants,
+            grants: &wiring.grants,
             metrics: &self.metrics,
             observed: Some((&self.primary, key, &primary.resource_version)),
         };

@@ -16,7 +16,7 @@
 //! Nothing polls: an infrastructure object turning ready is an update event, which enqueues
 //! its owner here.
 
-use crate::cache::{CacheEvent, CachedObject, Gvk, KindCache, ObjectKey};
+use crate::cache::{CacheEvent, CachedObject, Gvk, KindCache, ListenerId, ObjectKey};
 use crate::runtime::bindings::capstan::reconciler::types::{KeyMapping, PluginInfo};
 use serde_json::Value;
 
@@ -118,13 +118,14 @@ pub fn keys_for_event(rule: &Rule, primary: &Gvk, ev: &CacheEvent) -> Vec<Object
     keys
 }
 
-/// Subscribe `sink` to `cache`'s events mapped by `rule` (labels used are indexed).
+/// Subscribe `sink` to `cache`'s events mapped by `rule` (labels used are indexed); the
+/// id unsubscribes it.
 pub fn connect(
     cache: &KindCache,
     rule: Rule,
     primary: Gvk,
     sink: impl Fn(ObjectKey) + Send + Sync + 'static,
-) {
+) -> ListenerId {
     if let Rule::Label(l) = &rule {
         cache.index_label(l);
     }
@@ -132,7 +133,7 @@ pub fn connect(
         for k in keys_for_event(&rule, &primary, ev) {
             sink(k);
         }
-    });
+    })
 }
 
 #[cfg(test)]
