@@ -603,6 +603,22 @@ impl State {
                 other,
             });
         }
+        if let Some(served) = self.served.get_mut(&name)
+            && served.controller.plugin().digest() == Some(digest)
+        {
+            // The version serving already (a failed file put back): nothing to swap.
+            served.file = Some(file.to_owned());
+            self.files.insert(
+                file.to_owned(),
+                FileState {
+                    digest: digest.to_string(),
+                    plugin: Some(name.clone()),
+                },
+            );
+            tracing::info!(plugin = %name, file = %file.display(), digest = short(digest), "plugin file restored to the version serving");
+            self.emit(file, &name, "cached", digest);
+            return Ok(());
+        }
         self.ensure_kinds(file, &plugin).await?;
         let version = info.version.clone();
         let metrics = Arc::clone(&self.ctx.kinds.metrics);
