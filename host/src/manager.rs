@@ -516,8 +516,9 @@ pub struct RunArgs {
     /// Reload plugins when files in `--plugins` change (`false`: load them once at start).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub plugin_reload: bool,
-    /// Quiet time after the last change in `--plugins` before the directory is rescanned.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    /// Quiet time after the last change in `--plugins` before the directory is rescanned
+    /// (a file copied in place rather than renamed may be read half-written if longer).
+    #[arg(long, default_value = "25ms", value_parser = parse_duration)]
     pub plugin_reload_debounce: Duration,
     /// Keep compiled plugin artifacts in this directory, so a restart does not compile
     /// versions it has seen.
@@ -606,7 +607,8 @@ pub async fn run_command(
         dir: args.plugins.clone(),
         reason,
     };
-    let runtime = crate::runtime::Runtime::new(runtime).map_err(|e| plugins_error(e.to_string()))?;
+    let runtime =
+        crate::runtime::Runtime::new(runtime).map_err(|e| plugins_error(e.to_string()))?;
     let plugins = load_plugin_dir(&args.plugins, &runtime).map_err(plugins_error)?;
     let config = kube_config(args.kubeconfig.as_deref()).await?;
     let mut registry = Registry::default();

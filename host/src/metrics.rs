@@ -369,10 +369,11 @@ impl Metrics {
     /// The shadow comparison counters of `plugin`, created at zero.
     pub fn shadow(&self, plugin: &str) -> ShadowMetrics {
         let c = |r: &str| {
-            self.shadow_reconciles.get_or_create_owned(&PluginResultLabels {
-                plugin: plugin.to_string(),
-                result: r.to_string(),
-            })
+            self.shadow_reconciles
+                .get_or_create_owned(&PluginResultLabels {
+                    plugin: plugin.to_string(),
+                    result: r.to_string(),
+                })
         };
         ShadowMetrics {
             same: c(SHADOW_RESULTS[0]),
@@ -597,7 +598,9 @@ mod tests {
         metrics.plugin_reload("p", "error");
         let _s = metrics.shadow("p");
         let text = encode(&registry);
-        assert!(text.contains("capstan_plugin_info{plugin=\"p\",version=\"2.0.0\",digest=\"bb\"} 1"));
+        assert!(
+            text.contains("capstan_plugin_info{plugin=\"p\",version=\"2.0.0\",digest=\"bb\"} 1")
+        );
         assert!(!text.contains("digest=\"aa\""), "{text}");
         assert!(text.contains("capstan_plugin_reloads_total{plugin=\"p\",result=\"error\"} 1"));
         assert!(text.contains("capstan_plugin_reloads_total{plugin=\"p\",result=\"cached\"} 0"));

@@ -401,7 +401,11 @@ async fn ten_replacements_under_load_lose_nothing_and_bad_files_keep_the_old_ver
         w.status_versions,
         BTreeSet::from(["1.0.0".to_string(), "2.0.0".to_string()])
     );
-    assert!(w.status_writes >= 10 * 50, "{} status writes", w.status_writes);
+    assert!(
+        w.status_writes >= 10 * 50,
+        "{} status writes",
+        w.status_writes
+    );
     drop(w);
 
     // Two versions seen, two compiles; the two invalid components that compiled are the
@@ -467,9 +471,8 @@ async fn a_shadow_compares_without_writing_then_promotion_rollback_and_removal()
     let mut mgr = start(&server, dir.path()).await?;
     let writes = observe_writes(&client, CancellationToken::new());
     wait_converged(&client, "1.0.0", WIDGETS).await?;
-    let shadow = |r: &str| {
-        format!("capstan_shadow_reconciles_total{{plugin=\"{PLUGIN}\",result=\"{r}\"}}")
-    };
+    let shadow =
+        |r: &str| format!("capstan_shadow_reconciles_total{{plugin=\"{PLUGIN}\",result=\"{r}\"}}");
 
     // The same version as a shadow: outcomes are the same.
     put(&shadow_file, &v1)?;
@@ -529,9 +532,15 @@ async fn a_shadow_compares_without_writing_then_promotion_rollback_and_removal()
     patch_widget(&client, "w-0", json!({"spec": {"n": 77}})).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let w0 = get_widget(&client, "w-0").await?;
-    assert_eq!(w0["status"]["stamp"], json!("1.0.0:5"), "a removed plugin reconciled");
+    assert_eq!(
+        w0["status"]["stamp"],
+        json!("1.0.0:5"),
+        "a removed plugin reconciled"
+    );
     assert!(
-        !mgr.metrics().await?.contains("capstan_plugin_info{plugin=\"reload-test\""),
+        !mgr.metrics()
+            .await?
+            .contains("capstan_plugin_info{plugin=\"reload-test\""),
         "a removed plugin is not reported serving"
     );
     // And it comes back when the file does.

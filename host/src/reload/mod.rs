@@ -39,7 +39,7 @@ use crate::cache::run_watcher;
 use crate::controller::{Controller, ControllerOptions, Reconcile, Shadow};
 use crate::manager::{Kinds, declared_kinds};
 use crate::runtime::Runtime;
-use notify_debouncer_full::notify::RecursiveMode;
+use notify_debouncer_full::notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -72,7 +72,9 @@ pub enum ReloadError {
         source: crate::runtime::RuntimeError,
     },
     /// The file describes another plugin than the one it served.
-    #[error("{file} now describes plugin {found}, it served {serving}; remove it and add a new file instead")]
+    #[error(
+        "{file} now describes plugin {found}, it served {serving}; remove it and add a new file instead"
+    )]
     Renamed {
         /// The file.
         file: PathBuf,
@@ -168,7 +170,7 @@ impl ReloadOptions {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
-            debounce: Duration::from_millis(100),
+            debounce: Duration::from_millis(25),
             rescan: Duration::from_secs(60),
             event_target: None,
             max_file_bytes: 256 << 20,
@@ -302,19 +304,30 @@ impl Reloader {
     ) -> Vec<JoinHandle<()>> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let dir = self.options.dir.clone();
-        let debouncer = new_debouncer(self.options.debounce, None, move |r: DebounceEventResult| {
-            match r {
-                Ok(_) => {
-                    let _ = tx.send(());
-                }
-                Err(errors) => {
-                    for error in errors {
-                        tracing::warn!(%error, "plugin directory watch error; rescanning");
+        let debouncer = new_debouncer(
+            self.options.debounce,
+            None,
+            move |r: DebounceEventResult| {
+                match r {
+                    // Opening and reading files (our own scans among them) are access events:
+                    // they change nothing, and acting on them would rescan in a loop.
+                    Ok(events) => {
+                        if events
+                            .iter()
+                            .any(|e| !matches!(e.kind, EventKind::Access(_)))
+                        {
+                            let _ = tx.send(());
+                        }
                     }
-                    let _ = tx.send(());
+                    Err(errors) => {
+                        for error in errors {
+                            tracing::warn!(%error, "plugin directory watch error; rescanning");
+                        }
+                        let _ = tx.send(());
+                    }
                 }
-            }
-        })
+            },
+        )
         .and_then(|mut d| d.watch(&dir, RecursiveMode::NonRecursive).map(|()| d));
         let _debouncer = match debouncer {
             Ok(d) => Some(d),
@@ -464,9 +477,11 @@ impl State {
         if is_shadow(file) || self.files.contains_key(file) {
             return false;
         }
-        let Some((name, served)) = self.served.iter_mut().find(|(_, s)| {
-            s.file.is_none() && s.controller.plugin().digest() == Some(digest)
-        }) else {
+        let Some((name, served)) = self
+            .served
+            .iter_mut()
+            .find(|(_, s)| s.file.is_none() && s.controller.plugin().digest() == Some(digest))
+        else {
             return false;
         };
         served.file = Some(file.to_owned());
@@ -661,9 +676,8 @@ impl State {
                     file: file.to_owned(),
                     source,
                 })?;
-                self.tasks.push(tokio::spawn(
-                    Arc::clone(&controller).run(self.stop.clone()),
-                ));
+                self.tasks
+                    .push(tokio::spawn(Arc::clone(&controller).run(self.stop.clone())));
                 controller.resync();
                 metrics.set_plugin_info(&name, None, Some((&version, digest)));
                 tracing::info!(plugin = %name, file = %file.display(), %version, digest = short(digest), cached, "plugin added");
@@ -684,7 +698,12 @@ impl State {
                 plugin: Some(name.clone()),
             },
         );
-        self.emit(file, &name, if cached { "cached" } else { "success" }, digest);
+        self.emit(
+            file,
+            &name,
+            if cached { "cached" } else { "success" },
+            digest,
+        );
         Ok(())
     }
 
@@ -821,7 +840,9 @@ impl State {
             }
             None if !self.said_no_events => {
                 self.said_no_events = true;
-                tracing::info!("POD_NAME and POD_NAMESPACE are not set: plugin reload failures are logged and counted but not recorded as Kubernetes Events");
+                tracing::info!(
+                    "POD_NAME and POD_NAMESPACE are not set: plugin reload failures are logged and counted but not recorded as Kubernetes Events"
+                );
             }
             None => {}
         }
@@ -872,15 +893,13 @@ async fn record_event(client: kube::Client, pod: &PodRef, plugin: &str, note: &s
         },
     });
     let result = match serde_json::from_value::<kube::api::DynamicObject>(body) {
-        Ok(obj) => kube::Api::<kube::api::DynamicObject>::namespaced_with(
-            client,
-            &pod.namespace,
-            &ar,
-        )
-        .create(&kube::api::PostParams::default(), &obj)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string()),
+        Ok(obj) => {
+            kube::Api::<kube::api::DynamicObject>::namespaced_with(client, &pod.namespace, &ar)
+                .create(&kube::api::PostParams::default(), &obj)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
         Err(e) => Err(e.to_string()),
     };
     if let Err(error) = result {
@@ -895,7 +914,13 @@ mod tests {
     #[test]
     fn shadows_and_plugin_files_are_told_apart() {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["a.wasm", "a.shadow.wasm", ".a.wasm.tmp", ".hidden.wasm", "b.txt"] {
+        for f in [
+            "a.wasm",
+            "a.shadow.wasm",
+            ".a.wasm.tmp",
+            ".hidden.wasm",
+            "b.txt",
+        ] {
             std::fs::write(dir.path().join(f), b"x").unwrap();
         }
         let files = plugin_files(dir.path()).unwrap();
@@ -913,7 +938,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("a.wasm");
         std::fs::write(&f, vec![0u8; 100]).unwrap();
-        assert!(read_file(&f, 10).unwrap_err().contains("over the 10-byte limit"));
+        assert!(
+            read_file(&f, 10)
+                .unwrap_err()
+                .contains("over the 10-byte limit")
+        );
         let (digest, bytes) = read_file(&f, 100).unwrap();
         assert_eq!(bytes.len(), 100);
         assert_eq!(digest.len(), 64);

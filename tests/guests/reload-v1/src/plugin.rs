@@ -36,11 +36,7 @@ impl Reconciler for ReloadTest {
         }
         let cm = Gvk::new("", "v1", "ConfigMap");
         info.watch(cm.clone(), KeyMapping::Label(WIDGET_LABEL.into()))
-            .relation(
-                "configs",
-                cm,
-                RelationSelector::Label(WIDGET_LABEL.into()),
-            )
+            .relation("configs", cm, RelationSelector::Label(WIDGET_LABEL.into()))
     }
 
     fn reconcile(_ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
