@@ -552,3 +552,136 @@ async fn a_shadow_compares_without_writing_then_promotion_rollback_and_removal()
     server.shutdown().await;
     Ok(())
 }
+
+/// A fake plugin named `reload-fake` counting calls per Widget; `watch_cms` maps ConfigMaps
+/// labelled `widget` to their Widget.
+fn fake(version: &str, watch_cms: bool) -> Arc<FakePlugin> {
+    let cm = gvk("", "v1", "ConfigMap");
+    let mut info = widget_info("reload-fake");
+    info.version = version.into();
+    info.permissions.push(
+        capstan::runtime::bindings::capstan::reconciler::types::Permission {
+            kind: cm.clone(),
+            verbs: capstan::runtime::Verbs::PATCH,
+        },
+    );
+    if watch_cms {
+        info.watches = vec![watch(
+            cm,
+            capstan::runtime::bindings::capstan::reconciler::types::KeyMapping::Label(
+                "widget".into(),
+            ),
+        )];
+    }
+    FakePlugin::new(info, |_, _| Ok(empty_outcome()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_rewires_watches_and_keeps_the_caches_other_plugins_share() -> anyhow::Result<()> {
+    let server = api_server().await?;
+    let client = test_client(&server).await?;
+    create_widget(&client, "a", json!({})).await?;
+    let v1 = fake("1", false);
+    let v2 = fake("2", true);
+    // Another plugin relating ConfigMaps: it shares the ConfigMap cache.
+    let mut other_info = widget_info("reload-other");
+    other_info.relations = vec![relation(
+        "cms",
+        gvk("", "v1", "ConfigMap"),
+        capstan::runtime::bindings::capstan::reconciler::types::RelationSelector::Label(
+            "widget".into(),
+        ),
+    )];
+    let other = FakePlugin::new(other_info, |_, _| Ok(empty_outcome()));
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let kc = kube::config::Kubeconfig::from_yaml(server.kubeconfig_yaml())?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    let mut manager = Manager::new(
+        build_client(config, Arc::clone(&metrics), 0.0, 0)?,
+        Arc::new(registry),
+        metrics,
+        ManagerOptions::default(),
+    );
+    manager.add_plugin(v1.clone()).await?;
+    manager.add_plugin(other.clone()).await?;
+    let controller = Arc::clone(&manager.controllers()[0]);
+    let cache = Arc::clone(manager.cache());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(manager.run(stop.clone()));
+    eventually(Duration::from_secs(10), || async { v1.calls_for("a") >= 1 }).await?;
+
+    let cm = |n: u32| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": format!("cm-{n}"), "namespace": "default", "labels": {"widget": "a"}}})
+    };
+    let cms: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &kube::core::ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            plural: "configmaps".into(),
+        },
+    );
+    // v2 watches ConfigMaps: a new one enqueues Widget a.
+    let old = controller.swap(v2.clone())?;
+    assert_eq!(old.info().version, "1");
+    eventually(Duration::from_secs(10), || async { v2.calls_for("a") >= 1 }).await?;
+    let before = v2.calls_for("a");
+    cms.create(&PostParams::default(), &serde_json::from_value(cm(1))?)
+        .await?;
+    eventually(Duration::from_secs(10), || async {
+        v2.calls_for("a") > before
+    })
+    .await
+    .context("the swapped-in watch did not enqueue")?;
+
+    // Back to v1 (no watch): ConfigMap changes no longer enqueue it, yet the cache stays
+    // and the other plugin still reads it.
+    controller.swap(v1.clone())?;
+    eventually(Duration::from_secs(10), || async { v1.calls_for("a") >= 2 }).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (v1_calls, v2_calls) = (v1.calls_for("a"), v2.calls_for("a"));
+    cms.create(&PostParams::default(), &serde_json::from_value(cm(2))?)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        v1.calls_for("a"),
+        v1_calls,
+        "a ConfigMap enqueued the version without that watch"
+    );
+    let other_calls = other.calls();
+    patch_widget(&client, "a", json!({"spec": {"x": 1}})).await?;
+    eventually(Duration::from_secs(10), || async {
+        other.calls() > other_calls && v1.calls_for("a") > v1_calls
+    })
+    .await?;
+    assert_eq!(
+        v2.calls_for("a"),
+        v2_calls,
+        "the replaced version was called"
+    );
+    let kind = cache
+        .kind(&capstan::cache::Gvk::new("", "v1", "ConfigMap"))
+        .context("the ConfigMap cache was dropped")?;
+    assert_eq!(kind.len(), 2);
+
+    // A replacement with another primary kind or name is refused; v1 keeps serving.
+    let mut renamed = widget_info("someone-else");
+    renamed.version = "3".into();
+    assert!(
+        controller
+            .swap(FakePlugin::new(renamed, |_, _| Ok(empty_outcome())))
+            .is_err()
+    );
+    assert_eq!(controller.plugin().info().version, "1");
+    stop.cancel();
+    task.await??;
+    server.shutdown().await;
+    Ok(())
+}

@@ -433,8 +433,10 @@ impl State {
             let (digest, bytes) = match read {
                 Ok(r) => r,
                 Err(reason) => {
-                    // Vanished between listing and reading: the next scan removes it.
-                    if file.exists() {
+                    // Vanished between listing and reading: the next scan removes it. An
+                    // unreadable file is reported once, not at every scan.
+                    let reported = self.files.get(&file).is_some_and(|s| s.digest.is_empty());
+                    if file.exists() && !reported {
                         let e = ReloadError::Read {
                             file: file.clone(),
                             reason,
