@@ -391,22 +391,23 @@ async fn ten_replacements_under_load_lose_nothing_and_bad_files_keep_the_old_ver
     .context("the ConfigMap watch of the final version did not enqueue w-7")?;
 
     watch_stop.cancel();
-    let w = writes.lock();
-    assert!(
-        w.violations.is_empty(),
-        "objects written by two versions in one reconcile:\n{}",
-        w.violations.join("\n")
-    );
-    assert_eq!(
-        w.status_versions,
-        BTreeSet::from(["1.0.0".to_string(), "2.0.0".to_string()])
-    );
-    assert!(
-        w.status_writes >= 10 * 50,
-        "{} status writes",
-        w.status_writes
-    );
-    drop(w);
+    {
+        let w = writes.lock();
+        assert!(
+            w.violations.is_empty(),
+            "objects written by two versions in one reconcile:\n{}",
+            w.violations.join("\n")
+        );
+        assert_eq!(
+            w.status_versions,
+            BTreeSet::from(["1.0.0".to_string(), "2.0.0".to_string()])
+        );
+        assert!(
+            w.status_writes >= 10 * 50,
+            "{} status writes",
+            w.status_writes
+        );
+    }
 
     // Two versions seen, two compiles; the two invalid components that compiled are the
     // only other ones. Every later load of a known version reused it.

@@ -124,9 +124,9 @@ pub enum ControllerError {
         /// Plugin name.
         plugin: String,
         /// The serving primary kind.
-        serving: Gvk,
+        serving: String,
         /// The replacement's primary kind.
-        found: Gvk,
+        found: String,
     },
 }
 
@@ -379,8 +379,8 @@ impl Controller {
         if found != self.primary {
             return Err(ControllerError::PrimaryChanged {
                 plugin: self.name.clone(),
-                serving: self.primary.clone(),
-                found,
+                serving: self.primary.to_string(),
+                found: found.to_string(),
             });
         }
         let new = Arc::new(Wiring::build(plugin, &self.cache, &self.queue)?);
