@@ -16,6 +16,8 @@
 //! 7. [`metrics`] and [`telemetry`]: controller-runtime metrics, spans and logs.
 //! 8. [`manager`]: the composition root behind `capstan run`; [`leader`]: its Lease-based
 //!    leader election.
+//! 9. [`reload`]: the plugin directory watched while running: versions swapped,
+//!    added, removed and shadowed without dropping caches.
 //!
 //! [`cli`] holds the other subcommands' implementations (the binary only parses).
 pub mod runtime;
@@ -27,6 +29,7 @@ pub mod leader;
 pub mod manager;
 pub mod metrics;
 pub mod queue;
+pub mod reload;
 pub mod telemetry;
 pub mod watch;
 pub mod writer;

@@ -75,10 +75,8 @@ fn run_manager(args: capstan::manager::RunArgs) -> ExitCode {
                 cache_dir: args.cache_dir.clone(),
                 ..capstan::runtime::RuntimeConfig::default()
             };
-            rt.block_on(capstan::manager::run_command(args, |dir| {
-                capstan::manager::load_plugin_dir(dir, config)
-            }))
-            .map_err(anyhow::Error::from)
+            rt.block_on(capstan::manager::run_command(args, config))
+                .map_err(anyhow::Error::from)
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,11 +113,11 @@ fn simulate(args: capstan::simulate::SimulateArgs) -> ExitCode {
                 capstan::simulate::run(
                     args,
                     |dir| {
-                        capstan::manager::load_plugin_dir(
-                            dir,
+                        let runtime = capstan::runtime::Runtime::new(
                             capstan::runtime::RuntimeConfig::default(),
                         )
-                        .map(|loaded| loaded.plugins)
+                        .map_err(|e| e.to_string())?;
+                        capstan::manager::load_plugin_dir(dir, &runtime)
                     },
                     stop,
                 )

@@ -154,6 +154,68 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
+/// The shared cache, the write path and discovery: what registering a kind touches.
+#[derive(Clone)]
+pub(crate) struct Kinds {
+    pub(crate) client: kube::Client,
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) writes: Arc<WritePath>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Kinds {
+    /// Resolve `gvk` through discovery and create its shared cache; `None` when it is
+    /// cached already (one cache per kind, however many plugins read it).
+    pub(crate) async fn register(
+        &self,
+        plugin: &str,
+        gvk: &Gvk,
+    ) -> Result<Option<(Resource, Arc<KindCache>)>, ManagerError> {
+        if self.cache.kind(gvk).is_some() {
+            return Ok(None);
+        }
+        let (api, caps) = kube::discovery::pinned_kind(
+            &self.client,
+            &GroupVersionKind::gvk(&gvk.group, &gvk.version, &gvk.kind),
+        )
+        .await
+        .map_err(|source| ManagerError::Discovery {
+            plugin: plugin.to_string(),
+            kind: gvk.clone(),
+            source: Box::new(source),
+        })?;
+        let resource = Resource {
+            namespaced: caps.scope == Scope::Namespaced,
+            api,
+        };
+        let gauge = self
+            .metrics
+            .cache_objects(&gvk.group, &gvk.version, &gvk.kind);
+        let kc = self.cache.kind_or_insert(gvk, || {
+            KindCache::new(
+                gvk.clone(),
+                &resource.api.plural,
+                resource.namespaced,
+                gauge,
+            )
+        });
+        self.writes.add_resource(gvk.clone(), resource.clone());
+        Ok(Some((resource, kc)))
+    }
+}
+
+/// Every kind `info` declares: primary, watched, related and written.
+pub(crate) fn declared_kinds(
+    info: &crate::runtime::bindings::capstan::reconciler::types::PluginInfo,
+) -> BTreeSet<Gvk> {
+    let mut kinds = BTreeSet::new();
+    kinds.insert(Gvk::from(&info.primary));
+    kinds.extend(info.watches.iter().map(|w| Gvk::from(&w.kind)));
+    kinds.extend(info.relations.iter().map(|r| Gvk::from(&r.kind)));
+    kinds.extend(info.permissions.iter().map(|p| Gvk::from(&p.kind)));
+    kinds
+}
+
 /// Caches, controllers and endpoints of one `capstan run`.
 pub struct Manager {
     client: kube::Client,
@@ -167,6 +229,7 @@ pub struct Manager {
     ready: Arc<AtomicBool>,
     metrics_listener: Option<TcpListener>,
     health_listener: Option<TcpListener>,
+    reloader: Option<crate::reload::Reloader>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -201,6 +264,7 @@ impl Manager {
             ready: Arc::new(AtomicBool::new(false)),
             metrics_listener: None,
             health_listener: None,
+            reloader: None,
         }
     }
 
@@ -215,37 +279,26 @@ impl Manager {
     }
 
     async fn register_kind(&mut self, plugin: &str, gvk: &Gvk) -> Result<(), ManagerError> {
-        if self.cache.kind(gvk).is_some() {
-            return Ok(());
+        let kinds = self.kinds();
+        if let Some(watched) = kinds.register(plugin, gvk).await? {
+            self.watched.push(watched);
         }
-        let (api, caps) = kube::discovery::pinned_kind(
-            &self.client,
-            &GroupVersionKind::gvk(&gvk.group, &gvk.version, &gvk.kind),
-        )
-        .await
-        .map_err(|source| ManagerError::Discovery {
-            plugin: plugin.to_string(),
-            kind: gvk.clone(),
-            source: Box::new(source),
-        })?;
-        let resource = Resource {
-            namespaced: caps.scope == Scope::Namespaced,
-            api,
-        };
-        let gauge = self
-            .metrics
-            .cache_objects(&gvk.group, &gvk.version, &gvk.kind);
-        let kc = self.cache.kind_or_insert(gvk, || {
-            KindCache::new(
-                gvk.clone(),
-                &resource.api.plural,
-                resource.namespaced,
-                gauge,
-            )
-        });
-        self.writes.add_resource(gvk.clone(), resource.clone());
-        self.watched.push((resource, kc));
         Ok(())
+    }
+
+    /// What registering kinds needs (the reloader registers kinds while the manager runs).
+    pub(crate) fn kinds(&self) -> Kinds {
+        Kinds {
+            client: self.client.clone(),
+            cache: Arc::clone(&self.cache),
+            writes: Arc::clone(&self.writes),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+
+    /// Watch `reloader`'s plugin directory while running (see [`crate::reload`]).
+    pub fn watch_plugins(&mut self, reloader: crate::reload::Reloader) {
+        self.reloader = Some(reloader);
     }
 
     /// Resolve and cache every kind `plugin` declares, and wire its controller.
@@ -255,11 +308,9 @@ impl Manager {
         if self.controllers.iter().any(|c| c.name() == name) {
             return Err(ManagerError::Duplicate(name));
         }
-        let mut kinds = BTreeSet::new();
-        kinds.insert(Gvk::from(&info.primary));
-        kinds.extend(info.watches.iter().map(|w| Gvk::from(&w.kind)));
-        kinds.extend(info.relations.iter().map(|r| Gvk::from(&r.kind)));
-        kinds.extend(info.permissions.iter().map(|p| Gvk::from(&p.kind)));
+        let kinds = declared_kinds(info);
+        let plugin_digest = plugin.digest().map(str::to_string);
+        let version = info.version.clone();
         for gvk in &kinds {
             self.register_kind(&name, gvk).await?;
         }
@@ -272,6 +323,11 @@ impl Manager {
             self.options.controller.clone(),
         )?;
         tracing::info!(controller = %name, concurrency = controller.concurrency(), kinds = kinds.len(), "plugin wired");
+        self.metrics.set_plugin_info(
+            &name,
+            None,
+            Some((&version, plugin_digest.as_deref().unwrap_or(""))),
+        );
         self.controllers.push(controller);
         Ok(())
     }
@@ -398,10 +454,23 @@ impl Manager {
                 running.push(tokio::spawn(Arc::clone(c).run(work_stop.clone())));
             }
         }
+        let reload = self.reloader.take().filter(|_| started).map(|r| {
+            let context = crate::reload::Context {
+                kinds: self.kinds(),
+                controller: self.options.controller.clone(),
+                watch_stop: watch_stop.clone(),
+            };
+            tokio::spawn(r.run(context, self.controllers.clone(), stop.clone()))
+        });
         work_stop.cancelled().await;
         tracing::info!("shutting down: finishing in-flight reconciles");
         for r in running {
             let _ = r.await;
+        }
+        // The reloader returns once the controllers it started have drained, with the
+        // watchers of kinds it registered.
+        if let Some(r) = reload {
+            watchers.extend(r.await.unwrap_or_default());
         }
         watch_stop.cancel();
         for w in watchers {
@@ -489,8 +558,15 @@ pub struct RunArgs {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     pub log_format: crate::telemetry::LogFormat,
-    /// Cache compiled plugin artifacts in this directory (native code: as trusted as this
-    /// binary); default: compile every plugin at start.
+    /// Reload plugins when files in `--plugins` change (`false`: load them once at start).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub plugin_reload: bool,
+    /// Quiet time after the last change in `--plugins` before the directory is rescanned
+    /// (a file copied in place rather than renamed may be read half-written if longer).
+    #[arg(long, default_value = "25ms", value_parser = parse_duration)]
+    pub plugin_reload_debounce: Duration,
+    /// Keep compiled plugin artifacts in this directory (native code: as trusted as this
+    /// binary), so a restart does not compile versions it has seen.
     #[arg(long, env = "CAPSTAN_CACHE_DIR")]
     pub cache_dir: Option<std::path::PathBuf>,
     /// Run controllers only while holding a coordination.k8s.io/v1 Lease, so that several
@@ -606,52 +682,31 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// What `capstan run` loaded: the plugins and the runtime they run in (whose metrics the
-/// manager exports).
-#[derive(Default)]
-pub struct LoadedPlugins {
-    /// The plugins, one controller each.
-    pub plugins: Vec<Arc<dyn Reconcile>>,
-    /// Their runtime (`None` for native test plugins).
-    pub runtime: Option<crate::runtime::Runtime>,
-}
-
-impl std::fmt::Debug for LoadedPlugins {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugins")
-            .field(
-                "plugins",
-                &self
-                    .plugins
-                    .iter()
-                    .map(|p| p.info().name.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .field("runtime", &self.runtime.is_some())
-            .finish()
-    }
-}
-
-/// `capstan run`: load the plugins with `load`, build the manager, run until a signal.
-pub async fn run_command<F>(args: RunArgs, load: F) -> Result<(), RunError>
-where
-    F: FnOnce(&std::path::Path) -> Result<LoadedPlugins, String>,
-{
+/// `capstan run`: load the plugins into a runtime built from `runtime` (its cache
+/// directory overridden by `--cache-dir`), build the manager, watch the plugin directory,
+/// run until a signal.
+pub async fn run_command(
+    args: RunArgs,
+    mut runtime: crate::runtime::RuntimeConfig,
+) -> Result<(), RunError> {
     crate::telemetry::init(args.log_format)?;
     let metrics_addr = parse_bind_address(&args.metrics_bind_address).map_err(RunError::Flag)?;
     let health_addr =
         parse_bind_address(&args.health_probe_bind_address).map_err(RunError::Flag)?;
-    let loaded = load(&args.plugins).map_err(|reason| RunError::Plugins {
+    if args.cache_dir.is_some() {
+        runtime.cache_dir = args.cache_dir.clone();
+    }
+    let plugins_error = |reason: String| RunError::Plugins {
         dir: args.plugins.clone(),
         reason,
-    })?;
+    };
+    let runtime =
+        crate::runtime::Runtime::new(runtime).map_err(|e| plugins_error(e.to_string()))?;
+    let plugins = load_plugin_dir(&args.plugins, &runtime).map_err(plugins_error)?;
     let config = kube_config(args.kubeconfig.as_deref()).await?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
-    if let Some(rt) = &loaded.runtime {
-        rt.register_metrics(&mut registry);
-    }
-    let plugins = loaded.plugins;
+    runtime.register_metrics(&mut registry);
     let client = build_client(
         config,
         Arc::clone(&metrics),
@@ -673,6 +728,16 @@ where
     for p in plugins {
         manager.add_plugin(p).await?;
     }
+    if args.plugin_reload {
+        manager.watch_plugins(crate::reload::Reloader::new(
+            runtime,
+            crate::reload::ReloadOptions {
+                debounce: args.plugin_reload_debounce,
+                event_target: crate::reload::PodRef::from_env(),
+                ..crate::reload::ReloadOptions::new(&args.plugins)
+            },
+        ));
+    }
     let (m, h) = manager.bind().await?;
     tracing::info!(metrics = ?m, health = ?h, "serving");
     let stop = CancellationToken::new();
@@ -686,18 +751,17 @@ where
     Ok(())
 }
 
-/// Load every `*.wasm` component in `dir` (sorted by file name) into one runtime.
+/// Load every serving `*.wasm` component in `dir` (sorted by file name; shadows,
+/// `*.shadow.wasm`, are the reloader's) into `runtime`.
 pub fn load_plugin_dir(
     dir: &std::path::Path,
-    config: crate::runtime::RuntimeConfig,
-) -> Result<LoadedPlugins, String> {
-    let runtime = crate::runtime::Runtime::new(config).map_err(|e| e.to_string())?;
-    let mut files: Vec<_> = std::fs::read_dir(dir)
+    runtime: &crate::runtime::Runtime,
+) -> Result<Vec<Arc<dyn Reconcile>>, String> {
+    let files: Vec<_> = crate::reload::plugin_files(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .into_iter()
+        .filter(|p| !crate::reload::is_shadow(p))
         .collect();
-    files.sort();
     let mut plugins: Vec<Arc<dyn Reconcile>> = Vec::new();
     for f in files {
         let plugin = runtime
@@ -709,8 +773,5 @@ pub fn load_plugin_dir(
     if plugins.is_empty() {
         return Err(format!("no *.wasm components in {}", dir.display()));
     }
-    Ok(LoadedPlugins {
-        plugins,
-        runtime: Some(runtime),
-    })
+    Ok(plugins)
 }

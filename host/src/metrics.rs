@@ -84,6 +84,32 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+/// `{plugin, version, digest}` of `capstan_plugin_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginInfoLabels {
+    /// Plugin name.
+    pub plugin: String,
+    /// The version its describe() declares.
+    pub version: String,
+    /// sha256 of the component file.
+    pub digest: String,
+}
+
+/// `{plugin, result}` of `capstan_plugin_reloads_total` and `capstan_shadow_reconciles_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginResultLabels {
+    /// Plugin name (or the file name when a file never described one).
+    pub plugin: String,
+    /// The result.
+    pub result: String,
+}
+
+/// Results of `capstan_plugin_reloads_total`: a new version serving, a known version
+/// serving again without a compile, a rejected file, a removed plugin, a shadow started.
+pub const RELOAD_RESULTS: [&str; 5] = ["success", "cached", "error", "removed", "shadow"];
+/// Results of `capstan_shadow_reconciles_total`.
+pub const SHADOW_RESULTS: [&str; 3] = ["same", "differ", "skipped"];
+
 /// The reconcile results controller-runtime labels `controller_runtime_reconcile_total` with.
 pub const RESULTS: [&str; 4] = ["success", "error", "requeue", "requeue_after"];
 /// The plugin fault classes of `capstan_plugin_traps_total`.
@@ -140,6 +166,9 @@ pub struct Metrics {
     writes_refused: Family<ControllerLabels, Counter>,
     write_conflicts: Family<ControllerLabels, Counter>,
     cache_objects: Family<KindLabels, Gauge>,
+    plugin_info: Family<PluginInfoLabels, Gauge>,
+    plugin_reloads: Family<PluginResultLabels, Counter>,
+    shadow_reconciles: Family<PluginResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -168,6 +197,9 @@ impl Metrics {
             writes_refused: Family::default(),
             write_conflicts: Family::default(),
             cache_objects: Family::default(),
+            plugin_info: Family::default(),
+            plugin_reloads: Family::default(),
+            shadow_reconciles: Family::default(),
         };
         // Counters get their `_total` suffix from the registry.
         let r = registry;
@@ -281,7 +313,73 @@ impl Metrics {
             "Objects held in the shared cache per kind",
             m.cache_objects.clone(),
         );
+        r.register(
+            "capstan_plugin_info",
+            "The plugin version serving (1) per plugin, its declared version and component digest",
+            m.plugin_info.clone(),
+        );
+        r.register(
+            "capstan_plugin_reloads",
+            "Plugin file changes handled by the reloader, by result",
+            m.plugin_reloads.clone(),
+        );
+        r.register(
+            "capstan_shadow_reconciles",
+            "Shadow version calls compared with the serving version's outcome, by result",
+            m.shadow_reconciles.clone(),
+        );
         m
+    }
+
+    /// Mark `version`/`digest` as what `plugin` serves, replacing the series of the version
+    /// it served before (`None` when the plugin was removed).
+    pub fn set_plugin_info(
+        &self,
+        plugin: &str,
+        before: Option<(&str, &str)>,
+        now: Option<(&str, &str)>,
+    ) {
+        let labels = |(version, digest): (&str, &str)| PluginInfoLabels {
+            plugin: plugin.to_string(),
+            version: version.to_string(),
+            digest: digest.to_string(),
+        };
+        if let Some(b) = before {
+            self.plugin_info.remove(&labels(b));
+        }
+        if let Some(n) = now {
+            self.plugin_info.get_or_create(&labels(n)).set(1);
+        }
+    }
+
+    /// Count one reload of `plugin` ending in `result` (one of [`RELOAD_RESULTS`]); the
+    /// other results of the plugin are created at zero.
+    pub fn plugin_reload(&self, plugin: &str, result: &str) {
+        for r in RELOAD_RESULTS {
+            let c = self.plugin_reloads.get_or_create(&PluginResultLabels {
+                plugin: plugin.to_string(),
+                result: r.to_string(),
+            });
+            if r == result {
+                c.inc();
+            }
+        }
+    }
+
+    /// The shadow comparison counters of `plugin`, created at zero.
+    pub fn shadow(&self, plugin: &str) -> ShadowMetrics {
+        let c = |r: &str| {
+            self.shadow_reconciles
+                .get_or_create_owned(&PluginResultLabels {
+                    plugin: plugin.to_string(),
+                    result: r.to_string(),
+                })
+        };
+        ShadowMetrics {
+            same: c(SHADOW_RESULTS[0]),
+            differ: c(SHADOW_RESULTS[1]),
+            skipped: c(SHADOW_RESULTS[2]),
+        }
     }
 
     /// The pre-bound handles of one controller, every series created at zero.
@@ -362,6 +460,17 @@ impl Metrics {
             })
             .observe(seconds);
     }
+}
+
+/// `capstan_shadow_reconciles_total` handles of one plugin.
+#[derive(Clone, Debug)]
+pub struct ShadowMetrics {
+    /// `{result="same"}`: both versions gave the same outcome.
+    pub same: Counter,
+    /// `{result="differ"}`: the outcomes differ (logged with key and diff).
+    pub differ: Counter,
+    /// `{result="skipped"}`: the shadow was saturated; the snapshot was not compared.
+    pub skipped: Counter,
 }
 
 /// Workqueue metric handles of one queue.
@@ -478,5 +587,23 @@ mod tests {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
         assert!(text.contains("workqueue_queue_duration_seconds_bucket{le=\"1e-8\""));
+    }
+
+    #[test]
+    fn plugin_info_follows_the_serving_version_and_reload_results_start_at_zero() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        metrics.set_plugin_info("p", None, Some(("1.0.0", "aa")));
+        metrics.set_plugin_info("p", Some(("1.0.0", "aa")), Some(("2.0.0", "bb")));
+        metrics.plugin_reload("p", "error");
+        let _s = metrics.shadow("p");
+        let text = encode(&registry);
+        assert!(
+            text.contains("capstan_plugin_info{plugin=\"p\",version=\"2.0.0\",digest=\"bb\"} 1")
+        );
+        assert!(!text.contains("digest=\"aa\""), "{text}");
+        assert!(text.contains("capstan_plugin_reloads_total{plugin=\"p\",result=\"error\"} 1"));
+        assert!(text.contains("capstan_plugin_reloads_total{plugin=\"p\",result=\"cached\"} 0"));
+        assert!(text.contains("capstan_shadow_reconciles_total{plugin=\"p\",result=\"differ\"} 0"));
     }
 }

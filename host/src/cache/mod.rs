@@ -143,6 +143,10 @@ pub fn field_value(v: &serde_json::Value, path: &[String], own_ns: &str) -> Opti
     }
 }
 
+/// A listener registered with [`KindCache::subscribe`], for [`KindCache::unsubscribe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenerId(u64);
+
 #[derive(Debug, Default)]
 struct Store {
     objects: HashMap<ObjectKey, Arc<CachedObject>>,
@@ -270,7 +274,8 @@ pub struct KindCache {
     indexed_labels: RwLock<HashSet<String>>,
     indexed_fields: RwLock<Vec<Vec<String>>>,
     store: RwLock<Store>,
-    listeners: RwLock<Vec<Listener>>,
+    listeners: RwLock<Vec<(ListenerId, Listener)>>,
+    next_listener: std::sync::atomic::AtomicU64,
     synced: AtomicBool,
     synced_tx: watch::Sender<bool>,
     objects_gauge: Gauge,
@@ -299,6 +304,7 @@ impl KindCache {
             indexed_fields: RwLock::new(Vec::new()),
             store: RwLock::new(Store::default()),
             listeners: RwLock::new(Vec::new()),
+            next_listener: std::sync::atomic::AtomicU64::new(0),
             synced: AtomicBool::new(false),
             synced_tx: watch::channel(false).0,
             objects_gauge,
@@ -429,14 +435,22 @@ impl KindCache {
         self.indexed_labels.read().contains(key)
     }
 
-    /// Call `f` on every change from now on.
-    pub fn subscribe(&self, f: impl Fn(&CacheEvent) + Send + Sync + 'static) {
-        self.listeners.write().push(Arc::new(f));
+    /// Call `f` on every change from now on, until [`KindCache::unsubscribe`].
+    pub fn subscribe(&self, f: impl Fn(&CacheEvent) + Send + Sync + 'static) -> ListenerId {
+        let id = ListenerId(self.next_listener.fetch_add(1, Ordering::Relaxed));
+        self.listeners.write().push((id, Arc::new(f)));
+        id
+    }
+
+    /// Stop calling the listener `id` (a reloaded or removed plugin's watch). The store,
+    /// its indexes and every other listener are untouched: the cache is shared by kind.
+    pub fn unsubscribe(&self, id: ListenerId) {
+        self.listeners.write().retain(|(l, _)| *l != id);
     }
 
     fn notify(&self, ev: &CacheEvent) {
         let listeners = self.listeners.read().clone();
-        for l in listeners.iter() {
+        for (_, l) in listeners.iter() {
             l(ev);
         }
     }

@@ -21,17 +21,30 @@
 //!
 //! A fault fails only that reconcile: it is counted, logged with plugin and key, and backed
 //! off; other keys and other plugins carry on.
+//!
+//! Hot reload ([`Controller::swap`]): everything a plugin version declares (the plugin
+//! itself, its relations, grants and watch listeners) is one immutable [`Wiring`] behind a
+//! lock. Each reconcile takes the current wiring once, at its start, and uses it for the
+//! snapshot, the call and the write, so a reconcile in flight during a swap finishes wholly
+//! on the old version and the next one runs wholly on the new. [`Controller::retire`] stops
+//! the controller once in-flight reconciles finish. A shadow ([`Controller::set_shadow`])
+//! sees the same snapshots as the serving version and never writes. Workload watches are
+//! registered with the [`WorkloadAccess`] once per controller; they map events through the
+//! serving version's rules, so a swap replaces the rules without registering again (a new
+//! workload kind is registered when a version first declares it).
 
 mod plugin;
 mod select;
+mod shadow;
 pub mod workload;
 
 pub use plugin::classify;
+pub use shadow::{Shadow, ShadowVerdict, outcome_json};
 pub use workload::{NOT_CONFIGURED, NoWorkloadAccess, WorkloadAccess, WorkloadEvents};
 
 use select::{PrimaryView, Selector};
 
-use crate::cache::{Cache, CacheEvent, CachedObject, Gvk, KindCache, ObjectKey};
+use crate::cache::{Cache, CacheEvent, CachedObject, Gvk, KindCache, ListenerId, ObjectKey};
 use crate::metrics::ControllerMetrics;
 use crate::queue::{QueueConfig, WorkQueue};
 use crate::runtime::bindings::capstan::reconciler::types::{
@@ -86,6 +99,11 @@ pub trait Reconcile: Send + Sync + 'static {
     /// One reconcile call for `key` (`namespace/name`). Blocking; may take up to the
     /// plugin's deadline.
     fn reconcile(&self, key: &str, snapshot: &Snapshot) -> Result<Outcome, CallFailure>;
+    /// sha256 of the component this plugin was loaded from, when it was (the reloader
+    /// recognises a file already serving by it).
+    fn digest(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Errors building a controller.
@@ -108,6 +126,24 @@ pub enum ControllerError {
         relation: String,
         /// What is wrong.
         reason: String,
+    },
+    /// A replacement declares another plugin name.
+    #[error("plugin {plugin}: the replacement is named {found}")]
+    NameChanged {
+        /// The serving plugin's name.
+        plugin: String,
+        /// The replacement's name.
+        found: String,
+    },
+    /// A replacement declares another primary kind (its keys would mean other objects).
+    #[error("plugin {plugin}: the replacement's primary kind is {found}, not {serving}")]
+    PrimaryChanged {
+        /// Plugin name.
+        plugin: String,
+        /// The serving primary kind.
+        serving: String,
+        /// The replacement's primary kind.
+        found: String,
     },
 }
 
@@ -150,16 +186,19 @@ struct RelationPlan {
 }
 
 /// Maps workload events to primary keys (the [`WorkloadEvents`] the controller registers).
+/// The rules are the serving version's (replaced by a swap); `kinds` are those registered.
 struct WorkloadWatches {
     primary: Gvk,
     primary_cache: Arc<KindCache>,
-    rules: Vec<(Gvk, Rule)>,
+    rules: parking_lot::RwLock<Arc<Vec<(Gvk, Rule)>>>,
+    kinds: parking_lot::Mutex<Vec<Gvk>>,
     queue: Arc<WorkQueue<ObjectKey>>,
 }
 
 impl WorkloadEvents for WorkloadWatches {
     fn event(&self, cluster: &ObjectKey, gvk: &Gvk, event: &CacheEvent) {
-        for (watched, rule) in self.rules.iter().filter(|(g, _)| g == gvk) {
+        let rules = Arc::clone(&*self.rules.read());
+        for (watched, rule) in rules.iter().filter(|(g, _)| g == gvk) {
             let cx = MapContext {
                 primary: &self.primary,
                 primary_cache: &self.primary_cache,
@@ -182,84 +221,27 @@ impl WorkloadEvents for WorkloadWatches {
     }
 }
 
-/// How one reconcile ended, as counted in `controller_runtime_reconcile_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Done; backoff forgotten.
-    Success,
-    /// Re-added after the plugin's delay.
-    RequeueAfter(Duration),
-    /// Re-added with backoff after a conflict.
-    Requeue,
-    /// Transient error or fault: re-added with backoff.
-    Error,
-    /// Terminal error or refused write: not retried until a change.
-    Terminal,
-    /// Primary gone or paused: nothing called.
-    Skipped,
-}
-
-impl Verdict {
-    fn label(self) -> &'static str {
-        match self {
-            Verdict::Success | Verdict::Skipped => "success",
-            Verdict::RequeueAfter(_) => "requeue_after",
-            Verdict::Requeue => "requeue",
-            Verdict::Error | Verdict::Terminal => "error",
-        }
-    }
-}
-
-/// One plugin's queue, workers and wiring.
-pub struct Controller {
-    name: String,
+/// What one plugin version wires: the plugin, its relation plans, its grants and the cache
+/// listeners that map its management watches to keys. Immutable; replaced whole by a swap.
+struct Wiring {
     plugin: Arc<dyn Reconcile>,
-    primary: Gvk,
-    primary_cache: Arc<KindCache>,
     relations: Vec<RelationPlan>,
-    uses_workload: bool,
-    workload: Arc<dyn WorkloadAccess>,
-    workload_grants: Grants,
-    cache: Arc<Cache>,
-    queue: Arc<WorkQueue<ObjectKey>>,
-    writes: Arc<WritePath>,
     grants: Grants,
-    metrics: ControllerMetrics,
-    concurrency: u32,
-    sync_period: Duration,
-    blocking_calls: bool,
+    workload_grants: Grants,
+    uses_workload: bool,
+    listeners: Vec<(Arc<KindCache>, ListenerId)>,
 }
 
-impl fmt::Debug for Controller {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Controller")
-            .field("name", &self.name)
-            .field("primary", &self.primary)
-            .field("concurrency", &self.concurrency)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The default number of workers per plugin.
-pub const DEFAULT_CONCURRENCY: u32 = 10;
-/// The default full resync period.
-pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(600);
-
-fn now_rfc3339() -> String {
-    let now = jiff::Timestamp::now();
-    format!("{}Z", now.strftime("%Y-%m-%dT%H:%M:%S"))
-}
-
-impl Controller {
-    /// Wire `plugin` to the (already registered) caches of every kind it declares, and its
-    /// watches to a new queue. `metrics` must come from [`crate::metrics::Metrics::controller`].
-    pub fn new(
+impl Wiring {
+    /// Wire `plugin` to the registered caches of its kinds: relations, management watches
+    /// feeding `queue`, and (through `workload`) its workload kinds and rules.
+    fn build(
         plugin: Arc<dyn Reconcile>,
-        cache: Arc<Cache>,
-        writes: Arc<WritePath>,
-        metrics_for: impl FnOnce(&str, u32) -> ControllerMetrics,
-        options: ControllerOptions,
-    ) -> Result<Arc<Self>, ControllerError> {
+        cache: &Cache,
+        primary_cache: &Arc<KindCache>,
+        queue: &Arc<WorkQueue<ObjectKey>>,
+        workload: &WorkloadWiring<'_>,
+    ) -> Result<Self, ControllerError> {
         let info = plugin.info();
         let name = info.name.clone();
         let kind = |g: &Gvk| {
@@ -269,7 +251,6 @@ impl Controller {
             })
         };
         let primary = Gvk::from(&info.primary);
-        let primary_cache = kind(&primary)?;
         let mut relations = Vec::new();
         let mut workload_kinds: Vec<Gvk> = Vec::new();
         for r in &info.relations {
@@ -309,6 +290,185 @@ impl Controller {
                 namespace: r.namespace.clone(),
             });
         }
+        // Resolve every kind before subscribing anything, so a failure leaves no listener.
+        let plan = watch::plan(info)
+            .into_iter()
+            .map(|(gvk, mapping)| kind(&gvk).map(|kc| (kc, mapping)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut listeners = Vec::new();
+        for (kc, mapping) in plan {
+            let rule = match &mapping {
+                None => Rule::Primary,
+                Some(m) => Rule::new(m, primary_cache),
+            };
+            let q = Arc::clone(queue);
+            let id = watch::connect(
+                &kc,
+                rule,
+                primary.clone(),
+                Arc::clone(primary_cache),
+                move |k| q.add(k),
+            );
+            listeners.push((kc, id));
+        }
+        let mut rules = Vec::new();
+        for w in info.watches.iter().filter(|w| w.target == Target::Workload) {
+            let gvk = Gvk::from(&w.kind);
+            if !workload_kinds.contains(&gvk) {
+                workload_kinds.push(gvk.clone());
+            }
+            rules.push((gvk, Rule::new(&w.mapping, primary_cache)));
+        }
+        let uses_workload = crate::runtime::validate::uses_workload(info);
+        if uses_workload {
+            workload.serve(&name, workload_kinds, rules);
+        }
+        Ok(Self {
+            grants: Grants::new(&info.permissions),
+            workload_grants: Grants::for_target(&info.permissions, Target::Workload),
+            plugin,
+            relations,
+            uses_workload,
+            listeners,
+        })
+    }
+
+    fn disconnect(&self) {
+        for (kc, id) in &self.listeners {
+            kc.unsubscribe(*id);
+        }
+    }
+}
+
+/// A controller's link to workload clusters: the access, and its one registered
+/// [`WorkloadWatches`].
+struct WorkloadWiring<'a> {
+    access: &'a Arc<dyn WorkloadAccess>,
+    watches: &'a Arc<WorkloadWatches>,
+}
+
+impl WorkloadWiring<'_> {
+    /// Serve these rules from now on; register kinds not registered before (the first
+    /// registration also subscribes connection changes).
+    fn serve(&self, plugin: &str, kinds: Vec<Gvk>, rules: Vec<(Gvk, Rule)>) {
+        *self.watches.rules.write() = Arc::new(rules);
+        let mut registered = self.watches.kinds.lock();
+        let first = registered.is_empty();
+        let new: Vec<Gvk> = kinds
+            .into_iter()
+            .filter(|k| !registered.contains(k))
+            .collect();
+        if first || !new.is_empty() {
+            registered.extend(new.iter().cloned());
+            let events: Arc<dyn WorkloadEvents> = if first {
+                Arc::clone(self.watches) as Arc<dyn WorkloadEvents>
+            } else {
+                // Later kinds only: connection changes are already subscribed.
+                Arc::new(KindsOnly(Arc::clone(self.watches)))
+            };
+            self.access.register(plugin, new, events);
+        }
+    }
+}
+
+/// Forwards workload events but not connection changes (already forwarded once).
+struct KindsOnly(Arc<WorkloadWatches>);
+
+impl WorkloadEvents for KindsOnly {
+    fn event(&self, cluster: &ObjectKey, gvk: &Gvk, event: &CacheEvent) {
+        self.0.event(cluster, gvk, event);
+    }
+
+    fn connection_changed(&self, _: &ObjectKey) {}
+}
+
+/// How one reconcile ended, as counted in `controller_runtime_reconcile_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Done; backoff forgotten.
+    Success,
+    /// Re-added after the plugin's delay.
+    RequeueAfter(Duration),
+    /// Re-added with backoff after a conflict.
+    Requeue,
+    /// Transient error or fault: re-added with backoff.
+    Error,
+    /// Terminal error or refused write: not retried until a change.
+    Terminal,
+    /// Primary gone or paused: nothing called.
+    Skipped,
+}
+
+impl Verdict {
+    fn label(self) -> &'static str {
+        match self {
+            Verdict::Success | Verdict::Skipped => "success",
+            Verdict::RequeueAfter(_) => "requeue_after",
+            Verdict::Requeue => "requeue",
+            Verdict::Error | Verdict::Terminal => "error",
+        }
+    }
+}
+
+/// One plugin's queue, workers and wiring.
+pub struct Controller {
+    name: String,
+    primary: Gvk,
+    primary_cache: Arc<KindCache>,
+    wiring: parking_lot::RwLock<Arc<Wiring>>,
+    shadow: parking_lot::RwLock<Option<Arc<Shadow>>>,
+    workload: Arc<dyn WorkloadAccess>,
+    workload_watches: Arc<WorkloadWatches>,
+    cache: Arc<Cache>,
+    queue: Arc<WorkQueue<ObjectKey>>,
+    writes: Arc<WritePath>,
+    metrics: ControllerMetrics,
+    concurrency: u32,
+    sync_period: Duration,
+    blocking_calls: bool,
+    retired: CancellationToken,
+    stopped: CancellationToken,
+}
+
+impl fmt::Debug for Controller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Controller")
+            .field("name", &self.name)
+            .field("primary", &self.primary)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default number of workers per plugin.
+pub const DEFAULT_CONCURRENCY: u32 = 10;
+/// The default full resync period.
+pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(600);
+
+fn now_rfc3339() -> String {
+    let now = jiff::Timestamp::now();
+    format!("{}Z", now.strftime("%Y-%m-%dT%H:%M:%S"))
+}
+
+impl Controller {
+    /// Wire `plugin` to the (already registered) caches of every kind it declares, and its
+    /// watches to a new queue. `metrics` must come from [`crate::metrics::Metrics::controller`].
+    pub fn new(
+        plugin: Arc<dyn Reconcile>,
+        cache: Arc<Cache>,
+        writes: Arc<WritePath>,
+        metrics_for: impl FnOnce(&str, u32) -> ControllerMetrics,
+        options: ControllerOptions,
+    ) -> Result<Arc<Self>, ControllerError> {
+        let info = plugin.info();
+        let name = info.name.clone();
+        let primary = Gvk::from(&info.primary);
+        let primary_cache = cache
+            .kind(&primary)
+            .ok_or_else(|| ControllerError::KindNotCached {
+                plugin: name.clone(),
+                kind: primary.clone(),
+            })?;
         let concurrency = options
             .concurrency
             .or(info.concurrency)
@@ -322,63 +482,116 @@ impl Controller {
             .unwrap_or(DEFAULT_SYNC_PERIOD);
         let metrics = metrics_for(&name, concurrency);
         let queue = WorkQueue::new(options.queue, metrics.queue.clone());
-        for (gvk, mapping) in watch::plan(info) {
-            let kc = kind(&gvk)?;
-            let rule = match &mapping {
-                None => Rule::Primary,
-                Some(m) => Rule::new(m, &primary_cache),
-            };
-            let q = Arc::clone(&queue);
-            watch::connect(
-                &kc,
-                rule,
-                primary.clone(),
-                Arc::clone(&primary_cache),
-                move |k| q.add(k),
-            );
-        }
-        let mut rules = Vec::new();
-        for w in info.watches.iter().filter(|w| w.target == Target::Workload) {
-            let gvk = Gvk::from(&w.kind);
-            if !workload_kinds.contains(&gvk) {
-                workload_kinds.push(gvk.clone());
-            }
-            rules.push((gvk, Rule::new(&w.mapping, &primary_cache)));
-        }
-        let uses_workload = crate::runtime::validate::uses_workload(info);
-        if uses_workload {
-            // Connection changes enqueue a cluster's primaries through the cluster index.
-            options.workload.register(
-                &name,
-                workload_kinds,
-                Arc::new(WorkloadWatches {
-                    primary: primary.clone(),
-                    primary_cache: Arc::clone(&primary_cache),
-                    rules,
-                    queue: Arc::clone(&queue),
-                }),
-            );
-        }
-        let grants = Grants::new(&info.permissions);
-        let workload_grants = Grants::for_target(&info.permissions, Target::Workload);
+        let workload_watches = Arc::new(WorkloadWatches {
+            primary: primary.clone(),
+            primary_cache: Arc::clone(&primary_cache),
+            rules: parking_lot::RwLock::new(Arc::new(Vec::new())),
+            kinds: parking_lot::Mutex::new(Vec::new()),
+            queue: Arc::clone(&queue),
+        });
+        let wiring = Wiring::build(
+            plugin,
+            &cache,
+            &primary_cache,
+            &queue,
+            &WorkloadWiring {
+                access: &options.workload,
+                watches: &workload_watches,
+            },
+        )?;
         Ok(Arc::new(Self {
             name,
-            plugin,
             primary,
             primary_cache,
-            relations,
-            uses_workload,
+            wiring: parking_lot::RwLock::new(Arc::new(wiring)),
+            shadow: parking_lot::RwLock::new(None),
             workload: options.workload,
-            workload_grants,
+            workload_watches,
             cache,
             queue,
             writes,
-            grants,
             metrics,
             concurrency,
             sync_period,
             blocking_calls: options.blocking_calls,
+            retired: CancellationToken::new(),
+            stopped: CancellationToken::new(),
         }))
+    }
+
+    /// Serve `plugin` from the next reconcile on; returns the version it replaces.
+    ///
+    /// The replacement must have the same name and primary kind; every other kind it
+    /// declares must already be cached (the reloader registers new kinds first). Its
+    /// relations and watches replace the old ones (listeners swapped; the shared caches
+    /// stay), reconciles in flight finish on the old version, and every primary object is
+    /// queued again (terminal errors included) so each converges to the new version's result.
+    /// Concurrency and the resync period keep their values until the controller restarts.
+    pub fn swap(&self, plugin: Arc<dyn Reconcile>) -> Result<Arc<dyn Reconcile>, ControllerError> {
+        let info = plugin.info();
+        if info.name != self.name {
+            return Err(ControllerError::NameChanged {
+                plugin: self.name.clone(),
+                found: info.name.clone(),
+            });
+        }
+        let found = Gvk::from(&info.primary);
+        if found != self.primary {
+            return Err(ControllerError::PrimaryChanged {
+                plugin: self.name.clone(),
+                serving: self.primary.to_string(),
+                found: found.to_string(),
+            });
+        }
+        let new = Arc::new(Wiring::build(
+            plugin,
+            &self.cache,
+            &self.primary_cache,
+            &self.queue,
+            &WorkloadWiring {
+                access: &self.workload,
+                watches: &self.workload_watches,
+            },
+        )?);
+        if !new.uses_workload {
+            *self.workload_watches.rules.write() = Arc::new(Vec::new());
+        }
+        let old = std::mem::replace(&mut *self.wiring.write(), new);
+        old.disconnect();
+        for k in self.primary_cache.keys() {
+            self.queue.add(k);
+        }
+        Ok(Arc::clone(&old.plugin))
+    }
+
+    /// The plugin serving now.
+    pub fn plugin(&self) -> Arc<dyn Reconcile> {
+        Arc::clone(&self.wiring.read().plugin)
+    }
+
+    /// Run `shadow` beside the serving version from the next reconcile on (`None` stops it).
+    pub fn set_shadow(&self, shadow: Option<Arc<Shadow>>) {
+        *self.shadow.write() = shadow;
+    }
+
+    /// The shadow running now.
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.shadow.read().clone()
+    }
+
+    /// Stop this controller (its plugin was removed): no new keys are taken, its watches are
+    /// disconnected, and [`Controller::run`] returns once in-flight reconciles finish; see
+    /// [`Controller::stopped`].
+    pub fn retire(&self) {
+        self.wiring.read().disconnect();
+        *self.workload_watches.rules.write() = Arc::new(Vec::new());
+        self.set_shadow(None);
+        self.retired.cancel();
+    }
+
+    /// Resolves once [`Controller::run`] has returned.
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await;
     }
 
     /// The controller (plugin) name.
@@ -417,13 +630,17 @@ impl Controller {
             let stop = stop.clone();
             tokio::spawn(async move { c.resync_loop(stop).await })
         };
-        stop.cancelled().await;
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = self.retired.cancelled() => {}
+        }
         self.queue.shutdown();
         for w in workers {
             let _ = w.await;
         }
         resync.abort();
         let _ = driver.await;
+        self.stopped.cancel();
         tracing::info!(controller = %self.name, "controller stopped");
     }
 
@@ -433,6 +650,7 @@ impl Controller {
             let wait = self.sync_period.mul_f64(jitter);
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = self.retired.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
             self.resync();
@@ -494,12 +712,17 @@ impl Controller {
             .map(|c| ObjectKey::new(primary.key.namespace.clone(), c.clone()))
     }
 
-    /// The snapshot of `primary`: itself and every declared relation, from the
-    /// management cache or the workload cluster's ([`WorkloadAccess::cache`]).
+    /// The snapshot of `primary`: itself and every relation the serving version declares,
+    /// from the management cache or the workload cluster's ([`WorkloadAccess::cache`]).
     pub fn snapshot(&self, primary: &CachedObject) -> Snapshot {
+        let wiring = Arc::clone(&*self.wiring.read());
+        self.snapshot_with(&wiring, primary)
+    }
+
+    fn snapshot_with(&self, wiring: &Wiring, primary: &CachedObject) -> Snapshot {
         let mut view = PrimaryView::new(primary);
         let cluster = Self::cluster_of(primary);
-        let related = self
+        let related = wiring
             .relations
             .iter()
             .map(|r| {
@@ -529,7 +752,7 @@ impl Controller {
                 }
             })
             .collect();
-        let workload = match (&cluster, self.uses_workload) {
+        let workload = match (&cluster, wiring.uses_workload) {
             (Some(c), true) => self.workload.connection(c),
             _ => Connection::NotApplicable,
         };
@@ -541,12 +764,17 @@ impl Controller {
         }
     }
 
-    async fn call(&self, key: &ObjectKey, snapshot: Snapshot) -> Result<Outcome, CallFailure> {
+    async fn call(
+        &self,
+        plugin: &Arc<dyn Reconcile>,
+        key: &ObjectKey,
+        snapshot: Snapshot,
+    ) -> Result<Outcome, CallFailure> {
         let span = tracing::debug_span!("call");
         let start = Instant::now();
         let key = key.to_string();
         let result = if self.blocking_calls {
-            let plugin = Arc::clone(&self.plugin);
+            let plugin = Arc::clone(plugin);
             let span = span.clone();
             match tokio::task::spawn_blocking(move || {
                 span.in_scope(|| plugin.reconcile(&key, &snapshot))
@@ -559,7 +787,7 @@ impl Controller {
                 )))),
             }
         } else {
-            span.in_scope(|| self.plugin.reconcile(&key, &snapshot))
+            span.in_scope(|| plugin.reconcile(&key, &snapshot))
         };
         self.metrics
             .plugin_call
@@ -585,6 +813,7 @@ impl Controller {
     /// reconcile (the queue already told).
     async fn write_workload(
         &self,
+        wiring: &Wiring,
         key: &ObjectKey,
         primary: &CachedObject,
         outcome: &Outcome,
@@ -612,7 +841,7 @@ impl Controller {
         };
         let writer = Writer {
             plugin: &self.name,
-            grants: &self.workload_grants,
+            grants: &wiring.workload_grants,
             metrics: &self.metrics,
             observed: None,
         };
@@ -647,8 +876,17 @@ impl Controller {
             self.queue.forget(key);
             return Verdict::Skipped;
         }
-        let snapshot = tracing::debug_span!("snapshot").in_scope(|| self.snapshot(&primary));
-        let outcome = match self.call(key, snapshot).await {
+        // One version for the whole reconcile: snapshot, call and write.
+        let wiring = Arc::clone(&*self.wiring.read());
+        let snapshot =
+            tracing::debug_span!("snapshot").in_scope(|| self.snapshot_with(&wiring, &primary));
+        let shadow = self.shadow.read().clone();
+        let shadow_input = shadow.as_ref().map(|_| snapshot.clone());
+        let result = self.call(&wiring.plugin, key, snapshot).await;
+        if let (Some(shadow), Some(input)) = (shadow, shadow_input) {
+            shadow.compare(key, input, &result);
+        }
+        let outcome = match result {
             Ok(o) => o,
             Err(CallFailure::Transient(msg)) => {
                 self.metrics.errors.inc();
@@ -672,7 +910,7 @@ impl Controller {
         };
         let writer = Writer {
             plugin: &self.name,
-            grants: &self.grants,
+            grants: &wiring.grants,
             metrics: &self.metrics,
             observed: Some((&self.primary, key, &primary.resource_version)),
         };
@@ -704,7 +942,7 @@ impl Controller {
                 return Verdict::Error;
             }
         }
-        if let Some(v) = self.write_workload(key, &primary, &outcome).await {
+        if let Some(v) = self.write_workload(&wiring, key, &primary, &outcome).await {
             return v;
         }
         self.queue.forget(key);

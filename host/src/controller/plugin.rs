@@ -12,6 +12,10 @@ impl Reconcile for Plugin {
     fn reconcile(&self, key: &str, snapshot: &Snapshot) -> Result<Outcome, CallFailure> {
         Plugin::reconcile(self, key, snapshot).map_err(classify)
     }
+
+    fn digest(&self) -> Option<&str> {
+        Some(Plugin::digest(self))
+    }
 }
 
 /// Map a runtime call error to the controller's notion: the plugin's own errors keep

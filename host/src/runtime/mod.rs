@@ -150,7 +150,7 @@ impl Runtime {
     /// world, pre-instantiate it, call `describe()` and validate the result.
     pub fn load(&self, bytes: &[u8]) -> Result<Plugin, RuntimeError> {
         check_header(bytes)?;
-        let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes));
+        let digest = sha256_hex(bytes);
         let rt = &self.inner;
         let component = rt.artifacts.load(&rt.engine, &digest, bytes)?;
 
@@ -243,4 +243,10 @@ mod tests {
         );
         assert!(check_header(b"").is_err());
     }
+}
+
+/// The sha256 of `bytes`, lowercase hex: a component's identity (what the artifact cache,
+/// `capstan plugin inspect` and the reloader name it by).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }

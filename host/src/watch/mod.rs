@@ -31,7 +31,7 @@
 pub mod selector;
 pub mod template;
 
-use crate::cache::{CacheEvent, CachedObject, FieldValue, Gvk, KindCache, ObjectKey};
+use crate::cache::{CacheEvent, CachedObject, FieldValue, Gvk, KindCache, ListenerId, ObjectKey};
 use crate::runtime::bindings::capstan::reconciler::types::{KeyMapping, PluginInfo, Target};
 use serde_json::Value;
 
@@ -260,14 +260,15 @@ pub fn keys_for_event(rule: &Rule, cx: &MapContext<'_>, ev: &CacheEvent) -> Vec<
 }
 
 /// Subscribe `sink` to `cache`'s (management) events mapped by `rule` (labels used are
-/// indexed). `primary_cache` answers the reverse lookups of fan-out rules.
+/// indexed); the id unsubscribes it. `primary_cache` answers the reverse lookups of
+/// fan-out rules.
 pub fn connect(
     cache: &KindCache,
     rule: Rule,
     primary: Gvk,
     primary_cache: std::sync::Arc<KindCache>,
     sink: impl Fn(ObjectKey) + Send + Sync + 'static,
-) {
+) -> ListenerId {
     if let Rule::Label(l) = &rule {
         cache.index_label(l);
     }
@@ -282,7 +283,7 @@ pub fn connect(
         for k in keys_for_event(&rule, &cx, ev) {
             sink(k);
         }
-    });
+    })
 }
 
 #[cfg(test)]
