@@ -36,6 +36,7 @@
 
 pub mod discovery;
 pub mod http;
+pub mod instance;
 pub mod meta;
 pub mod metrics;
 pub mod ops;
@@ -47,6 +48,7 @@ pub mod status;
 pub mod store;
 pub mod table;
 
+pub use instance::{Instance, InstanceOptions};
 pub use metrics::MetricsSnapshot;
 pub use server::{Server, ServerBuilder, ServerError, ServerSet};
 pub use status::ApiError;
