@@ -21,6 +21,7 @@ pub mod runtime;
 
 pub mod cache;
 pub mod cloud;
+pub mod clustercache;
 pub mod controller;
 pub mod manager;
 pub mod metrics;

@@ -68,8 +68,12 @@ fn run_manager(args: capstan::manager::RunArgs) -> ExitCode {
         .build()
         .map_err(anyhow::Error::from)
         .and_then(|rt| {
-            rt.block_on(capstan::manager::run_command(args, |dir| {
-                capstan::manager::load_plugin_dir(dir, capstan::runtime::RuntimeConfig::default())
+            rt.block_on(capstan::manager::run_command(args, |dir, cloud| {
+                let config = capstan::runtime::RuntimeConfig {
+                    cloud,
+                    ..capstan::runtime::RuntimeConfig::default()
+                };
+                capstan::manager::load_plugin_dir(dir, config)
             }))
             .map_err(anyhow::Error::from)
         });

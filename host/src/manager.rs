@@ -444,6 +444,19 @@ pub struct RunArgs {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     pub log_format: crate::telemetry::LogFormat,
+    /// The infrastructure behind the plugins' `cloud` capability: `none`, or `in-memory`
+    /// (workload clusters simulated in this process, see `cloud::InMemoryCloud`).
+    #[arg(long, value_enum, default_value = "none")]
+    pub cloud: CloudKind,
+}
+
+/// Values of `capstan run --cloud`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CloudKind {
+    /// No cloud: plugins' cloud calls fail.
+    None,
+    /// The in-memory cloud (`cloud::InMemoryCloud`).
+    InMemory,
 }
 
 /// Errors of `capstan run` before the manager runs.
@@ -512,18 +525,27 @@ pub async fn shutdown_signal() {
 /// `capstan run`: load the plugins with `load`, build the manager, run until a signal.
 pub async fn run_command<F>(args: RunArgs, load: F) -> Result<(), RunError>
 where
-    F: FnOnce(&std::path::Path) -> Result<Vec<Arc<dyn Reconcile>>, String>,
+    F: FnOnce(
+        &std::path::Path,
+        Option<Arc<dyn crate::cloud::Cloud>>,
+    ) -> Result<Vec<Arc<dyn Reconcile>>, String>,
 {
     crate::telemetry::init(args.log_format)?;
     let metrics_addr = parse_bind_address(&args.metrics_bind_address).map_err(RunError::Flag)?;
     let health_addr =
         parse_bind_address(&args.health_probe_bind_address).map_err(RunError::Flag)?;
-    let plugins = load(&args.plugins).map_err(|reason| RunError::Plugins {
+    let mut registry = Registry::default();
+    let cloud: Option<Arc<dyn crate::cloud::Cloud>> = match args.cloud {
+        CloudKind::None => None,
+        CloudKind::InMemory => Some(Arc::new(crate::cloud::InMemoryCloud::new(
+            crate::cloud::CloudMetrics::new(&mut registry),
+        ))),
+    };
+    let plugins = load(&args.plugins, cloud).map_err(|reason| RunError::Plugins {
         dir: args.plugins.clone(),
         reason,
     })?;
     let config = kube_config(args.kubeconfig.as_deref()).await?;
-    let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let client = build_client(
         config,
