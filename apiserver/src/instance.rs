@@ -41,6 +41,10 @@ pub struct InstanceOptions {
     pub history: usize,
     /// Interval of watch bookmarks (default 60 s).
     pub bookmark_interval: Duration,
+    /// Capacity of each watched resource's event channel (default 64). The channel is
+    /// preallocated (about 40 bytes a slot) per watched resource; a watcher that falls
+    /// further behind catches up from the history, so a workload cluster needs few slots.
+    pub fanout_capacity: usize,
 }
 
 impl Default for InstanceOptions {
@@ -48,6 +52,7 @@ impl Default for InstanceOptions {
         Self {
             history: 1000,
             bookmark_interval: Duration::from_secs(60),
+            fanout_capacity: 64,
         }
     }
 }
@@ -94,9 +99,10 @@ impl Instance {
         let listener = std::net::TcpListener::bind(addr).map_err(bind)?;
         listener.set_nonblocking(true).map_err(bind)?;
         let local = listener.local_addr().map_err(bind)?;
-        let state = ServerBuilder::default()
+        let mut state = ServerBuilder::default()
             .history_limit(options.history)
             .seeded_state()?;
+        state.fanout_capacity = options.fanout_capacity;
         let (drop_tx, _) = tokio::sync::watch::channel(0u64);
         let inner = Arc::new(Inner {
             state: parking_lot::RwLock::new(state),
