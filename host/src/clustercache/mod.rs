@@ -24,6 +24,9 @@
 //! [`ClusterCache::on_event`]), which the controllers turn into keys of the affected
 //! primaries.
 
+mod workload;
+pub use workload::{WorkloadError, WorkloadPlan};
+
 use crate::cache::{Cache, CacheEvent, CachedObject, Gvk, KindCache, ObjectKey};
 use crate::metrics::Metrics;
 use crate::writer::layers::{MetricsLayer, RateLimitLayer};
