@@ -37,6 +37,9 @@ pub struct SnapshotIn {
     pub related: Vec<(String, bool, Vec<String>)>,
     /// The host's time, RFC 3339.
     pub now: String,
+    /// The workload connection state: `not-applicable` (default), `disconnected`,
+    /// `connected` or `unhealthy`.
+    pub workload: String,
 }
 
 /// What a vector expects back.
@@ -165,6 +168,11 @@ fn parse_vector(path: &Path) -> anyhow::Result<Vector> {
             primary,
             related,
             now: str_field(snap, "now", path)?.to_owned(),
+            workload: snap
+                .get("workload")
+                .and_then(Value::as_str)
+                .unwrap_or("not-applicable")
+                .to_owned(),
         },
         expect,
     })
@@ -179,6 +187,9 @@ fn normalise_expected_outcome(ok: &Value) -> Value {
         "delete": list("delete"),
         "events": list("events"),
         "requeue_after_ms": ok.get("requeue_after_ms").cloned().unwrap_or(Value::Null),
+        "workload_apply": list("workload_apply"),
+        "workload_status": list("workload_status"),
+        "workload_delete": list("workload_delete"),
     })
 }
 
@@ -299,6 +310,9 @@ pub fn outcome_json(o: &rt::Outcome) -> Value {
         "delete": o.delete.iter().map(object_ref_json).collect::<Vec<_>>(),
         "events": events,
         "requeue_after_ms": o.requeue_after_ms,
+        "workload_apply": parse_objects(&o.workload_apply),
+        "workload_status": parse_objects(&o.workload_status),
+        "workload_delete": o.workload_delete.iter().map(object_ref_json).collect::<Vec<_>>(),
     })
 }
 
@@ -316,6 +330,12 @@ pub fn snapshot_wit(s: &SnapshotIn) -> rt::Snapshot {
             })
             .collect(),
         now: s.now.clone(),
+        workload: match s.workload.as_str() {
+            "disconnected" => rt::Connection::Disconnected,
+            "connected" => rt::Connection::Connected,
+            "unhealthy" => rt::Connection::Unhealthy,
+            _ => rt::Connection::NotApplicable,
+        },
     }
 }
 

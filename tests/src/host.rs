@@ -5,8 +5,8 @@ use capstan::controller::{CallFailure, ControllerOptions, Reconcile};
 use capstan::manager::{Manager, ManagerOptions, build_client};
 use capstan::metrics::Metrics;
 use capstan::runtime::bindings::capstan::reconciler::types::{
-    Gvk, KeyMapping, Outcome, Permission, PluginInfo, Relation, RelationSelector, Snapshot, Verbs,
-    Watch,
+    Capabilities, Gvk, KeyMapping, Outcome, Permission, PluginInfo, Relation, RelationSelector,
+    Snapshot, Target, Verbs, Watch,
 };
 use capstan_apiserver::Server;
 use parking_lot::Mutex;
@@ -169,16 +169,22 @@ pub fn widget_info(name: &str) -> PluginInfo {
         permissions: vec![Permission {
             kind: widget_gvk(),
             verbs: Verbs::PATCH | Verbs::PATCH_STATUS,
+            target: Target::Management,
         }],
         finalizer: None,
         concurrency: Some(2),
         resync_seconds: None,
+        capabilities: Capabilities::empty(),
     }
 }
 
 /// A watch of `kind` mapped by `mapping`.
 pub fn watch(kind: Gvk, mapping: KeyMapping) -> Watch {
-    Watch { kind, mapping }
+    Watch {
+        kind,
+        mapping,
+        target: Target::Management,
+    }
 }
 
 /// A relation named `name` of `kind` found by `selector`.
@@ -187,6 +193,8 @@ pub fn relation(name: &str, kind: Gvk, selector: RelationSelector) -> Relation {
         name: name.into(),
         kind,
         selector,
+        target: Target::Management,
+        namespace: None,
     }
 }
 
@@ -198,6 +206,9 @@ pub fn empty_outcome() -> Outcome {
         delete: Vec::new(),
         events: Vec::new(),
         requeue_after_ms: None,
+        workload_apply: Vec::new(),
+        workload_status: Vec::new(),
+        workload_delete: Vec::new(),
     }
 }
 

@@ -108,6 +108,7 @@ fn cluster_snapshot(c: Value, infra: &[Value], cp: &[Value], machines: &[Value])
             related("machine-sets", &[]),
         ],
         now: NOW.to_owned(),
+        workload: capstan::runtime::Connection::NotApplicable,
     }
 }
 
@@ -276,6 +277,7 @@ fn bootstrap_component_writes_init_data_secret() -> Result<()> {
         primary: config.to_string(),
         related: vec![related("machine", &[machine]), related("cluster", &[c])],
         now: NOW.to_owned(),
+        workload: capstan::runtime::Connection::NotApplicable,
     };
     let out = plugin.reconcile("default/c1-cp-x7k2p", &snap)?;
     let applied = parsed(&out.apply);

@@ -54,6 +54,7 @@ fn configmap_snapshot(labelled: bool) -> Snapshot {
         .to_string(),
         related: Vec::new(),
         now: "2026-11-28T12:00:00Z".to_owned(),
+        workload: capstan::runtime::Connection::NotApplicable,
     }
 }
 

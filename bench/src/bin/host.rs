@@ -12,7 +12,8 @@ use capstan::controller::{CallFailure, Controller, ControllerOptions, Reconcile}
 use capstan::metrics::Metrics;
 use capstan::queue::QueueConfig;
 use capstan::runtime::bindings::capstan::reconciler::types::{
-    Gvk as WitGvk, Outcome, Permission, PluginInfo, Relation, RelationSelector, Snapshot, Verbs,
+    Capabilities, Gvk as WitGvk, Outcome, Permission, PluginInfo, Relation, RelationSelector,
+    Snapshot, Target, Verbs,
 };
 use capstan::writer::{ApiError, BoxFut, Resource, WriteApi, WritePath};
 use prometheus_client::metrics::gauge::Gauge;
@@ -89,6 +90,9 @@ impl Reconcile for Plugin {
             delete: vec![],
             events: vec![],
             requeue_after_ms: None,
+            workload_apply: vec![],
+            workload_status: vec![],
+            workload_delete: vec![],
         };
         if self.mode == Mode::Echo {
             o.apply.push(snapshot.primary.clone());
@@ -206,14 +210,18 @@ async fn run(mode: Mode, blocking: bool) -> anyhow::Result<(Figures, usize, u64)
                 name: "configmaps".into(),
                 kind: wgvk("", "v1", "ConfigMap"),
                 selector: RelationSelector::Owned,
+                target: Target::Management,
+                namespace: None,
             }],
             permissions: vec![Permission {
                 kind: wgvk("cluster.x-k8s.io", "v1beta2", "Machine"),
                 verbs: Verbs::PATCH | Verbs::PATCH_STATUS,
+                target: Target::Management,
             }],
             finalizer: None,
             concurrency: Some(1),
             resync_seconds: None,
+            capabilities: Capabilities::empty(),
         },
         mode,
         call_nanos: AtomicU64::new(0),

@@ -74,6 +74,7 @@ fn configmap_snapshot() -> Snapshot {
         primary: cm.to_string(),
         related: Vec::new(),
         now: "2026-03-01T12:00:00Z".into(),
+        workload: capstan::runtime::Connection::NotApplicable,
     }
 }
 
@@ -188,6 +189,84 @@ impl memo::Host for MemHost {
 }
 
 impl types::Host for MemHost {}
+
+// The hello components use neither crypto nor cloud; they only need to link.
+const UNUSED: &str = "not provided by the memory benchmark host";
+
+impl capstan::runtime::bindings::capstan::reconciler::crypto::Host for MemHost {
+    fn generate_key(
+        &mut self,
+        _: capstan::runtime::bindings::capstan::reconciler::crypto::KeyAlgorithm,
+    ) -> Result<capstan::runtime::bindings::capstan::reconciler::crypto::KeyPair, String> {
+        Err(UNUSED.into())
+    }
+    fn self_signed(
+        &mut self,
+        _: String,
+        _: capstan::runtime::bindings::capstan::reconciler::crypto::CertificateRequest,
+    ) -> Result<String, String> {
+        Err(UNUSED.into())
+    }
+    fn sign(
+        &mut self,
+        _: String,
+        _: String,
+        _: String,
+        _: capstan::runtime::bindings::capstan::reconciler::crypto::CertificateRequest,
+    ) -> Result<String, String> {
+        Err(UNUSED.into())
+    }
+    fn kubeconfig(
+        &mut self,
+        _: capstan::runtime::bindings::capstan::reconciler::crypto::KubeconfigRequest,
+    ) -> Result<String, String> {
+        Err(UNUSED.into())
+    }
+}
+
+impl capstan::runtime::bindings::capstan::reconciler::cloud::Host for MemHost {
+    fn reserve_endpoint(
+        &mut self,
+        _: String,
+    ) -> Result<capstan::runtime::bindings::capstan::reconciler::cloud::Endpoint, String> {
+        Err(UNUSED.into())
+    }
+    fn start_api_server(&mut self, _: String, _: String, _: String) -> Result<(), String> {
+        Err(UNUSED.into())
+    }
+    fn api_server_running(&mut self, _: String) -> bool {
+        false
+    }
+    fn release_endpoint(&mut self, _: String) -> Result<(), String> {
+        Err(UNUSED.into())
+    }
+    fn create_vm(
+        &mut self,
+        _: String,
+        _: String,
+    ) -> Result<capstan::runtime::bindings::capstan::reconciler::cloud::Vm, String> {
+        Err(UNUSED.into())
+    }
+    fn get_vm(
+        &mut self,
+        _: String,
+        _: String,
+    ) -> Option<capstan::runtime::bindings::capstan::reconciler::cloud::Vm> {
+        None
+    }
+    fn delete_vm(&mut self, _: String, _: String) -> Result<(), String> {
+        Err(UNUSED.into())
+    }
+    fn put_object(&mut self, _: String, _: String) -> Result<(), String> {
+        Err(UNUSED.into())
+    }
+    fn get_object(&mut self, _: String, _: types::ObjectRef) -> Result<Option<String>, String> {
+        Err(UNUSED.into())
+    }
+    fn delete_object(&mut self, _: String, _: types::ObjectRef) -> Result<(), String> {
+        Err(UNUSED.into())
+    }
+}
 
 fn rss_bytes() -> usize {
     std::fs::read_to_string("/proc/self/statm")

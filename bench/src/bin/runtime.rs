@@ -103,6 +103,7 @@ fn main() -> Result<()> {
                 )
                 .collect(),
             now: snap.now.clone(),
+            workload: capstan_sdk::Connection::NotApplicable,
         },
     );
 

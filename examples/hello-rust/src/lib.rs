@@ -157,6 +157,7 @@ mod tests {
                 primary: "[1,2]".to_owned(),
                 related: Vec::new(),
                 now: "2026-01-01T00:00:00Z".to_owned(),
+                workload: capstan_sdk::Connection::NotApplicable,
             },
         );
         assert!(matches!(

@@ -1,8 +1,8 @@
 //! `capstan plugin inspect|run`: look inside a component and run one reconcile.
 
 use crate::runtime::{
-    CallError, Outcome, Plugin, RelatedObjects, Runtime, RuntimeConfig, RuntimeError, Snapshot,
-    info_to_json,
+    CallError, Connection, Outcome, Plugin, RelatedObjects, Runtime, RuntimeConfig, RuntimeError,
+    Snapshot, info_to_json,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -100,6 +100,9 @@ struct SnapshotFile {
     #[serde(default)]
     related: Vec<RelatedFile>,
     now: String,
+    /// `not-applicable` (default), `disconnected`, `connected` or `unhealthy`.
+    #[serde(default)]
+    workload: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +138,17 @@ pub fn read_snapshot(path: &Path) -> Result<Snapshot, PluginCmdError> {
             })
             .collect(),
         now: f.now,
+        workload: match f.workload.as_deref() {
+            None | Some("not-applicable") => Connection::NotApplicable,
+            Some("disconnected") => Connection::Disconnected,
+            Some("connected") => Connection::Connected,
+            Some("unhealthy") => Connection::Unhealthy,
+            Some(other) => {
+                return Err(err(format!(
+                    "workload {other:?} is not one of not-applicable, disconnected, connected, unhealthy"
+                )));
+            }
+        },
     })
 }
 
@@ -169,6 +183,9 @@ pub fn outcome_to_yaml(o: &Outcome) -> Result<String, PluginCmdError> {
             "message": e.message,
         })).collect::<Vec<_>>(),
         "requeueAfterMs": o.requeue_after_ms,
+        "workloadApply": o.workload_apply.iter().map(parse).collect::<Vec<_>>(),
+        "workloadStatus": o.workload_status.iter().map(parse).collect::<Vec<_>>(),
+        "workloadDelete": o.workload_delete.iter().map(r).collect::<Vec<_>>(),
     });
     serde_yaml::to_string(&doc).map_err(|e| PluginCmdError::Render(e.to_string()))
 }

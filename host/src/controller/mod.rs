@@ -30,7 +30,7 @@ use crate::cache::{Cache, CachedObject, Gvk, KindCache, ObjectKey};
 use crate::metrics::ControllerMetrics;
 use crate::queue::{QueueConfig, WorkQueue};
 use crate::runtime::bindings::capstan::reconciler::types::{
-    Outcome, PluginInfo, RelatedObjects, RelationSelector, Snapshot,
+    Connection, Outcome, PluginInfo, RelatedObjects, RelationSelector, Snapshot,
 };
 use crate::watch::{self, Rule};
 use crate::writer::{Grants, WriteError, WritePath, Writer};
@@ -128,6 +128,8 @@ enum Selector {
     FieldRef(Vec<String>),
     ControllerOwner,
     ByLabelValue(String),
+    /// Evaluated in the next commit.
+    Unsupported,
 }
 
 #[derive(Debug)]
@@ -234,6 +236,7 @@ impl Controller {
                 RelationSelector::FieldRef(p) => Selector::FieldRef(watch::split_path(p)),
                 RelationSelector::ControllerOwner => Selector::ControllerOwner,
                 RelationSelector::ByLabelValue(l) => Selector::ByLabelValue(l.clone()),
+                _ => Selector::Unsupported,
             };
             relations.push(RelationPlan {
                 name: r.name.clone(),
@@ -393,6 +396,7 @@ impl Controller {
             .iter()
             .map(|r| {
                 let objects: Vec<Arc<CachedObject>> = match &r.selector {
+                    Selector::Unsupported => Vec::new(),
                     Selector::Owned => r.cache.owned_by(&primary.uid, true),
                     Selector::Label(l) => r.cache.with_label(l, ns, &primary.key.name),
                     Selector::FieldRef(path) => {
@@ -431,6 +435,7 @@ impl Controller {
             primary: primary.json.to_string(),
             related,
             now: now_rfc3339(),
+            workload: Connection::NotApplicable,
         }
     }
 

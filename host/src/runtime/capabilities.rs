@@ -69,6 +69,7 @@ pub(crate) struct CallCaps {
     pub(crate) key: Arc<str>,
     pub(crate) memo: Arc<Memo>,
     pub(crate) log_lines_left: u32,
+    pub(crate) grants: super::hostcalls::Grants,
 }
 
 /// One plugin name's memo: a byte map bounded per value and in total, oldest

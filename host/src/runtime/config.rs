@@ -1,11 +1,13 @@
 //! Runtime configuration: per-call limits, pool sizes, the artifact cache directory.
 
+use crate::cloud::Cloud;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How the runtime runs plugins. `Default` suits a manager with a handful of
 /// plugins and tens of concurrent reconciles.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RuntimeConfig {
     /// Wall-clock deadline of one call (`describe` or `reconcile`), enforced
     /// with epoch interruption; precision is one [`Self::epoch_tick`].
@@ -32,6 +34,26 @@ pub struct RuntimeConfig {
     pub memo_max_value_bytes: usize,
     /// Cap on a plugin's memo; older entries are evicted beyond it.
     pub memo_max_total_bytes: usize,
+    /// The infrastructure API behind the `cloud` capability; `None`: every cloud call
+    /// of a plugin that declared it fails with "no cloud is configured on this host".
+    pub cloud: Option<Arc<dyn Cloud>>,
+}
+
+impl std::fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("deadline", &self.deadline)
+            .field("epoch_tick", &self.epoch_tick)
+            .field("memory_limit", &self.memory_limit)
+            .field("fuel", &self.fuel)
+            .field("max_instances", &self.max_instances)
+            .field("cache_dir", &self.cache_dir)
+            .field("max_outcome_bytes", &self.max_outcome_bytes)
+            .field("memo_max_value_bytes", &self.memo_max_value_bytes)
+            .field("memo_max_total_bytes", &self.memo_max_total_bytes)
+            .field("cloud", &self.cloud.is_some())
+            .finish()
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -46,6 +68,7 @@ impl Default for RuntimeConfig {
             max_outcome_bytes: 8 << 20,
             memo_max_value_bytes: 1 << 20,
             memo_max_total_bytes: 16 << 20,
+            cloud: None,
         }
     }
 }

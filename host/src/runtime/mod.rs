@@ -12,20 +12,26 @@ mod artifacts;
 pub mod bindings;
 mod capabilities;
 mod config;
+pub mod crypto;
 mod engine;
 mod error;
+mod hostcalls;
 mod plugin;
 mod store;
 pub mod validate;
 
 pub use artifacts::LoadStats;
 pub use bindings::capstan::reconciler::types::{
-    Event, EventType, Gvk, KeyMapping, ObjectRef, Outcome, Permission, PluginInfo, ReconcileError,
-    RelatedObjects, Relation, RelationSelector, Snapshot, Verbs, Watch,
+    Capabilities, Connection, Event, EventType, FieldPair, Gvk, KeyMapping, ObjectRef, Outcome,
+    Permission, PluginInfo, ReconcileError, RelatedObjects, Relation, RelationSelector, Snapshot,
+    Target, Verbs, Watch,
 };
 pub use capabilities::{MAX_LOG_LINES_PER_CALL, MAX_LOG_MESSAGE_BYTES, MAX_MEMO_KEY_BYTES, Memo};
 pub use config::RuntimeConfig;
 pub use error::{CallError, RuntimeError};
+pub use hostcalls::{
+    CRYPTO_OPERATIONS, HostCallMetrics, MAX_CLOUD_ARG_BYTES, MAX_CRYPTO_OPS_PER_CALL, NO_CLOUD,
+};
 pub use plugin::{Plugin, info_to_json};
 
 use sha2::{Digest, Sha256};
@@ -52,6 +58,7 @@ pub(crate) struct RuntimeInner {
     linker: Linker<store::StoreData>,
     artifacts: artifacts::ArtifactCache,
     memos: capabilities::MemoRegistry,
+    pub(crate) host_metrics: HostCallMetrics,
     _ticker: engine::EpochTicker,
 }
 
@@ -91,6 +98,7 @@ impl Runtime {
                 linker,
                 artifacts,
                 memos,
+                host_metrics: HostCallMetrics::default(),
                 _ticker: ticker,
             }),
         })
@@ -109,6 +117,23 @@ impl Runtime {
     /// The memo of plugin `name` (what its reconciles see through `memo`).
     pub fn memo(&self, name: &str) -> Arc<Memo> {
         self.inner.memos.for_plugin(name)
+    }
+
+    /// Crypto operations (`generate_key_ecdsa`, `generate_key_rsa`, `self_signed`, `sign`,
+    /// `kubeconfig`) performed for plugin `plugin` so far.
+    pub fn crypto_operations(&self, plugin: &str, operation: &str) -> u64 {
+        self.inner.host_metrics.crypto_operations(plugin, operation)
+    }
+
+    /// Host calls of `plugin` refused because it did not declare `capability`.
+    pub fn capability_refusals(&self, plugin: &str, capability: &str) -> u64 {
+        self.inner.host_metrics.refusals(plugin, capability)
+    }
+
+    /// Register the runtime's metric families (`capstan_crypto_operations_total`,
+    /// `capstan_capability_refusals_total`) in the manager's registry.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.inner.host_metrics.register(registry);
     }
 
     /// Load the component file at `path`; see [`Runtime::load`].
@@ -167,6 +192,7 @@ impl Runtime {
             reason,
         })?;
         let memo = rt.memos.for_plugin(&info.name);
+        rt.host_metrics.init_plugin(&info.name);
         tracing::info!(plugin = %info.name, version = %info.version, %digest, "plugin loaded");
         Ok(Plugin::new(
             self.inner.clone(),

@@ -3,10 +3,12 @@
 use super::RuntimeInner;
 use super::bindings::ReconcilerPre;
 use super::bindings::capstan::reconciler::types::{
-    KeyMapping, Outcome, PluginInfo, ReconcileError, RelationSelector, Snapshot, Verbs,
+    Capabilities, KeyMapping, Outcome, PluginInfo, ReconcileError, RelationSelector, Snapshot,
+    Target, Verbs,
 };
 use super::capabilities::{CallCaps, MAX_LOG_LINES_PER_CALL, Memo};
 use super::error::CallError;
+use super::hostcalls::{Grants, MAX_CRYPTO_OPS_PER_CALL};
 use super::store::StoreData;
 use super::validate;
 use serde_json::{Value, json};
@@ -50,7 +52,13 @@ pub(crate) fn describe(
 ) -> Result<PluginInfo, CallError> {
     let label: Arc<str> = label.into();
     let memo = Arc::new(Memo::new(0, 0));
-    let mut store = new_store(rt, label.clone(), "describe".into(), memo);
+    let mut store = new_store(
+        rt,
+        label.clone(),
+        "describe".into(),
+        memo,
+        Capabilities::empty(),
+    );
     let inst = pre
         .instantiate(&mut store)
         .map_err(|e| classify(rt, &label, &store, e, true))?;
@@ -63,12 +71,20 @@ fn new_store(
     plugin: Arc<str>,
     key: Arc<str>,
     memo: Arc<Memo>,
+    capabilities: Capabilities,
 ) -> Store<StoreData> {
     let caps = CallCaps {
         plugin,
         key,
         memo,
         log_lines_left: MAX_LOG_LINES_PER_CALL,
+        grants: Grants {
+            capabilities,
+            cloud: rt.config.cloud.clone(),
+            metrics: rt.host_metrics.clone(),
+            deadline: std::time::Instant::now() + rt.config.deadline,
+            crypto_ops_left: MAX_CRYPTO_OPS_PER_CALL,
+        },
     };
     let mut store = Store::new(&rt.engine, StoreData::new(caps, rt.config.memory_limit));
     store.limiter(|d| &mut d.limiter);
@@ -194,7 +210,13 @@ impl Plugin {
     pub fn reconcile(&self, key: &str, snapshot: &Snapshot) -> Result<Outcome, CallError> {
         let p = &*self.inner;
         let rt = &*p.runtime;
-        let mut store = new_store(rt, p.name.clone(), key.into(), p.memo.clone());
+        let mut store = new_store(
+            rt,
+            p.name.clone(),
+            key.into(),
+            p.memo.clone(),
+            p.info.capabilities,
+        );
         let inst = p
             .pre
             .instantiate(&mut store)
@@ -205,12 +227,11 @@ impl Plugin {
         let plugin = || p.name.to_string();
         match result {
             Ok(outcome) => {
-                validate::validate_outcome(&outcome, rt.config.max_outcome_bytes).map_err(
-                    |reason| CallError::InvalidOutcome {
+                validate::validate_outcome(&outcome, rt.config.max_outcome_bytes, &p.info)
+                    .map_err(|reason| CallError::InvalidOutcome {
                         plugin: plugin(),
                         reason,
-                    },
-                )?;
+                    })?;
                 Ok(outcome)
             }
             Err(ReconcileError::Transient(message)) => Err(CallError::Transient {
@@ -260,6 +281,20 @@ pub fn info_to_json(info: &PluginInfo) -> Value {
         }
         out
     };
+    let target = |t: Target| match t {
+        Target::Management => "management",
+        Target::Workload => "workload",
+    };
+    let pair = |p: &super::bindings::capstan::reconciler::types::FieldPair| json!({"other": p.other, "primary": p.primary});
+    let mut capabilities = Vec::new();
+    for (flag, name) in [
+        (Capabilities::CRYPTO, "crypto"),
+        (Capabilities::CLOUD, "cloud"),
+    ] {
+        if info.capabilities.contains(flag) {
+            capabilities.push(name);
+        }
+    }
     json!({
         "name": info.name,
         "version": info.version,
@@ -270,7 +305,12 @@ pub fn info_to_json(info: &PluginInfo) -> Value {
                 KeyMapping::ControllerOwner => json!("controller-owner"),
                 KeyMapping::Label(l) => json!({"label": l}),
                 KeyMapping::Field(f) => json!({"field": f}),
+                KeyMapping::LabelledWithName(l) => json!({"labelled-with-name": l}),
+                KeyMapping::ReferencedBy(f) => json!({"referenced-by": f}),
+                KeyMapping::FieldMatch(p) => json!({"field-match": pair(p)}),
+                KeyMapping::SameCluster => json!("same-cluster"),
             },
+            "target": target(w.target),
         })).collect::<Vec<_>>(),
         "relations": info.relations.iter().map(|r| json!({
             "name": r.name,
@@ -281,14 +321,23 @@ pub fn info_to_json(info: &PluginInfo) -> Value {
                 RelationSelector::Label(l) => json!({"label": l}),
                 RelationSelector::FieldRef(f) => json!({"field-ref": f}),
                 RelationSelector::ByLabelValue(l) => json!({"by-label-value": l}),
+                RelationSelector::All => json!("all"),
+                RelationSelector::Named(t) => json!({"named": t}),
+                RelationSelector::Matching(s) => json!({"matching": s}),
+                RelationSelector::SelectorAt(p) => json!({"selector-at": p}),
+                RelationSelector::FieldMatch(p) => json!({"field-match": pair(p)}),
             },
+            "target": target(r.target),
+            "namespace": r.namespace,
         })).collect::<Vec<_>>(),
         "permissions": info.permissions.iter().map(|p| json!({
             "kind": gvk(&p.kind),
             "verbs": verbs(p.verbs),
+            "target": target(p.target),
         })).collect::<Vec<_>>(),
         "finalizer": info.finalizer,
         "concurrency": info.concurrency,
         "resync-seconds": info.resync_seconds,
+        "capabilities": capabilities,
     })
 }

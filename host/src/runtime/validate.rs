@@ -1,8 +1,10 @@
 //! Contract checks: plugin-info at load, outcomes after each call, permissions by kind.
 
 use super::bindings::capstan::reconciler::types::{
-    Gvk, KeyMapping, ObjectRef, Outcome, PluginInfo, RelationSelector, Verbs,
+    FieldPair, Gvk, KeyMapping, ObjectRef, Outcome, PluginInfo, RelationSelector, Target, Verbs,
 };
+use crate::watch::selector::{LabelSelector, is_label_key};
+use crate::watch::template::NameTemplate;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use std::collections::HashSet;
@@ -55,9 +57,32 @@ fn non_empty(what: &str, s: &str) -> Result<(), String> {
     }
 }
 
-/// Validate what `describe()` returned: a DNS-label name, a version, sane
-/// kinds, unique non-empty relation names, non-empty selectors, permissions
-/// with at least one verb and no kind twice, sane defaults.
+/// A dotted field path: non-empty segments separated by dots.
+fn check_path(what: &str, p: &str) -> Result<(), String> {
+    if p.is_empty() || p.split('.').any(|seg| seg.trim().is_empty()) {
+        return Err(format!("{what}: {p:?} is not a dotted field path"));
+    }
+    Ok(())
+}
+
+fn check_pair(what: &str, p: &FieldPair) -> Result<(), String> {
+    check_path(&format!("{what} (other)"), &p.other)?;
+    check_path(&format!("{what} (primary)"), &p.primary)
+}
+
+fn check_label_key(what: &str, k: &str) -> Result<(), String> {
+    if !is_label_key(k) {
+        return Err(format!("{what}: {k:?} is not a label key"));
+    }
+    Ok(())
+}
+
+/// Validate what `describe()` returned: a DNS-label name, a version, sane kinds; watches
+/// and relations whose paths, label keys, templates and selectors parse (an unknown
+/// template placeholder is an error here, not a relation that silently finds nothing);
+/// no owner-based mapping or selector on a workload cluster (owner references do not
+/// cross clusters); unique relation names; valid namespace overrides; permissions with at
+/// least one verb and no kind twice per target; sane defaults.
 pub fn validate_info(info: &PluginInfo) -> Result<(), String> {
     if !is_dns_label(&info.name) {
         return Err(format!("name {:?} is not a DNS-1123 label", info.name));
@@ -65,12 +90,18 @@ pub fn validate_info(info: &PluginInfo) -> Result<(), String> {
     non_empty("version", &info.version)?;
     check_gvk("primary", &info.primary)?;
     for (i, w) in info.watches.iter().enumerate() {
-        check_gvk(&format!("watches[{i}]"), &w.kind)?;
+        let what = format!("watches[{i}] ({})", w.kind.kind);
+        check_gvk(&what, &w.kind)?;
         match &w.mapping {
-            KeyMapping::ControllerOwner => {}
-            KeyMapping::Label(s) | KeyMapping::Field(s) => {
-                non_empty(&format!("watches[{i}] mapping"), s)?;
+            KeyMapping::ControllerOwner if w.target == Target::Workload => {
+                return Err(format!(
+                    "{what}: controller-owner cannot map a workload object (owner references do not cross clusters)"
+                ));
             }
+            KeyMapping::ControllerOwner | KeyMapping::SameCluster => {}
+            KeyMapping::Label(l) | KeyMapping::LabelledWithName(l) => check_label_key(&what, l)?,
+            KeyMapping::Field(p) | KeyMapping::ReferencedBy(p) => check_path(&what, p)?,
+            KeyMapping::FieldMatch(pair) => check_pair(&what, pair)?,
         }
     }
     let mut names = HashSet::new();
@@ -79,24 +110,56 @@ pub fn validate_info(info: &PluginInfo) -> Result<(), String> {
         if !names.insert(r.name.as_str()) {
             return Err(format!("relation {:?} is declared twice", r.name));
         }
-        check_gvk(&format!("relation {}", r.name), &r.kind)?;
+        let what = format!("relation {}", r.name);
+        check_gvk(&what, &r.kind)?;
+        if let Some(ns) = &r.namespace
+            && !is_dns_label(ns)
+        {
+            return Err(format!("{what}: namespace {ns:?} is not a DNS-1123 label"));
+        }
         match &r.selector {
-            RelationSelector::Owned | RelationSelector::ControllerOwner => {}
-            RelationSelector::Label(s)
-            | RelationSelector::FieldRef(s)
-            | RelationSelector::ByLabelValue(s) => {
-                non_empty(&format!("relation {} selector", r.name), s)?;
+            RelationSelector::Owned | RelationSelector::ControllerOwner
+                if r.target == Target::Workload =>
+            {
+                return Err(format!(
+                    "{what}: owned and controller-owner cannot select workload objects (owner references do not cross clusters)"
+                ));
             }
+            RelationSelector::Owned | RelationSelector::ControllerOwner | RelationSelector::All => {
+            }
+            RelationSelector::Label(l) | RelationSelector::ByLabelValue(l) => {
+                check_label_key(&what, l)?;
+            }
+            RelationSelector::FieldRef(p) | RelationSelector::SelectorAt(p) => {
+                check_path(&what, p)?;
+            }
+            RelationSelector::Named(t) => {
+                NameTemplate::parse(t).map_err(|e| format!("{what}: {e}"))?;
+            }
+            RelationSelector::Matching(sel) => {
+                LabelSelector::parse(sel).map_err(|e| format!("{what}: {e}"))?;
+            }
+            RelationSelector::FieldMatch(pair) => check_pair(&what, pair)?,
         }
     }
     let mut kinds = HashSet::new();
     for (i, p) in info.permissions.iter().enumerate() {
         check_gvk(&format!("permissions[{i}]"), &p.kind)?;
+        let target = match p.target {
+            Target::Management => "management",
+            Target::Workload => "workload",
+        };
         if p.verbs == Verbs::empty() {
-            return Err(format!("permission on {} grants no verb", p.kind.kind));
+            return Err(format!(
+                "{target} permission on {} grants no verb",
+                p.kind.kind
+            ));
         }
-        if !kinds.insert((&p.kind.group, &p.kind.version, &p.kind.kind)) {
-            return Err(format!("permission on {} is declared twice", p.kind.kind));
+        if !kinds.insert((target, &p.kind.group, &p.kind.version, &p.kind.kind)) {
+            return Err(format!(
+                "{target} permission on {} is declared twice",
+                p.kind.kind
+            ));
         }
     }
     if let Some(f) = &info.finalizer
@@ -115,15 +178,39 @@ pub fn validate_info(info: &PluginInfo) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the plugin declares anything in a workload cluster (watch, relation or
+/// permission): then its snapshots carry a connection state other than not-applicable.
+pub fn uses_workload(info: &PluginInfo) -> bool {
+    info.watches.iter().any(|w| w.target == Target::Workload)
+        || info.relations.iter().any(|r| r.target == Target::Workload)
+        || info
+            .permissions
+            .iter()
+            .any(|p| p.target == Target::Workload)
+}
+
 /// Whether `info` permits `verb` on objects of `api_version` + `kind`
 /// (`group/version` or `v1` for core). For the write path.
 pub fn permits(info: &PluginInfo, api_version: &str, kind: &str, verb: Verbs) -> bool {
+    permits_in(info, Target::Management, api_version, kind, verb)
+}
+
+/// Whether `info` permits `verb` on objects of `api_version` + `kind` in `target`
+/// (any of the verbs when `verb` holds several).
+pub fn permits_in(
+    info: &PluginInfo,
+    target: Target,
+    api_version: &str,
+    kind: &str,
+    verb: Verbs,
+) -> bool {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     info.permissions.iter().any(|p| {
-        p.kind.group == group
+        p.target == target
+            && p.kind.group == group
             && p.kind.version == version
             && p.kind.kind == kind
-            && p.verbs.contains(verb)
+            && p.verbs.intersects(verb)
     })
 }
 
@@ -186,17 +273,47 @@ pub fn outcome_size(o: &Outcome) -> usize {
     o.apply.iter().map(String::len).sum::<usize>()
         + o.status.iter().map(String::len).sum::<usize>()
         + o.delete.iter().map(r).sum::<usize>()
+        + o.workload_apply.iter().map(String::len).sum::<usize>()
+        + o.workload_status.iter().map(String::len).sum::<usize>()
+        + o.workload_delete.iter().map(r).sum::<usize>()
         + o.events
             .iter()
             .map(|e| r(&e.regarding) + e.reason.len() + e.message.len())
             .sum::<usize>()
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeOnly {
+    api_version: String,
+    kind: String,
+}
+
+/// A workload entry's kind must be covered by a workload permission with one of `verbs`.
+fn check_workload_kind(
+    info: &PluginInfo,
+    field: &str,
+    i: usize,
+    api_version: &str,
+    kind: &str,
+    verbs: Verbs,
+) -> Result<(), String> {
+    if permits_in(info, Target::Workload, api_version, kind, verbs) {
+        return Ok(());
+    }
+    Err(format!(
+        "{field}[{i}]: {api_version} {kind} is not covered by a workload permission of the plugin"
+    ))
+}
+
 /// Validate an outcome: at most `max_bytes` in total; every `apply` and
-/// `status` entry a JSON object with apiVersion, kind and metadata.name
-/// (and `status` for status entries); references and events complete.
-/// Whether the kinds are permitted is the write path's check ([`permits`]).
-pub fn validate_outcome(o: &Outcome, max_bytes: usize) -> Result<(), String> {
+/// `status` entry (management and workload) a JSON object with apiVersion, kind and
+/// metadata.name (and `status` for status entries); references and events complete;
+/// every workload entry's kind covered by a workload permission of `info` with a verb of
+/// its class (apply: create or patch; status: patch-status; delete: delete). Whether a
+/// management kind and exact verb are permitted is the write path's check ([`permits`]),
+/// which knows whether an applied object exists.
+pub fn validate_outcome(o: &Outcome, max_bytes: usize, info: &PluginInfo) -> Result<(), String> {
     let size = outcome_size(o);
     if size > max_bytes {
         return Err(format!(
@@ -212,6 +329,38 @@ pub fn validate_outcome(o: &Outcome, max_bytes: usize) -> Result<(), String> {
     for (i, r) in o.delete.iter().enumerate() {
         check_ref("delete", i, r)?;
     }
+    for (field, texts, need_status, verbs) in [
+        (
+            "workload-apply",
+            &o.workload_apply,
+            false,
+            Verbs::CREATE | Verbs::PATCH,
+        ),
+        (
+            "workload-status",
+            &o.workload_status,
+            true,
+            Verbs::PATCH_STATUS,
+        ),
+    ] {
+        for (i, t) in texts.iter().enumerate() {
+            check_object(field, i, t, need_status)?;
+            // check_object proved these fields are there.
+            let ty: TypeOnly = serde_json::from_str(t).map_err(|e| format!("{field}[{i}]: {e}"))?;
+            check_workload_kind(info, field, i, &ty.api_version, &ty.kind, verbs)?;
+        }
+    }
+    for (i, r) in o.workload_delete.iter().enumerate() {
+        check_ref("workload-delete", i, r)?;
+        check_workload_kind(
+            info,
+            "workload-delete",
+            i,
+            &r.api_version,
+            &r.kind,
+            Verbs::DELETE,
+        )?;
+    }
     for (i, e) in o.events.iter().enumerate() {
         check_ref("events", i, &e.regarding)?;
         non_empty(&format!("events[{i}].reason"), &e.reason)?;
@@ -222,7 +371,7 @@ pub fn validate_outcome(o: &Outcome, max_bytes: usize) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::bindings::capstan::reconciler::types::Permission;
+    use crate::runtime::bindings::capstan::reconciler::types::{Permission, Relation};
 
     fn gvk(g: &str, v: &str, k: &str) -> Gvk {
         Gvk {
@@ -242,10 +391,12 @@ mod tests {
             permissions: vec![Permission {
                 kind: gvk("", "v1", "ConfigMap"),
                 verbs: Verbs::PATCH,
+                target: Target::Management,
             }],
             finalizer: None,
             concurrency: Some(2),
             resync_seconds: None,
+            capabilities: crate::runtime::Capabilities::empty(),
         }
     }
 
@@ -290,29 +441,192 @@ mod tests {
     fn outcome_checks() {
         let ok =
             r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"ns"}}"#;
+        let i = info();
         let mut o = Outcome {
             apply: vec![ok.into()],
             status: vec![],
             delete: vec![],
             events: vec![],
             requeue_after_ms: None,
+            workload_apply: vec![],
+            workload_status: vec![],
+            workload_delete: vec![],
         };
-        assert_eq!(validate_outcome(&o, 1 << 20), Ok(()));
-        assert!(validate_outcome(&o, 10).unwrap_err().contains("exceeds"));
+        assert_eq!(validate_outcome(&o, 1 << 20, &i), Ok(()));
+        assert!(
+            validate_outcome(&o, 10, &i)
+                .unwrap_err()
+                .contains("exceeds")
+        );
         o.status.push(ok.into());
         assert!(
-            validate_outcome(&o, 1 << 20)
+            validate_outcome(&o, 1 << 20, &i)
                 .unwrap_err()
                 .contains("no status")
         );
         o.status.clear();
         o.apply.push("{not json".into());
         assert!(
-            validate_outcome(&o, 1 << 20)
+            validate_outcome(&o, 1 << 20, &i)
                 .unwrap_err()
                 .contains("apply[1]")
         );
         o.apply[1] = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{}}"#.into();
-        assert!(validate_outcome(&o, 1 << 20).is_err());
+        assert!(validate_outcome(&o, 1 << 20, &i).is_err());
+    }
+
+    fn relation(name: &str, selector: RelationSelector, target: Target) -> Relation {
+        Relation {
+            name: name.into(),
+            kind: gvk("", "v1", "Secret"),
+            selector,
+            target,
+            namespace: None,
+        }
+    }
+
+    #[test]
+    fn new_selectors_and_mappings_are_checked_at_load() {
+        let ok = |sel: RelationSelector, target: Target| {
+            let mut i = info();
+            i.relations.push(relation("r", sel, target));
+            validate_info(&i)
+        };
+        assert_eq!(
+            ok(
+                RelationSelector::Named("{cluster}-ca".into()),
+                Target::Management
+            ),
+            Ok(())
+        );
+        let e = ok(
+            RelationSelector::Named("{clustr}-ca".into()),
+            Target::Management,
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown placeholder {clustr}"), "{e}");
+        assert_eq!(
+            ok(
+                RelationSelector::Matching("tier=control-plane,component in (etcd)".into()),
+                Target::Workload
+            ),
+            Ok(())
+        );
+        assert!(
+            ok(
+                RelationSelector::Matching("tier in (".into()),
+                Target::Workload
+            )
+            .is_err()
+        );
+        assert!(
+            ok(
+                RelationSelector::SelectorAt("spec..selector".into()),
+                Target::Management
+            )
+            .is_err()
+        );
+        assert!(
+            ok(
+                RelationSelector::FieldMatch(FieldPair {
+                    other: "spec.providerID".into(),
+                    primary: "".into()
+                }),
+                Target::Workload
+            )
+            .is_err()
+        );
+        assert!(
+            ok(
+                RelationSelector::Label("bad key!".into()),
+                Target::Management
+            )
+            .is_err()
+        );
+        let e = ok(RelationSelector::Owned, Target::Workload).unwrap_err();
+        assert!(e.contains("do not cross clusters"), "{e}");
+        let mut i = info();
+        let mut r = relation("pods", RelationSelector::All, Target::Workload);
+        r.namespace = Some("Kube_System".into());
+        i.relations.push(r);
+        assert!(validate_info(&i).unwrap_err().contains("namespace"));
+
+        let watch = |mapping: KeyMapping, target: Target| {
+            let mut i = info();
+            i.watches.push(crate::runtime::Watch {
+                kind: gvk("", "v1", "Node"),
+                mapping,
+                target,
+            });
+            validate_info(&i)
+        };
+        assert_eq!(watch(KeyMapping::SameCluster, Target::Workload), Ok(()));
+        assert!(watch(KeyMapping::ControllerOwner, Target::Workload).is_err());
+        assert!(watch(KeyMapping::ReferencedBy(".spec".into()), Target::Management).is_err());
+        assert!(watch(KeyMapping::LabelledWithName("".into()), Target::Management).is_err());
+
+        // The same kind may be permitted once per target.
+        let mut i = info();
+        let mut p = i.permissions[0].clone();
+        p.target = Target::Workload;
+        i.permissions.push(p.clone());
+        assert_eq!(validate_info(&i), Ok(()));
+        i.permissions.push(p);
+        assert!(
+            validate_info(&i)
+                .unwrap_err()
+                .contains("workload permission")
+        );
+    }
+
+    #[test]
+    fn workload_entries_need_workload_permissions() {
+        let mut i = info();
+        let node = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"n1"},"status":{}}"#;
+        let mut o = Outcome {
+            apply: vec![],
+            status: vec![],
+            delete: vec![],
+            events: vec![],
+            requeue_after_ms: None,
+            workload_apply: vec![node.into()],
+            workload_status: vec![],
+            workload_delete: vec![],
+        };
+        let e = validate_outcome(&o, 1 << 20, &i).unwrap_err();
+        assert!(e.contains("workload-apply[0]") && e.contains("Node"), "{e}");
+        // A management permission does not cover the workload cluster.
+        i.permissions.push(Permission {
+            kind: gvk("", "v1", "Node"),
+            verbs: Verbs::PATCH | Verbs::PATCH_STATUS,
+            target: Target::Management,
+        });
+        assert!(validate_outcome(&o, 1 << 20, &i).is_err());
+        i.permissions.push(Permission {
+            kind: gvk("", "v1", "Node"),
+            verbs: Verbs::PATCH,
+            target: Target::Workload,
+        });
+        assert_eq!(validate_outcome(&o, 1 << 20, &i), Ok(()));
+        o.workload_status.push(node.into());
+        assert!(
+            validate_outcome(&o, 1 << 20, &i)
+                .unwrap_err()
+                .contains("workload-status[0]")
+        );
+        o.workload_status.clear();
+        o.workload_delete.push(ObjectRef {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            namespace: String::new(),
+            name: "n1".into(),
+        });
+        assert!(
+            validate_outcome(&o, 1 << 20, &i)
+                .unwrap_err()
+                .contains("workload-delete[0]")
+        );
+        assert!(uses_workload(&i));
+        assert!(!uses_workload(&info()));
     }
 }

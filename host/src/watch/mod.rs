@@ -16,6 +16,9 @@
 //! Nothing polls: an infrastructure object turning ready is an update event, which enqueues
 //! its owner here.
 
+pub mod selector;
+pub mod template;
+
 use crate::cache::{CacheEvent, CachedObject, Gvk, KindCache, ObjectKey};
 use crate::runtime::bindings::capstan::reconciler::types::{KeyMapping, PluginInfo};
 use serde_json::Value;
@@ -31,6 +34,9 @@ pub enum Rule {
     Label(String),
     /// The name at this dotted field path.
     Field(Vec<String>),
+    /// A mapping this module does not evaluate yet (fan-out, reverse and workload
+    /// mappings land in the next commit).
+    Unsupported,
 }
 
 impl From<&KeyMapping> for Rule {
@@ -39,6 +45,7 @@ impl From<&KeyMapping> for Rule {
             KeyMapping::ControllerOwner => Rule::ControllerOwner,
             KeyMapping::Label(l) => Rule::Label(l.clone()),
             KeyMapping::Field(p) => Rule::Field(split_path(p)),
+            _ => Rule::Unsupported,
         }
     }
 }
@@ -80,6 +87,7 @@ pub fn reference_at<'a>(value: &'a Value, path: &[String]) -> Option<(Option<&'a
 pub fn keys_for(rule: &Rule, primary: &Gvk, obj: &CachedObject) -> Vec<ObjectKey> {
     let ns = &obj.key.namespace;
     match rule {
+        Rule::Unsupported => Vec::new(),
         Rule::Primary => vec![obj.key.clone()],
         Rule::ControllerOwner => obj
             .controller_owner()

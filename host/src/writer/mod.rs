@@ -32,7 +32,9 @@ pub use api::{ApiError, BoxFut, KubeWriteApi, Resource, WriteApi};
 
 use crate::cache::{Cache, CachedObject, Gvk, ObjectKey};
 use crate::metrics::ControllerMetrics;
-use crate::runtime::bindings::capstan::reconciler::types::{EventType, Outcome, Permission, Verbs};
+use crate::runtime::bindings::capstan::reconciler::types::{
+    EventType, Outcome, Permission, Target, Verbs,
+};
 use kube::core::ApiResource;
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
@@ -74,10 +76,15 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// From a plugin's `permissions`.
+    /// From a plugin's management `permissions` (workload permissions grant nothing here).
     pub fn new(permissions: &[Permission]) -> Self {
+        Self::for_target(permissions, Target::Management)
+    }
+
+    /// From a plugin's `permissions` of `target`.
+    pub fn for_target(permissions: &[Permission], target: Target) -> Self {
         let mut by_kind: HashMap<Gvk, Verbs> = HashMap::new();
-        for p in permissions {
+        for p in permissions.iter().filter(|p| p.target == target) {
             *by_kind.entry(Gvk::from(&p.kind)).or_insert(Verbs::empty()) |= p.verbs;
         }
         Self { by_kind }
@@ -774,6 +781,7 @@ mod tests {
                 kind: "Widget".into(),
             },
             verbs: Verbs::PATCH | Verbs::PATCH_STATUS,
+            target: crate::runtime::Target::Management,
         }]);
         (api, path, grants)
     }
@@ -785,6 +793,9 @@ mod tests {
             delete: vec![],
             events: vec![],
             requeue_after_ms: None,
+            workload_apply: vec![],
+            workload_status: vec![],
+            workload_delete: vec![],
         }
     }
 
