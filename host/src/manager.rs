@@ -9,6 +9,7 @@
 //! taking keys, lets in-flight reconciles and their writes finish, and returns.
 
 use crate::cache::{Cache, Gvk, KindCache};
+use crate::clustercache::{ClusterCache, ClusterCacheMetrics, ClusterCacheOptions};
 use crate::controller::{Controller, ControllerError, ControllerOptions, Reconcile};
 use crate::metrics::{self, Metrics};
 use crate::writer::layers::{MetricsLayer, RateLimitLayer};
@@ -156,6 +157,8 @@ pub struct Manager {
     ready: Arc<AtomicBool>,
     metrics_listener: Option<TcpListener>,
     health_listener: Option<TcpListener>,
+    cluster_cache: Option<Arc<ClusterCache>>,
+    cluster_cache_metrics: ClusterCacheMetrics,
 }
 
 impl std::fmt::Debug for Manager {
@@ -171,10 +174,15 @@ impl Manager {
     /// A manager over `client`; `metrics` must be registered in `registry`.
     pub fn new(
         client: kube::Client,
-        registry: Arc<Registry>,
+        mut registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         options: ManagerOptions,
     ) -> Self {
+        // Registered while the registry is still ours alone (it is in `capstan run`).
+        let cluster_cache_metrics = match Arc::get_mut(&mut registry) {
+            Some(r) => ClusterCacheMetrics::new(r),
+            None => ClusterCacheMetrics::default(),
+        };
         let cache = Arc::new(Cache::new());
         let api = Arc::new(KubeWriteApi::new(client.clone()));
         let writes = Arc::new(WritePath::new(api, Arc::clone(&cache), &options.instance));
@@ -190,7 +198,14 @@ impl Manager {
             ready: Arc::new(AtomicBool::new(false)),
             metrics_listener: None,
             health_listener: None,
+            cluster_cache: None,
+            cluster_cache_metrics,
         }
+    }
+
+    /// The cluster cache, once a plugin with workload declarations was added.
+    pub fn cluster_cache(&self) -> Option<&Arc<ClusterCache>> {
+        self.cluster_cache.as_ref()
     }
 
     /// The shared cache.
@@ -244,11 +259,35 @@ impl Manager {
         if self.controllers.iter().any(|c| c.name() == name) {
             return Err(ManagerError::Duplicate(name));
         }
+        let mgmt = crate::runtime::Target::Management;
         let mut kinds = BTreeSet::new();
         kinds.insert(Gvk::from(&info.primary));
-        kinds.extend(info.watches.iter().map(|w| Gvk::from(&w.kind)));
-        kinds.extend(info.relations.iter().map(|r| Gvk::from(&r.kind)));
-        kinds.extend(info.permissions.iter().map(|p| Gvk::from(&p.kind)));
+        kinds.extend(
+            info.watches
+                .iter()
+                .filter(|w| w.target == mgmt)
+                .map(|w| Gvk::from(&w.kind)),
+        );
+        kinds.extend(
+            info.relations
+                .iter()
+                .filter(|r| r.target == mgmt)
+                .map(|r| Gvk::from(&r.kind)),
+        );
+        kinds.extend(
+            info.permissions
+                .iter()
+                .filter(|p| p.target == mgmt)
+                .map(|p| Gvk::from(&p.kind)),
+        );
+        let workload = info.watches.iter().any(|w| w.target != mgmt)
+            || info.relations.iter().any(|r| r.target != mgmt)
+            || info.permissions.iter().any(|p| p.target != mgmt);
+        if workload {
+            // The cluster cache reads kubeconfig Secrets and Clusters from the management caches.
+            kinds.insert(crate::clustercache::secret_gvk());
+            kinds.insert(crate::clustercache::cluster_gvk());
+        }
         for gvk in &kinds {
             self.register_kind(&name, gvk).await?;
         }
@@ -260,6 +299,20 @@ impl Manager {
             |n, c| metrics.controller(n, c),
             self.options.controller.clone(),
         )?;
+        if controller.workload_plan().is_some() {
+            let cc = self.cluster_cache.get_or_insert_with(|| {
+                ClusterCache::new(
+                    Arc::clone(&self.cache),
+                    Arc::clone(&self.metrics),
+                    self.cluster_cache_metrics.clone(),
+                    ClusterCacheOptions {
+                        instance: self.options.instance.clone(),
+                        ..ClusterCacheOptions::default()
+                    },
+                )
+            });
+            controller.attach_cluster_cache(cc);
+        }
         tracing::info!(controller = %name, concurrency = controller.concurrency(), kinds = kinds.len(), "plugin wired");
         self.controllers.push(controller);
         Ok(())
@@ -298,6 +351,9 @@ impl Manager {
                 Arc::clone(kc),
                 watch_stop.clone(),
             )));
+        }
+        if let Some(cc) = &self.cluster_cache {
+            watchers.push(tokio::spawn(Arc::clone(cc).run(watch_stop.clone())));
         }
         let server_stop = CancellationToken::new();
         let mut servers = Vec::new();

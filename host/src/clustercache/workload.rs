@@ -15,8 +15,8 @@ use super::{ClusterCache, Connection, ConnectionState, cluster_of, primaries_of}
 use crate::cache::{CachedObject, Gvk, KindCache, ObjectKey};
 use crate::metrics::ControllerMetrics;
 use crate::runtime::bindings::capstan::reconciler::types::{
-    Connection as WitConnection, KeyMapping, Outcome, PluginInfo, RelatedObjects,
-    RelationSelector, Target,
+    Connection as WitConnection, KeyMapping, Outcome, PluginInfo, RelatedObjects, RelationSelector,
+    Target,
 };
 use crate::watch::split_path;
 use crate::watch::{reference_at, selector::LabelSelector, template::NameTemplate};
@@ -29,7 +29,9 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
     /// The primary names no cluster, but the outcome has workload entries.
-    #[error("plugin {plugin}: {primary} names no cluster, so it has no workload cluster to write to")]
+    #[error(
+        "plugin {plugin}: {primary} names no cluster, so it has no workload cluster to write to"
+    )]
     NoCluster {
         /// Plugin name.
         plugin: String,
@@ -262,11 +264,7 @@ impl WorkloadPlan {
         conn: Option<&Connection>,
     ) -> Vec<Arc<CachedObject>> {
         let ns_ok = |o: &CachedObject| {
-            !kc.namespaced()
-                || r
-                    .namespace
-                    .as_deref()
-                    .is_none_or(|n| o.key.namespace == n)
+            !kc.namespaced() || r.namespace.as_deref().is_none_or(|n| o.key.namespace == n)
         };
         let scan = |f: &dyn Fn(&CachedObject) -> bool| -> Vec<Arc<CachedObject>> {
             let mut keys = kc.keys();
@@ -286,10 +284,7 @@ impl WorkloadPlan {
         };
         match &r.sel {
             Sel::All => scan(&|_| true),
-            Sel::Owned => scan(&|o| {
-                o.controller_owner()
-                    .is_some_and(|c| c.uid == primary.uid)
-            }),
+            Sel::Owned => scan(&|o| o.controller_owner().is_some_and(|c| c.uid == primary.uid)),
             Sel::Label(l) => scan(&|o| o.label(l) == Some(primary.key.name.as_str())),
             Sel::ControllerOwner => primary
                 .controller_owner()
@@ -337,7 +332,9 @@ impl WorkloadPlan {
         match m {
             Map::SameCluster => true,
             Map::ControllerOwner => o.controller_owner().is_some_and(|c| {
-                c.kind == self.primary.kind && c.group() == self.primary.group && c.name == p.key.name
+                c.kind == self.primary.kind
+                    && c.group() == self.primary.group
+                    && c.name == p.key.name
             }),
             Map::Label(l) => o.label(l) == Some(p.key.name.as_str()),
             Map::Field(path) => reference_at(ov, path).is_some_and(|(_, n)| n == p.key.name),

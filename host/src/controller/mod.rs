@@ -27,8 +27,10 @@ mod plugin;
 pub use plugin::classify;
 
 use crate::cache::{Cache, CachedObject, Gvk, KindCache, ObjectKey};
+use crate::clustercache::{ClusterCache, WorkloadError, WorkloadPlan};
 use crate::metrics::ControllerMetrics;
 use crate::queue::{QueueConfig, WorkQueue};
+use crate::runtime::Target;
 use crate::runtime::bindings::capstan::reconciler::types::{
     Connection, Outcome, PluginInfo, RelatedObjects, RelationSelector, Snapshot,
 };
@@ -87,6 +89,14 @@ pub trait Reconcile: Send + Sync + 'static {
 /// Errors building a controller.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
+    /// The plugin's workload declarations do not parse.
+    #[error("plugin {plugin}: {reason}")]
+    Workload {
+        /// Plugin name.
+        plugin: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A kind the plugin reads has no cache (the manager registers every declared kind).
     #[error("plugin {plugin}: kind {kind} is not cached")]
     KindNotCached {
@@ -182,6 +192,10 @@ pub struct Controller {
     concurrency: u32,
     sync_period: Duration,
     blocking_calls: bool,
+    /// Workload relations, watches and writes, when the plugin declares any.
+    workload: Option<Arc<WorkloadPlan>>,
+    /// The cluster cache serving `workload`, attached by the manager.
+    cluster_cache: std::sync::OnceLock<Arc<ClusterCache>>,
 }
 
 impl fmt::Debug for Controller {
@@ -225,7 +239,12 @@ impl Controller {
         let primary = Gvk::from(&info.primary);
         let primary_cache = kind(&primary)?;
         let mut relations = Vec::new();
-        for r in &info.relations {
+        // Workload relations are the cluster cache's (see `attach_cluster_cache`).
+        for r in info
+            .relations
+            .iter()
+            .filter(|r| r.target == Target::Management)
+        {
             let rc = kind(&Gvk::from(&r.kind))?;
             let selector = match &r.selector {
                 RelationSelector::Owned => Selector::Owned,
@@ -264,6 +283,12 @@ impl Controller {
             watch::connect(&kc, rule.clone(), primary.clone(), move |k| q.add(k));
         }
         let grants = Grants::new(&info.permissions);
+        let workload = WorkloadPlan::new(info)
+            .map_err(|reason| ControllerError::Workload {
+                plugin: name.clone(),
+                reason,
+            })?
+            .map(Arc::new);
         debug_assert!(plan.first().is_some_and(|(_, r)| *r == Rule::Primary));
         Ok(Arc::new(Self {
             name,
@@ -279,7 +304,29 @@ impl Controller {
             concurrency,
             sync_period,
             blocking_calls: options.blocking_calls,
+            workload,
+            cluster_cache: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The plugin's workload declarations, if any.
+    pub fn workload_plan(&self) -> Option<&Arc<WorkloadPlan>> {
+        self.workload.as_ref()
+    }
+
+    /// Serve the plugin's workload relations, watches and writes from `cc` (once; the
+    /// manager calls it for plugins with a [`WorkloadPlan`]). Workload events and
+    /// connection changes enqueue the affected primaries.
+    pub fn attach_cluster_cache(&self, cc: &Arc<ClusterCache>) {
+        let Some(plan) = &self.workload else { return };
+        if self.cluster_cache.set(Arc::clone(cc)).is_err() {
+            return;
+        }
+        for gvk in plan.kinds() {
+            cc.register_kind(gvk);
+        }
+        let q = Arc::clone(&self.queue);
+        plan.subscribe(cc, Arc::clone(&self.primary_cache), move |k| q.add(k));
     }
 
     /// The controller (plugin) name.
@@ -391,7 +438,7 @@ impl Controller {
     pub fn snapshot(&self, primary: &CachedObject) -> Snapshot {
         let mut parsed: Option<Value> = None;
         let ns = &primary.key.namespace;
-        let related = self
+        let related: Vec<RelatedObjects> = self
             .relations
             .iter()
             .map(|r| {
@@ -431,11 +478,24 @@ impl Controller {
                 }
             })
             .collect();
+        let mut related: Vec<RelatedObjects> = related;
+        let mut workload = Connection::NotApplicable;
+        if let Some(plan) = &self.workload {
+            let (state, conn) = match self.cluster_cache.get() {
+                Some(cc) => plan.connection(cc, primary),
+                None => (Connection::Disconnected, None),
+            };
+            workload = state;
+            // Relations in declaration order: workload entries go back to their places.
+            for (index, r) in plan.related(conn.as_deref(), primary) {
+                related.insert(index.min(related.len()), r);
+            }
+        }
         Snapshot {
             primary: primary.json.to_string(),
             related,
             now: now_rfc3339(),
-            workload: Connection::NotApplicable,
+            workload,
         }
     }
 
@@ -546,6 +606,34 @@ impl Controller {
                 tracing::warn!(plugin = %self.name, key = %key, error = %e, "write failed; retrying with backoff");
                 self.queue.add_rate_limited(key.clone());
                 return Verdict::Error;
+            }
+        }
+        if let (Some(plan), Some(cc)) = (&self.workload, self.cluster_cache.get()) {
+            let written = plan
+                .write(cc, &primary, &self.metrics, &outcome)
+                .instrument(tracing::debug_span!("workload-write"))
+                .await;
+            match written {
+                Ok(_) => {}
+                Err(WorkloadError::Write(WriteError::Conflict { kind, object })) => {
+                    self.metrics.write_conflicts.inc();
+                    tracing::debug!(plugin = %self.name, key = %key, %kind, %object, "workload write conflict; requeueing");
+                    self.queue.add_rate_limited(key.clone());
+                    return Verdict::Requeue;
+                }
+                Err(WorkloadError::Write(e @ WriteError::Refused { .. })) => {
+                    self.metrics.errors.inc();
+                    self.metrics.terminal_errors.inc();
+                    tracing::error!(plugin = %self.name, key = %key, error = %e, "workload outcome refused");
+                    self.queue.mark_terminal(key);
+                    return Verdict::Terminal;
+                }
+                Err(e) => {
+                    self.metrics.errors.inc();
+                    tracing::warn!(plugin = %self.name, key = %key, error = %e, "workload write failed; retrying with backoff");
+                    self.queue.add_rate_limited(key.clone());
+                    return Verdict::Error;
+                }
             }
         }
         self.queue.forget(key);

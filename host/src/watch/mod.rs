@@ -64,6 +64,8 @@ pub fn plan(info: &PluginInfo) -> Vec<(Gvk, Rule)> {
     out.extend(
         info.watches
             .iter()
+            // Workload watches are the cluster cache's (clustercache::WorkloadPlan).
+            .filter(|w| w.target == crate::runtime::Target::Management)
             .map(|w| (Gvk::from(&w.kind), Rule::from(&w.mapping))),
     );
     out
