@@ -582,3 +582,181 @@ async fn memory_per_workload_cluster() -> anyhow::Result<()> {
     m.stop.cancel();
     Ok(())
 }
+
+mod controller {
+    //! target=workload through the manager: a plugin whose primary is a Cluster reads the
+    //! workload cluster's Nodes, is woken by their events and writes a ConfigMap there.
+    use super::*;
+    use capstan::controller::ControllerOptions;
+    use capstan::runtime::bindings::capstan::reconciler::types::{
+        Connection, KeyMapping, Permission, RelationSelector, Target, Verbs,
+    };
+    use capstan_tests::host::{
+        FakePlugin, empty_outcome, gvk, relation, start_manager, watch, widget_info,
+    };
+
+    fn summary_key() -> CloudKey {
+        CloudKey {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: "kube-system".into(),
+            name: "capstan-summary".into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workload_relations_watches_and_writes() -> anyhow::Result<()> {
+        let mgmt = capstan_apiserver::Server::builder()
+            .plain_http()
+            .crds_from_dir(capstan_tests::fixture("capi-crds"))
+            .start("127.0.0.1:0")
+            .await?;
+        let client = capstan_tests::host::test_client(&mgmt).await?;
+        let cloud = Arc::new(InMemoryCloud::new(CloudMetrics::default()));
+        let ep = cloud
+            .reserve_endpoint("default/c1")
+            .map_err(anyhow::Error::msg)?;
+        cloud
+            .put_object("default/c1", &node("m1"))
+            .map_err(anyhow::Error::msg)?;
+        let ca = Ca::new("kubernetes");
+        cloud
+            .start_api_server("default/c1", &ca.cert_pem, &ca.key_pem)
+            .map_err(anyhow::Error::msg)?;
+
+        let mut info = widget_info("summary");
+        info.primary = gvk("cluster.x-k8s.io", "v1beta2", "Cluster");
+        let mut nodes = relation("nodes", gvk("", "v1", "Node"), RelationSelector::All);
+        nodes.target = Target::Workload;
+        let mut w = watch(gvk("", "v1", "Node"), KeyMapping::SameCluster);
+        w.target = Target::Workload;
+        info.relations = vec![nodes];
+        info.watches = vec![w];
+        info.permissions = vec![Permission {
+            kind: gvk("", "v1", "ConfigMap"),
+            verbs: Verbs::CREATE | Verbs::PATCH,
+            target: Target::Workload,
+        }];
+        let states: Arc<Mutex<Vec<(Connection, bool, usize)>>> = Arc::default();
+        let seen = Arc::clone(&states);
+        let plugin = FakePlugin::new(info, move |snap, _| {
+            let rel = &snap.related[0];
+            seen.lock()
+                .push((snap.workload, rel.synced, rel.objects.len()));
+            let mut o = empty_outcome();
+            if snap.workload == Connection::Connected && rel.synced {
+                o.workload_apply.push(
+                    json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "capstan-summary", "namespace": "kube-system"},
+                        "data": {"nodes": rel.objects.len().to_string()}})
+                    .to_string(),
+                );
+            }
+            Ok(o)
+        });
+        let running =
+            start_manager(&mgmt, vec![plugin.clone()], ControllerOptions::default()).await?;
+
+        create_cluster(&client, "c1").await?;
+        eventually(Duration::from_secs(10), || async {
+            plugin.calls_for("c1") > 0
+        })
+        .await?;
+        assert_eq!(
+            states.lock()[0].0,
+            Connection::Disconnected,
+            "no kubeconfig yet"
+        );
+        assert!(!states.lock()[0].1, "disconnected relations are unsynced");
+
+        // The kubeconfig Secret appears: connect, the connection event enqueues the
+        // Cluster, its snapshot carries the workload Node, its write lands.
+        let url = format!("https://{}:{}", ep.host, ep.port);
+        create_kubeconfig_secret(&client, "c1", &ca.kubeconfig("c1", &url)).await?;
+        let has = |n: &'static str| {
+            let cloud = Arc::clone(&cloud);
+            async move {
+                cloud
+                    .get_object("default/c1", &summary_key())
+                    .ok()
+                    .flatten()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .is_some_and(|v| v["data"]["nodes"] == n)
+            }
+        };
+        eventually(Duration::from_secs(15), || has("1"))
+            .await
+            .context("the workload write never landed")?;
+        assert!(
+            states
+                .lock()
+                .iter()
+                .any(|(c, synced, n)| *c == Connection::Connected && *synced && *n == 1)
+        );
+
+        // A workload event (a second Node) enqueues the Cluster; the write follows.
+        cloud
+            .put_object("default/c1", &node("m2"))
+            .map_err(anyhow::Error::msg)?;
+        eventually(Duration::from_secs(10), || has("2"))
+            .await
+            .context("the workload event did not reach the primary")?;
+
+        // A Node update that leaves the summary as it is: reconciled, nothing written.
+        let calls = plugin.calls_for("c1");
+        let writes_before = cloud
+            .instance("default/c1")
+            .context("instance")?
+            .metrics()
+            .requests
+            .iter()
+            .filter(|((verb, res, _), _)| verb == "PATCH" && res.starts_with("configmaps"))
+            .map(|(_, n)| *n)
+            .sum::<u64>();
+        let mut m2: serde_json::Value = serde_json::from_str(&node("m2"))?;
+        m2["metadata"]["labels"] = json!({"touched": "yes"});
+        cloud
+            .put_object("default/c1", &m2.to_string())
+            .map_err(anyhow::Error::msg)?;
+        eventually(Duration::from_secs(10), || async {
+            plugin.calls_for("c1") > calls
+        })
+        .await
+        .context("the Node update did not enqueue the Cluster")?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let writes_after = cloud
+            .instance("default/c1")
+            .context("instance")?
+            .metrics()
+            .requests
+            .iter()
+            .filter(|((verb, res, _), _)| verb == "PATCH" && res.starts_with("configmaps"))
+            .map(|(_, n)| *n)
+            .sum::<u64>();
+        assert_eq!(
+            writes_before, writes_after,
+            "an unchanged summary is not patched again"
+        );
+
+        // Deleting the Cluster tears the connection down.
+        dynamic("cluster.x-k8s.io/v1beta2", "Cluster", "clusters", &client)
+            .delete("c1", &Default::default())
+            .await?;
+        let text_has = |s: &'static str| {
+            let addr = running.metrics_addr;
+            async move {
+                capstan_tests::host::http_get(addr, "/metrics")
+                    .await
+                    .is_ok_and(|(_, body)| body.contains(s))
+            }
+        };
+        eventually(Duration::from_secs(10), || {
+            text_has("capstan_workload_cluster_connections 0")
+        })
+        .await
+        .context("connection not torn down")?;
+        assert!(text_has("capstan_workload_cluster_connects_total 1").await);
+        running.shutdown().await?;
+        Ok(())
+    }
+}
