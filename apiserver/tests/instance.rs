@@ -75,10 +75,7 @@ async fn store_first_then_https_with_client_certificates() {
     assert!(!inst.is_serving());
     // The store exists before anything serves.
     let stored = inst.put(node("n1")).unwrap();
-    assert_eq!(
-        stored["metadata"]["resourceVersion"].as_str().is_some(),
-        true
-    );
+    assert!(stored["metadata"]["resourceVersion"].as_str().is_some());
     assert_eq!(stored["status"]["conditions"][0]["type"], "Ready");
     let pod = json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "etcd-n1", "namespace": "kube-system", "labels": {"component": "etcd"}},

@@ -23,6 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The tests of this file run one at a time: the memory test measures the process's RSS.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A cluster CA as the control-plane plugin makes it, and admin kubeconfigs signed by it.
 struct Ca {
     cert_pem: String,
@@ -92,6 +95,7 @@ fn node_key(name: &str) -> CloudKey {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_cloud_serves_each_cluster_under_its_ca() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     let mut registry = Registry::default();
     let cloud = Arc::new(InMemoryCloud::new(CloudMetrics::new(&mut registry)));
     // Calls are synchronous and come from blocking threads, as the runtime's imports do.
@@ -324,6 +328,7 @@ fn node_gvk() -> Gvk {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_cache_connects_follows_events_probes_and_tears_down() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     let m = management().await?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
@@ -481,6 +486,7 @@ fn rss_bytes() -> u64 {
 /// a cluster costs more than 1 MiB (2,000 clusters must fit in 1 GiB with the rest).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_per_workload_cluster() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     const N: usize = 100;
     let m = management().await?;
     let mut registry = Registry::default();
@@ -606,6 +612,7 @@ mod controller {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn workload_relations_watches_and_writes() -> anyhow::Result<()> {
+        let _serial = super::SERIAL.lock().await;
         let mgmt = capstan_apiserver::Server::builder()
             .plain_http()
             .crds_from_dir(capstan_tests::fixture("capi-crds"))
