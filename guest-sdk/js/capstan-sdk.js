@@ -41,6 +41,11 @@ export class Snapshot {
     return this.raw.now;
   }
 
+  /** The host's connection to the primary's workload cluster: 'not-applicable', 'disconnected', 'connected' or 'unhealthy'. */
+  get workload() {
+    return this.raw.workload;
+  }
+
   /** The primary object; a primary that does not parse is terminal. */
   get primary() {
     if (this._primary === undefined) {
@@ -88,6 +93,9 @@ export class Outcome {
     this._delete = [];
     this._events = [];
     this._requeueAfterMs = undefined;
+    this._workloadApply = [];
+    this._workloadStatus = [];
+    this._workloadDelete = [];
   }
 
   /** Desire this object (apiVersion, kind, metadata.name/namespace and owned fields). */
@@ -105,6 +113,24 @@ export class Outcome {
   /** Delete the object with this reference (see objectRef). */
   delete(ref) {
     this._delete.push(ref);
+    return this;
+  }
+
+  /** As apply, in the primary's workload cluster (needs a workload permission). */
+  workloadApply(obj) {
+    this._workloadApply.push(JSON.stringify(obj));
+    return this;
+  }
+
+  /** As status, in the primary's workload cluster. */
+  workloadStatus(obj) {
+    this._workloadStatus.push(JSON.stringify(obj));
+    return this;
+  }
+
+  /** As delete, in the primary's workload cluster. */
+  workloadDelete(ref) {
+    this._workloadDelete.push(ref);
     return this;
   }
 
@@ -128,6 +154,9 @@ export class Outcome {
       delete: this._delete,
       events: this._events,
       requeueAfterMs: this._requeueAfterMs,
+      workloadApply: this._workloadApply,
+      workloadStatus: this._workloadStatus,
+      workloadDelete: this._workloadDelete,
     };
   }
 }
@@ -155,9 +184,21 @@ export function gvk(group, version, kind) {
   return { group, version, kind };
 }
 
-/** What the plugin may write on `kind`, e.g. permission(cm, { patch: true }). */
-export function permission(kind, { create = false, patch = false, patchStatus = false, delete: del = false } = {}) {
-  return { kind, verbs: { create, patch, patchStatus, delete: del } };
+const target = (workload) => (workload ? 'workload' : 'management');
+
+/** What the plugin may write on `kind`, e.g. permission(cm, { patch: true }); `workload: true` for the primary's workload cluster. */
+export function permission(kind, { create = false, patch = false, patchStatus = false, delete: del = false, workload = false } = {}) {
+  return { kind, verbs: { create, patch, patchStatus, delete: del }, target: target(workload) };
+}
+
+/** Reconcile the primary when `kind` changes, mapped by `mapping` (a WIT key-mapping variant). */
+export function watch(kind, mapping, { workload = false } = {}) {
+  return { kind, mapping, target: target(workload) };
+}
+
+/** Carry the objects of `kind` found by `selector` (a WIT relation-selector variant) as relation `name`. */
+export function relation(name, kind, selector, { workload = false, namespace = undefined } = {}) {
+  return { name, kind, selector, target: target(workload), namespace };
 }
 
 /** The plugin-info record with empty defaults. */
@@ -172,6 +213,7 @@ export function pluginInfo(name, version, primary, opts = {}) {
     finalizer: opts.finalizer,
     concurrency: opts.concurrency,
     resyncSeconds: opts.resyncSeconds,
+    capabilities: { crypto: opts.crypto ?? false, cloud: opts.cloud ?? false },
   };
 }
 

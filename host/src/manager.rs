@@ -291,15 +291,8 @@ impl Manager {
         for gvk in &kinds {
             self.register_kind(&name, gvk).await?;
         }
-        let metrics = Arc::clone(&self.metrics);
-        let controller = Controller::new(
-            plugin,
-            Arc::clone(&self.cache),
-            Arc::clone(&self.writes),
-            |n, c| metrics.controller(n, c),
-            self.options.controller.clone(),
-        )?;
-        if controller.workload_plan().is_some() {
+        let mut options = self.options.controller.clone();
+        if workload {
             let cc = self.cluster_cache.get_or_insert_with(|| {
                 ClusterCache::new(
                     Arc::clone(&self.cache),
@@ -311,8 +304,20 @@ impl Manager {
                     },
                 )
             });
-            controller.attach_cluster_cache(cc);
+            // Written kinds need informers too: the write path diffs against them.
+            for p in info.permissions.iter().filter(|p| p.target != mgmt) {
+                cc.register_kind(&Gvk::from(&p.kind));
+            }
+            options.workload = Arc::clone(cc) as Arc<dyn crate::controller::WorkloadAccess>;
         }
+        let metrics = Arc::clone(&self.metrics);
+        let controller = Controller::new(
+            plugin,
+            Arc::clone(&self.cache),
+            Arc::clone(&self.writes),
+            |n, c| metrics.controller(n, c),
+            options,
+        )?;
         tracing::info!(controller = %name, concurrency = controller.concurrency(), kinds = kinds.len(), "plugin wired");
         self.controllers.push(controller);
         Ok(())

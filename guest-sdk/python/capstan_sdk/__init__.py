@@ -27,6 +27,8 @@ __all__ = [
     "run",
     "gvk",
     "permission",
+    "watch",
+    "relation",
     "plugin_info",
     "object_ref",
     "set_condition",
@@ -61,6 +63,11 @@ class Snapshot:
     def now(self) -> str:
         """The host's time of this reconcile (RFC 3339, `Z`): use it, never a clock."""
         return self.raw.now
+
+    @property
+    def workload(self) -> types.Connection:
+        """The host's connection to the primary's workload cluster (`types.Connection`)."""
+        return self.raw.workload
 
     @property
     def primary(self) -> Dict[str, Any]:
@@ -118,6 +125,9 @@ class Outcome:
         self._delete: List[types.ObjectRef] = []
         self._events: List[types.Event] = []
         self._requeue_after_ms: Optional[int] = None
+        self._workload_apply: List[str] = []
+        self._workload_status: List[str] = []
+        self._workload_delete: List[types.ObjectRef] = []
 
     def apply(self, obj: Dict[str, Any]) -> "Outcome":
         """Desire this object (apiVersion, kind, metadata.name/namespace and owned fields)."""
@@ -132,6 +142,21 @@ class Outcome:
     def delete(self, ref: types.ObjectRef) -> "Outcome":
         """Delete this object."""
         self._delete.append(ref)
+        return self
+
+    def workload_apply(self, obj: Dict[str, Any]) -> "Outcome":
+        """As `apply`, in the primary's workload cluster (needs a workload permission)."""
+        self._workload_apply.append(json.dumps(obj, separators=(",", ":")))
+        return self
+
+    def workload_status(self, obj: Dict[str, Any]) -> "Outcome":
+        """As `status`, in the primary's workload cluster."""
+        self._workload_status.append(json.dumps(obj, separators=(",", ":")))
+        return self
+
+    def workload_delete(self, ref: types.ObjectRef) -> "Outcome":
+        """As `delete`, in the primary's workload cluster."""
+        self._workload_delete.append(ref)
         return self
 
     def event(self, regarding: types.ObjectRef, reason: str, message: str, warning: bool = False) -> "Outcome":
@@ -153,6 +178,9 @@ class Outcome:
             delete=self._delete,
             events=self._events,
             requeue_after_ms=self._requeue_after_ms,
+            workload_apply=self._workload_apply,
+            workload_status=self._workload_status,
+            workload_delete=self._workload_delete,
         )
 
 
@@ -187,8 +215,14 @@ def gvk(group: str, version: str, kind: str) -> types.Gvk:
     return types.Gvk(group=group, version=version, kind=kind)
 
 
-def permission(kind: types.Gvk, create=False, patch=False, patch_status=False, delete=False) -> types.Permission:
-    """What the plugin may write on `kind`."""
+def _target(workload: bool) -> types.Target:
+    return types.Target.WORKLOAD if workload else types.Target.MANAGEMENT
+
+
+def permission(
+    kind: types.Gvk, create=False, patch=False, patch_status=False, delete=False, workload=False
+) -> types.Permission:
+    """What the plugin may write on `kind` (in the primary's workload cluster with `workload`)."""
     verbs = types.Verbs(0)
     if create:
         verbs |= types.Verbs.CREATE
@@ -198,7 +232,23 @@ def permission(kind: types.Gvk, create=False, patch=False, patch_status=False, d
         verbs |= types.Verbs.PATCH_STATUS
     if delete:
         verbs |= types.Verbs.DELETE
-    return types.Permission(kind=kind, verbs=verbs)
+    return types.Permission(kind=kind, verbs=verbs, target=_target(workload))
+
+
+def watch(kind: types.Gvk, mapping: types.KeyMapping, workload: bool = False) -> types.Watch:
+    """Reconcile the primary when `kind` changes (in its workload cluster with `workload`)."""
+    return types.Watch(kind=kind, mapping=mapping, target=_target(workload))
+
+
+def relation(
+    name: str,
+    kind: types.Gvk,
+    selector: types.RelationSelector,
+    workload: bool = False,
+    namespace: Optional[str] = None,
+) -> types.Relation:
+    """Carry the objects of `kind` found by `selector` in every snapshot, as relation `name`."""
+    return types.Relation(name=name, kind=kind, selector=selector, target=_target(workload), namespace=namespace)
 
 
 def plugin_info(
@@ -212,8 +262,16 @@ def plugin_info(
     finalizer: Optional[str] = None,
     concurrency: Optional[int] = None,
     resync_seconds: Optional[int] = None,
+    crypto: bool = False,
+    cloud: bool = False,
 ) -> types.PluginInfo:
-    """The plugin-info record with keyword arguments and empty defaults."""
+    """The plugin-info record with keyword arguments and empty defaults; `crypto` and
+    `cloud` declare those host capabilities."""
+    capabilities = types.Capabilities(0)
+    if crypto:
+        capabilities |= types.Capabilities.CRYPTO
+    if cloud:
+        capabilities |= types.Capabilities.CLOUD
     return types.PluginInfo(
         name=name,
         version=version,
@@ -224,6 +282,7 @@ def plugin_info(
         finalizer=finalizer,
         concurrency=concurrency,
         resync_seconds=resync_seconds,
+        capabilities=capabilities,
     )
 
 

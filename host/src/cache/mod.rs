@@ -5,7 +5,13 @@
 //! stripped) so snapshots are assembled without re-serializing. Two indexes are maintained
 //! on every event: by owner UID and by the value of indexed labels (always
 //! `cluster.x-k8s.io/cluster-name`, plus any label a plugin maps or selects by), per
-//! namespace. A kind is *synced* once its initial list has been stored; the cache is ready
+//! namespace. Three more indexes serve the fan-out and reverse mappings and selectors of
+//! the contract: by namespace (for `all`, `matching` and `selector-at`), by Cluster API
+//! cluster (`same-cluster`; see [`CachedObject::cluster`]) and, for each dotted field path a
+//! plugin maps or selects by (`referenced-by`, `field-match`), by the string or reference
+//! name at that path ([`KindCache::index_field`]). Maintaining a field index costs one JSON
+//! parse of the object per event of that kind (only kinds with a field index pay it); a
+//! lookup costs O(matches). A kind is *synced* once its initial list has been stored; the cache is ready
 //! when every kind is synced. Listeners registered with [`KindCache::subscribe`] see every
 //! change with the old and new object, after the store has been updated.
 
@@ -86,16 +92,126 @@ pub struct CacheEvent {
 
 type Listener = Arc<dyn Fn(&CacheEvent) + Send + Sync>;
 
+/// What a field index found at its path in one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldValue {
+    /// The index (from [`KindCache::index_field`]).
+    pub index: usize,
+    /// The namespace it points into: the reference's `namespace`, else the object's.
+    pub namespace: String,
+    /// The string, or the reference's `name`.
+    pub value: String,
+    /// Whether the value came from an object reference (`{name, ...}`), not a string.
+    pub is_ref: bool,
+    /// The reference's `kind`, if given.
+    pub kind: Option<String>,
+    /// The reference's group (`apiGroup`, or the group of `apiVersion`), if given.
+    pub group: Option<String>,
+}
+
+/// The value at a dotted path: a non-empty string, or an object reference with a name.
+pub fn field_value(v: &serde_json::Value, path: &[String], own_ns: &str) -> Option<FieldValue> {
+    use serde_json::Value;
+    let at = path.iter().try_fold(v, |v, p| v.get(p))?;
+    match at {
+        Value::String(s) if !s.is_empty() => Some(FieldValue {
+            index: 0,
+            namespace: own_ns.to_string(),
+            value: s.clone(),
+            is_ref: false,
+            kind: None,
+            group: None,
+        }),
+        Value::Object(m) => {
+            let name = m.get("name")?.as_str().filter(|n| !n.is_empty())?;
+            let s = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
+            let group = s("apiGroup").or_else(|| {
+                s("apiVersion").map(|a| a.rsplit_once('/').map_or(String::new(), |(g, _)| g.into()))
+            });
+            Some(FieldValue {
+                index: 0,
+                namespace: s("namespace")
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| own_ns.to_string()),
+                value: name.to_string(),
+                is_ref: true,
+                kind: s("kind"),
+                group,
+            })
+        }
+        _ => None,
+    }
+}
+
 #[derive(Debug, Default)]
 struct Store {
     objects: HashMap<ObjectKey, Arc<CachedObject>>,
     by_owner: HashMap<String, BTreeSet<ObjectKey>>,
     /// (label key, namespace, value) -> objects.
     by_label: HashMap<(String, String, String), BTreeSet<ObjectKey>>,
+    /// namespace -> objects.
+    by_namespace: HashMap<String, BTreeSet<ObjectKey>>,
+    /// (namespace, cluster) -> objects.
+    by_cluster: HashMap<(String, String), BTreeSet<ObjectKey>>,
+    /// (field index, namespace, value) -> objects.
+    by_field: HashMap<(usize, String, String), BTreeSet<ObjectKey>>,
+    /// What each object holds at the indexed fields (to unindex and to filter).
+    fields_of: HashMap<ObjectKey, Vec<FieldValue>>,
+}
+
+fn set_remove<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, BTreeSet<ObjectKey>>,
+    k: &K,
+    key: &ObjectKey,
+) {
+    if let Some(set) = map.get_mut(k) {
+        set.remove(key);
+        if set.is_empty() {
+            map.remove(k);
+        }
+    }
 }
 
 impl Store {
+    fn unindex_fields(&mut self, key: &ObjectKey) {
+        for f in self.fields_of.remove(key).unwrap_or_default() {
+            set_remove(&mut self.by_field, &(f.index, f.namespace, f.value), key);
+        }
+    }
+
+    fn index_fields(&mut self, o: &CachedObject, paths: &[Vec<String>]) {
+        if paths.is_empty() {
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&o.json) else {
+            return;
+        };
+        let mut found = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            if let Some(mut f) = field_value(&v, p, &o.key.namespace) {
+                f.index = i;
+                self.by_field
+                    .entry((i, f.namespace.clone(), f.value.clone()))
+                    .or_default()
+                    .insert(o.key.clone());
+                found.push(f);
+            }
+        }
+        if !found.is_empty() {
+            self.fields_of.insert(o.key.clone(), found);
+        }
+    }
+
     fn unindex(&mut self, o: &CachedObject, labels: &HashSet<String>) {
+        set_remove(&mut self.by_namespace, &o.key.namespace, &o.key);
+        if let Some(c) = &o.cluster {
+            set_remove(
+                &mut self.by_cluster,
+                &(o.key.namespace.clone(), c.clone()),
+                &o.key,
+            );
+        }
+        self.unindex_fields(&o.key);
         for owner in &o.owners {
             if let Some(set) = self.by_owner.get_mut(&owner.uid) {
                 set.remove(&o.key);
@@ -117,7 +233,18 @@ impl Store {
         }
     }
 
-    fn index(&mut self, o: &CachedObject, labels: &HashSet<String>) {
+    fn index(&mut self, o: &CachedObject, labels: &HashSet<String>, paths: &[Vec<String>]) {
+        self.by_namespace
+            .entry(o.key.namespace.clone())
+            .or_default()
+            .insert(o.key.clone());
+        if let Some(c) = &o.cluster {
+            self.by_cluster
+                .entry((o.key.namespace.clone(), c.clone()))
+                .or_default()
+                .insert(o.key.clone());
+        }
+        self.index_fields(o, paths);
         for owner in &o.owners {
             self.by_owner
                 .entry(owner.uid.clone())
@@ -141,6 +268,7 @@ pub struct KindCache {
     plural: String,
     namespaced: bool,
     indexed_labels: RwLock<HashSet<String>>,
+    indexed_fields: RwLock<Vec<Vec<String>>>,
     store: RwLock<Store>,
     listeners: RwLock<Vec<Listener>>,
     synced: AtomicBool,
@@ -168,6 +296,7 @@ impl KindCache {
             plural: plural.to_string(),
             namespaced,
             indexed_labels: RwLock::new(labels),
+            indexed_fields: RwLock::new(Vec::new()),
             store: RwLock::new(Store::default()),
             listeners: RwLock::new(Vec::new()),
             synced: AtomicBool::new(false),
@@ -193,15 +322,111 @@ impl KindCache {
 
     /// Index label `key` too (call before the watcher starts; re-indexes if not).
     pub fn index_label(&self, key: &str) {
+        if self.indexed_labels.read().contains(key) {
+            return;
+        }
         let mut labels = self.indexed_labels.write();
         if labels.insert(key.to_string()) {
+            let fields = self.indexed_fields.read();
             let mut store = self.store.write();
             let objects: Vec<_> = store.objects.values().cloned().collect();
             for o in objects {
                 store.unindex(&o, &labels);
-                store.index(&o, &labels);
+                store.index(&o, &labels, &fields);
             }
         }
+    }
+
+    /// Index the string or reference name at dotted `path` (once per path); returns the
+    /// index to look up with [`KindCache::with_field`]. Re-indexes what is held.
+    pub fn index_field(&self, path: &[String]) -> usize {
+        if let Some(i) = self.indexed_fields.read().iter().position(|p| p == path) {
+            return i;
+        }
+        let mut fields = self.indexed_fields.write();
+        if let Some(i) = fields.iter().position(|p| p == path) {
+            return i;
+        }
+        fields.push(path.to_vec());
+        let i = fields.len() - 1;
+        let mut store = self.store.write();
+        let objects: Vec<_> = store.objects.values().cloned().collect();
+        for o in objects {
+            store.unindex_fields(&o.key);
+            store.index_fields(&o, &fields);
+        }
+        i
+    }
+
+    /// Objects whose indexed field `index` holds `value` pointing into `namespace` and
+    /// passes `keep`, ordered by key. O(matches).
+    pub fn with_field(
+        &self,
+        index: usize,
+        namespace: &str,
+        value: &str,
+        keep: impl Fn(&FieldValue) -> bool,
+    ) -> Vec<Arc<CachedObject>> {
+        let store = self.store.read();
+        let ik = (index, namespace.to_string(), value.to_string());
+        store
+            .by_field
+            .get(&ik)
+            .into_iter()
+            .flatten()
+            .filter(|k| {
+                store.fields_of.get(*k).is_some_and(|fs| {
+                    fs.iter()
+                        .any(|f| f.index == index && f.value == value && keep(f))
+                })
+            })
+            .filter_map(|k| store.objects.get(k))
+            .cloned()
+            .collect()
+    }
+
+    /// Objects in `namespace` (every object when `None`), ordered by key. O(result).
+    pub fn in_namespace(&self, namespace: Option<&str>) -> Vec<Arc<CachedObject>> {
+        let store = self.store.read();
+        match namespace {
+            Some(ns) => store
+                .by_namespace
+                .get(ns)
+                .into_iter()
+                .flatten()
+                .filter_map(|k| store.objects.get(k))
+                .cloned()
+                .collect(),
+            None => {
+                let mut out: Vec<_> = store.objects.values().cloned().collect();
+                out.sort_by(|a, b| a.key.cmp(&b.key));
+                out
+            }
+        }
+    }
+
+    /// Objects of Cluster API cluster `cluster` in `namespace` ([`CachedObject::cluster`]),
+    /// ordered by key. O(result).
+    pub fn in_cluster(&self, namespace: &str, cluster: &str) -> Vec<Arc<CachedObject>> {
+        let store = self.store.read();
+        store
+            .by_cluster
+            .get(&(namespace.to_string(), cluster.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(|k| store.objects.get(k))
+            .cloned()
+            .collect()
+    }
+
+    /// The namespaces holding objects of this kind.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.store.read().by_namespace.keys().cloned().collect()
+    }
+
+    /// Whether label `key` is indexed.
+    pub fn label_indexed(&self, key: &str) -> bool {
+        self.indexed_labels.read().contains(key)
     }
 
     /// Call `f` on every change from now on.
@@ -221,12 +446,13 @@ impl KindCache {
         let new = Arc::new(obj);
         let old = {
             let labels = self.indexed_labels.read();
+            let fields = self.indexed_fields.read();
             let mut store = self.store.write();
             let old = store.objects.insert(new.key.clone(), Arc::clone(&new));
             if let Some(old) = &old {
                 store.unindex(old, &labels);
             }
-            store.index(&new, &labels);
+            store.index(&new, &labels, &fields);
             self.objects_gauge.set(store.objects.len() as i64);
             old
         };
@@ -261,13 +487,14 @@ impl KindCache {
     pub fn replace(&self, objects: Vec<CachedObject>) {
         let events = {
             let labels = self.indexed_labels.read();
+            let fields = self.indexed_fields.read();
             let mut store = self.store.write();
             let mut old = std::mem::take(&mut *store);
             let mut events = Vec::new();
             for o in objects {
                 let new = Arc::new(o);
                 let prev = old.objects.remove(&new.key);
-                store.index(&new, &labels);
+                store.index(&new, &labels, &fields);
                 store.objects.insert(new.key.clone(), Arc::clone(&new));
                 if prev
                     .as_ref()

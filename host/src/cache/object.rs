@@ -97,6 +97,11 @@ pub struct CachedObject {
     pub spec_paused: bool,
     /// The Cluster it belongs to: the cluster-name label, else `spec.clusterName`.
     pub cluster_name: Option<String>,
+    /// Its Cluster API cluster as the WIT `target` defines it: its own name for a
+    /// `cluster.x-k8s.io` Cluster, else `spec.clusterName`, else the cluster-name label,
+    /// else the name of an owner reference to a `cluster.x-k8s.io` Cluster (how CAPI finds
+    /// a KubeadmControlPlane's cluster).
+    pub cluster: Option<String>,
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
 }
@@ -117,7 +122,7 @@ impl CachedObject {
         let name = meta
             .get("name")
             .and_then(Value::as_str)
-            .ok_or(ObjectError::NoName { kind })?
+            .ok_or_else(|| ObjectError::NoName { kind: kind.clone() })?
             .to_string();
         let get = |k: &str| {
             meta.get(k)
@@ -142,7 +147,7 @@ impl CachedObject {
             .get("annotations")
             .and_then(|a| a.get(PAUSED_ANNOTATION))
             .is_some();
-        let owners = meta
+        let owners: Vec<OwnerRef> = meta
             .get("ownerReferences")
             .and_then(Value::as_array)
             .map(|refs| {
@@ -172,6 +177,28 @@ impl CachedObject {
             .find(|(k, _)| k == CLUSTER_NAME_LABEL)
             .map(|(_, v)| v.clone())
             .or_else(|| str_at(&value, &["spec", "clusterName"]).map(str::to_string));
+        let api_group = str_at(&value, &["apiVersion"])
+            .and_then(|a| a.rsplit_once('/'))
+            .map_or("", |(g, _)| g);
+        let cluster = if api_group == "cluster.x-k8s.io" && kind == "Cluster" {
+            Some(key.name.clone())
+        } else {
+            str_at(&value, &["spec", "clusterName"])
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .or_else(|| {
+                    labels
+                        .iter()
+                        .find(|(k, v)| k == CLUSTER_NAME_LABEL && !v.is_empty())
+                        .map(|(_, v)| v.clone())
+                })
+                .or_else(|| {
+                    owners
+                        .iter()
+                        .find(|o| o.kind == "Cluster" && o.group() == "cluster.x-k8s.io")
+                        .map(|o| o.name.clone())
+                })
+        };
         let json: Arc<str> = serde_json::to_string(&value)
             .map_err(ObjectError::Json)?
             .into();
@@ -185,6 +212,7 @@ impl CachedObject {
             paused_annotation,
             spec_paused,
             cluster_name,
+            cluster,
             deleting,
         })
     }
@@ -235,6 +263,7 @@ impl CachedObject {
             + owners
             + labels
             + self.cluster_name.as_ref().map_or(0, String::capacity)
+            + self.cluster.as_ref().map_or(0, String::capacity)
     }
 }
 

@@ -24,11 +24,10 @@
 //! [`ClusterCache::on_event`]), which the controllers turn into keys of the affected
 //! primaries.
 
-mod workload;
-pub use workload::{WorkloadError, WorkloadPlan};
-
 use crate::cache::{Cache, CacheEvent, CachedObject, Gvk, KindCache, ObjectKey};
+use crate::controller::WorkloadEvents;
 use crate::metrics::Metrics;
+use crate::runtime::bindings::capstan::reconciler::types::Connection as WitConnection;
 use crate::writer::layers::{MetricsLayer, RateLimitLayer};
 use crate::writer::{KubeWriteApi, Resource, WritePath};
 use base64::Engine;
@@ -732,67 +731,41 @@ impl ClusterCache {
     }
 }
 
-/// The Cluster API cluster a primary object belongs to (WIT `target`): the Cluster itself
-/// when the primary is a `cluster.x-k8s.io` Cluster, else `spec.clusterName`, else the
-/// `cluster.x-k8s.io/cluster-name` label, in the primary's namespace.
-pub fn cluster_of(primary_gvk: &Gvk, primary: &CachedObject) -> Option<ObjectKey> {
-    if primary_gvk.group == "cluster.x-k8s.io" && primary_gvk.kind == "Cluster" {
-        return Some(primary.key.clone());
+impl crate::controller::WorkloadAccess for ClusterCache {
+    fn connection(&self, cluster: &ObjectKey) -> WitConnection {
+        match self.state(cluster) {
+            ConnectionState::Disconnected => WitConnection::Disconnected,
+            ConnectionState::Connected => WitConnection::Connected,
+            ConnectionState::Unhealthy => WitConnection::Unhealthy,
+        }
     }
-    let spec_name = serde_json::from_str::<serde_json::Value>(&primary.json)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/spec/clusterName")
-                .and_then(serde_json::Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        });
-    let name = spec_name.or_else(|| {
-        primary
-            .label(crate::cache::CLUSTER_NAME_LABEL)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    })?;
-    Some(ObjectKey::new(primary.key.namespace.clone(), name))
-}
 
-/// Keys of the primaries (in `primaries`, of kind `primary_gvk`) that belong to `cluster`.
-pub fn primaries_of(
-    primary_gvk: &Gvk,
-    primaries: &KindCache,
-    cluster: &ObjectKey,
-) -> Vec<ObjectKey> {
-    if primary_gvk.group == "cluster.x-k8s.io" && primary_gvk.kind == "Cluster" {
-        return primaries
-            .get(cluster)
-            .map(|o| vec![o.key.clone()])
-            .unwrap_or_default();
+    fn cache(&self, cluster: &ObjectKey, gvk: &Gvk) -> Option<Arc<KindCache>> {
+        // An unhealthy cluster's informers may be stale: its relations are unsynced.
+        self.connection(cluster)
+            .filter(|c| c.state() == ConnectionState::Connected)
+            .and_then(|c| c.cache().kind(gvk))
     }
-    // The label index answers for labelled objects; `spec.clusterName` (which wins over
-    // the label) is checked on each candidate, and unlabelled objects naming the cluster
-    // by `spec.clusterName` alone are found by a scan of the namespace.
-    let mut out: Vec<ObjectKey> = primaries
-        .with_label(
-            crate::cache::CLUSTER_NAME_LABEL,
-            &cluster.namespace,
-            &cluster.name,
-        )
-        .into_iter()
-        .filter(|o| cluster_of(primary_gvk, o).as_ref() == Some(cluster))
-        .map(|o| o.key.clone())
-        .collect();
-    for key in primaries.keys() {
-        if key.namespace != cluster.namespace || out.contains(&key) {
-            continue;
-        }
-        if let Some(o) = primaries.get(&key)
-            && o.label(crate::cache::CLUSTER_NAME_LABEL).is_none()
-            && cluster_of(primary_gvk, &o).as_ref() == Some(cluster)
-        {
-            out.push(key);
+
+    fn writer(&self, cluster: &ObjectKey) -> Result<Arc<WritePath>, String> {
+        match self.connection(cluster) {
+            None => Err("not connected".into()),
+            Some(c) if c.state() != ConnectionState::Connected => {
+                Err("connection unhealthy".into())
+            }
+            Some(c) => Ok(Arc::clone(c.writes())),
         }
     }
-    out
+
+    fn register(&self, _plugin: &str, kinds: Vec<Gvk>, events: Arc<dyn WorkloadEvents>) {
+        for gvk in kinds {
+            self.register_kind(&gvk);
+            let sink = Arc::clone(&events);
+            let g = gvk.clone();
+            self.on_event(&gvk, move |cluster, ev| sink.event(cluster, &g, ev));
+        }
+        self.on_state(move |cluster, _| events.connection_changed(cluster));
+    }
 }
 
 #[cfg(test)]

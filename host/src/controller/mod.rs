@@ -23,21 +23,23 @@
 //! off; other keys and other plugins carry on.
 
 mod plugin;
+mod select;
+pub mod workload;
 
 pub use plugin::classify;
+pub use workload::{NOT_CONFIGURED, NoWorkloadAccess, WorkloadAccess, WorkloadEvents};
 
-use crate::cache::{Cache, CachedObject, Gvk, KindCache, ObjectKey};
-use crate::clustercache::{ClusterCache, WorkloadError, WorkloadPlan};
+use select::{PrimaryView, Selector};
+
+use crate::cache::{Cache, CacheEvent, CachedObject, Gvk, KindCache, ObjectKey};
 use crate::metrics::ControllerMetrics;
 use crate::queue::{QueueConfig, WorkQueue};
-use crate::runtime::Target;
 use crate::runtime::bindings::capstan::reconciler::types::{
-    Connection, Outcome, PluginInfo, RelatedObjects, RelationSelector, Snapshot,
+    Connection, Outcome, PluginInfo, RelatedObjects, Snapshot, Target,
 };
-use crate::watch::{self, Rule};
+use crate::watch::{self, MapContext, Rule, Scope};
 use crate::writer::{Grants, WriteError, WritePath, Writer};
 use rand::Rng;
-use serde_json::Value;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,14 +91,6 @@ pub trait Reconcile: Send + Sync + 'static {
 /// Errors building a controller.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    /// The plugin's workload declarations do not parse.
-    #[error("plugin {plugin}: {reason}")]
-    Workload {
-        /// Plugin name.
-        plugin: String,
-        /// What is wrong.
-        reason: String,
-    },
     /// A kind the plugin reads has no cache (the manager registers every declared kind).
     #[error("plugin {plugin}: kind {kind} is not cached")]
     KindNotCached {
@@ -104,6 +98,16 @@ pub enum ControllerError {
         plugin: String,
         /// The kind.
         kind: Gvk,
+    },
+    /// A relation's selector does not parse (validation at load normally catches it).
+    #[error("plugin {plugin}: relation {relation}: {reason}")]
+    InvalidRelation {
+        /// Plugin name.
+        plugin: String,
+        /// The relation.
+        relation: String,
+        /// What is wrong.
+        reason: String,
     },
 }
 
@@ -118,6 +122,8 @@ pub struct ControllerOptions {
     pub queue: QueueConfig,
     /// Run plugin calls on the blocking pool (default) or inline on the worker task.
     pub blocking_calls: bool,
+    /// Access to workload clusters (see [`workload`]); default: none.
+    pub workload: Arc<dyn WorkloadAccess>,
 }
 
 impl Default for ControllerOptions {
@@ -127,26 +133,53 @@ impl Default for ControllerOptions {
             sync_period: None,
             queue: QueueConfig::default(),
             blocking_calls: true,
+            workload: Arc::new(NoWorkloadAccess),
         }
     }
 }
 
 #[derive(Debug)]
-enum Selector {
-    Owned,
-    Label(String),
-    FieldRef(Vec<String>),
-    ControllerOwner,
-    ByLabelValue(String),
-    /// Evaluated in the next commit.
-    Unsupported,
-}
-
-#[derive(Debug)]
 struct RelationPlan {
     name: String,
-    cache: Arc<KindCache>,
+    gvk: Gvk,
+    /// The management cache; `None` for a workload relation (asked per cluster).
+    cache: Option<Arc<KindCache>>,
     selector: Selector,
+    target: Target,
+    namespace: Option<String>,
+}
+
+/// Maps workload events to primary keys (the [`WorkloadEvents`] the controller registers).
+struct WorkloadWatches {
+    primary: Gvk,
+    primary_cache: Arc<KindCache>,
+    rules: Vec<(Gvk, Rule)>,
+    queue: Arc<WorkQueue<ObjectKey>>,
+}
+
+impl WorkloadEvents for WorkloadWatches {
+    fn event(&self, cluster: &ObjectKey, gvk: &Gvk, event: &CacheEvent) {
+        for (watched, rule) in self.rules.iter().filter(|(g, _)| g == gvk) {
+            let cx = MapContext {
+                primary: &self.primary,
+                primary_cache: &self.primary_cache,
+                watched,
+                scope: Scope::Workload { cluster },
+            };
+            for k in watch::keys_for_event(rule, &cx, event) {
+                self.queue.add(k);
+            }
+        }
+    }
+
+    fn connection_changed(&self, cluster: &ObjectKey) {
+        for p in self
+            .primary_cache
+            .in_cluster(&cluster.namespace, &cluster.name)
+        {
+            self.queue.add(p.key.clone());
+        }
+    }
 }
 
 /// How one reconcile ended, as counted in `controller_runtime_reconcile_total`.
@@ -184,6 +217,9 @@ pub struct Controller {
     primary: Gvk,
     primary_cache: Arc<KindCache>,
     relations: Vec<RelationPlan>,
+    uses_workload: bool,
+    workload: Arc<dyn WorkloadAccess>,
+    workload_grants: Grants,
     cache: Arc<Cache>,
     queue: Arc<WorkQueue<ObjectKey>>,
     writes: Arc<WritePath>,
@@ -192,10 +228,6 @@ pub struct Controller {
     concurrency: u32,
     sync_period: Duration,
     blocking_calls: bool,
-    /// Workload relations, watches and writes, when the plugin declares any.
-    workload: Option<Arc<WorkloadPlan>>,
-    /// The cluster cache serving `workload`, attached by the manager.
-    cluster_cache: std::sync::OnceLock<Arc<ClusterCache>>,
 }
 
 impl fmt::Debug for Controller {
@@ -239,28 +271,42 @@ impl Controller {
         let primary = Gvk::from(&info.primary);
         let primary_cache = kind(&primary)?;
         let mut relations = Vec::new();
-        // Workload relations are the cluster cache's (see `attach_cluster_cache`).
-        for r in info
-            .relations
-            .iter()
-            .filter(|r| r.target == Target::Management)
-        {
-            let rc = kind(&Gvk::from(&r.kind))?;
-            let selector = match &r.selector {
-                RelationSelector::Owned => Selector::Owned,
-                RelationSelector::Label(l) => {
-                    rc.index_label(l);
-                    Selector::Label(l.clone())
+        let mut workload_kinds: Vec<Gvk> = Vec::new();
+        for r in &info.relations {
+            let gvk = Gvk::from(&r.kind);
+            let cache = match r.target {
+                Target::Management => Some(kind(&gvk)?),
+                Target::Workload => {
+                    if !workload_kinds.contains(&gvk) {
+                        workload_kinds.push(gvk.clone());
+                    }
+                    None
                 }
-                RelationSelector::FieldRef(p) => Selector::FieldRef(watch::split_path(p)),
-                RelationSelector::ControllerOwner => Selector::ControllerOwner,
-                RelationSelector::ByLabelValue(l) => Selector::ByLabelValue(l.clone()),
-                _ => Selector::Unsupported,
             };
+            // Indexes are registered now on management caches, and on first use on
+            // workload caches (each cluster has its own).
+            let scratch;
+            let index_on = match &cache {
+                Some(c) => c.as_ref(),
+                None => {
+                    scratch = KindCache::new(gvk.clone(), "-", true, Default::default());
+                    &scratch
+                }
+            };
+            let selector = Selector::new(&r.selector, index_on).map_err(|reason| {
+                ControllerError::InvalidRelation {
+                    plugin: name.clone(),
+                    relation: r.name.clone(),
+                    reason,
+                }
+            })?;
             relations.push(RelationPlan {
                 name: r.name.clone(),
-                cache: rc,
+                gvk,
+                cache,
                 selector,
+                target: r.target,
+                namespace: r.namespace.clone(),
             });
         }
         let concurrency = options
@@ -276,26 +322,54 @@ impl Controller {
             .unwrap_or(DEFAULT_SYNC_PERIOD);
         let metrics = metrics_for(&name, concurrency);
         let queue = WorkQueue::new(options.queue, metrics.queue.clone());
-        let plan = watch::plan(info);
-        for (gvk, rule) in &plan {
-            let kc = kind(gvk)?;
+        for (gvk, mapping) in watch::plan(info) {
+            let kc = kind(&gvk)?;
+            let rule = match &mapping {
+                None => Rule::Primary,
+                Some(m) => Rule::new(m, &primary_cache),
+            };
             let q = Arc::clone(&queue);
-            watch::connect(&kc, rule.clone(), primary.clone(), move |k| q.add(k));
+            watch::connect(
+                &kc,
+                rule,
+                primary.clone(),
+                Arc::clone(&primary_cache),
+                move |k| q.add(k),
+            );
+        }
+        let mut rules = Vec::new();
+        for w in info.watches.iter().filter(|w| w.target == Target::Workload) {
+            let gvk = Gvk::from(&w.kind);
+            if !workload_kinds.contains(&gvk) {
+                workload_kinds.push(gvk.clone());
+            }
+            rules.push((gvk, Rule::new(&w.mapping, &primary_cache)));
+        }
+        let uses_workload = crate::runtime::validate::uses_workload(info);
+        if uses_workload {
+            // Connection changes enqueue a cluster's primaries through the cluster index.
+            options.workload.register(
+                &name,
+                workload_kinds,
+                Arc::new(WorkloadWatches {
+                    primary: primary.clone(),
+                    primary_cache: Arc::clone(&primary_cache),
+                    rules,
+                    queue: Arc::clone(&queue),
+                }),
+            );
         }
         let grants = Grants::new(&info.permissions);
-        let workload = WorkloadPlan::new(info)
-            .map_err(|reason| ControllerError::Workload {
-                plugin: name.clone(),
-                reason,
-            })?
-            .map(Arc::new);
-        debug_assert!(plan.first().is_some_and(|(_, r)| *r == Rule::Primary));
+        let workload_grants = Grants::for_target(&info.permissions, Target::Workload);
         Ok(Arc::new(Self {
             name,
             plugin,
             primary,
             primary_cache,
             relations,
+            uses_workload,
+            workload: options.workload,
+            workload_grants,
             cache,
             queue,
             writes,
@@ -304,29 +378,7 @@ impl Controller {
             concurrency,
             sync_period,
             blocking_calls: options.blocking_calls,
-            workload,
-            cluster_cache: std::sync::OnceLock::new(),
         }))
-    }
-
-    /// The plugin's workload declarations, if any.
-    pub fn workload_plan(&self) -> Option<&Arc<WorkloadPlan>> {
-        self.workload.as_ref()
-    }
-
-    /// Serve the plugin's workload relations, watches and writes from `cc` (once; the
-    /// manager calls it for plugins with a [`WorkloadPlan`]). Workload events and
-    /// connection changes enqueue the affected primaries.
-    pub fn attach_cluster_cache(&self, cc: &Arc<ClusterCache>) {
-        let Some(plan) = &self.workload else { return };
-        if self.cluster_cache.set(Arc::clone(cc)).is_err() {
-            return;
-        }
-        for gvk in plan.kinds() {
-            cc.register_kind(gvk);
-        }
-        let q = Arc::clone(&self.queue);
-        plan.subscribe(cc, Arc::clone(&self.primary_cache), move |k| q.add(k));
     }
 
     /// The controller (plugin) name.
@@ -434,63 +486,53 @@ impl Controller {
             .is_some_and(|c| c.spec_paused)
     }
 
-    /// The snapshot of `primary`: itself and every declared relation, from the cache.
+    /// The primary's Cluster API cluster (`namespace/name` of the Cluster), if it names one.
+    fn cluster_of(primary: &CachedObject) -> Option<ObjectKey> {
+        primary
+            .cluster
+            .as_ref()
+            .map(|c| ObjectKey::new(primary.key.namespace.clone(), c.clone()))
+    }
+
+    /// The snapshot of `primary`: itself and every declared relation, from the
+    /// management cache or the workload cluster's ([`WorkloadAccess::cache`]).
     pub fn snapshot(&self, primary: &CachedObject) -> Snapshot {
-        let mut parsed: Option<Value> = None;
-        let ns = &primary.key.namespace;
-        let related: Vec<RelatedObjects> = self
+        let mut view = PrimaryView::new(primary);
+        let cluster = Self::cluster_of(primary);
+        let related = self
             .relations
             .iter()
             .map(|r| {
-                let objects: Vec<Arc<CachedObject>> = match &r.selector {
-                    Selector::Unsupported => Vec::new(),
-                    Selector::Owned => r.cache.owned_by(&primary.uid, true),
-                    Selector::Label(l) => r.cache.with_label(l, ns, &primary.key.name),
-                    Selector::FieldRef(path) => {
-                        let v = parsed.get_or_insert_with(|| {
-                            serde_json::from_str(&primary.json).unwrap_or(Value::Null)
-                        });
-                        watch::reference_at(v, path)
-                            .and_then(|(rns, name)| {
-                                r.cache.get(&ObjectKey::new(rns.unwrap_or(ns), name))
-                            })
-                            .into_iter()
-                            .collect()
-                    }
-                    Selector::ControllerOwner => primary
-                        .controller_owner()
-                        .filter(|o| {
-                            o.kind == r.cache.gvk().kind && o.group() == r.cache.gvk().group
-                        })
-                        .and_then(|o| r.cache.get(&ObjectKey::new(ns.clone(), o.name.clone())))
-                        .into_iter()
-                        .collect(),
-                    Selector::ByLabelValue(l) => primary
-                        .label(l)
-                        .and_then(|v| r.cache.get(&ObjectKey::new(ns.clone(), v)))
-                        .into_iter()
-                        .collect(),
+                let cache = match (&r.cache, &cluster) {
+                    (Some(c), _) => Some(Arc::clone(c)),
+                    (None, Some(cl)) => self.workload.cache(cl, &r.gvk),
+                    (None, None) => None,
                 };
+                let Some(cache) = cache else {
+                    return RelatedObjects {
+                        relation: r.name.clone(),
+                        synced: false,
+                        objects: Vec::new(),
+                    };
+                };
+                let objects = select::select(
+                    &r.selector,
+                    &cache,
+                    &mut view,
+                    r.target,
+                    r.namespace.as_deref(),
+                );
                 RelatedObjects {
                     relation: r.name.clone(),
-                    synced: r.cache.is_synced(),
+                    synced: cache.is_synced(),
                     objects: objects.iter().map(|o| o.json.to_string()).collect(),
                 }
             })
             .collect();
-        let mut related: Vec<RelatedObjects> = related;
-        let mut workload = Connection::NotApplicable;
-        if let Some(plan) = &self.workload {
-            let (state, conn) = match self.cluster_cache.get() {
-                Some(cc) => plan.connection(cc, primary),
-                None => (Connection::Disconnected, None),
-            };
-            workload = state;
-            // Relations in declaration order: workload entries go back to their places.
-            for (index, r) in plan.related(conn.as_deref(), primary) {
-                related.insert(index.min(related.len()), r);
-            }
-        }
+        let workload = match (&cluster, self.uses_workload) {
+            (Some(c), true) => self.workload.connection(c),
+            _ => Connection::NotApplicable,
+        };
         Snapshot {
             primary: primary.json.to_string(),
             related,
@@ -537,6 +579,60 @@ impl Controller {
         };
         counter.inc();
         tracing::error!(plugin = %self.name, key = %key, error = %fault, "plugin fault; reconcile failed");
+    }
+
+    /// Write the workload entries of `outcome`; `Some(verdict)` when that failed the
+    /// reconcile (the queue already told).
+    async fn write_workload(
+        &self,
+        key: &ObjectKey,
+        primary: &CachedObject,
+        outcome: &Outcome,
+    ) -> Option<Verdict> {
+        if outcome.workload_apply.is_empty()
+            && outcome.workload_status.is_empty()
+            && outcome.workload_delete.is_empty()
+        {
+            return None;
+        }
+        let transient = |msg: String| {
+            self.metrics.errors.inc();
+            tracing::warn!(plugin = %self.name, key = %key, error = %msg, "workload write failed; retrying with backoff");
+            self.queue.add_rate_limited(key.clone());
+            Some(Verdict::Error)
+        };
+        let Some(cluster) = Self::cluster_of(primary) else {
+            return transient(
+                "the outcome has workload entries but the primary names no cluster".into(),
+            );
+        };
+        let writes = match self.workload.writer(&cluster) {
+            Ok(w) => w,
+            Err(reason) => return transient(format!("workload cluster {cluster}: {reason}")),
+        };
+        let writer = Writer {
+            plugin: &self.name,
+            grants: &self.workload_grants,
+            metrics: &self.metrics,
+            observed: None,
+        };
+        match writes.write_workload(&writer, outcome).await {
+            Ok(_) => None,
+            Err(WriteError::Conflict { kind, object }) => {
+                self.metrics.write_conflicts.inc();
+                tracing::debug!(plugin = %self.name, key = %key, %kind, %object, "workload write conflict; requeueing");
+                self.queue.add_rate_limited(key.clone());
+                Some(Verdict::Requeue)
+            }
+            Err(e @ WriteError::Refused { .. }) => {
+                self.metrics.errors.inc();
+                self.metrics.terminal_errors.inc();
+                tracing::error!(plugin = %self.name, key = %key, error = %e, "workload outcome refused");
+                self.queue.mark_terminal(key);
+                Some(Verdict::Terminal)
+            }
+            Err(e) => transient(format!("workload cluster {cluster}: {e}")),
+        }
     }
 
     /// Reconcile one key (steps 2-6 of the module docs) and tell the queue the result.
@@ -608,33 +704,8 @@ impl Controller {
                 return Verdict::Error;
             }
         }
-        if let (Some(plan), Some(cc)) = (&self.workload, self.cluster_cache.get()) {
-            let written = plan
-                .write(cc, &primary, &self.metrics, &outcome)
-                .instrument(tracing::debug_span!("workload-write"))
-                .await;
-            match written {
-                Ok(_) => {}
-                Err(WorkloadError::Write(WriteError::Conflict { kind, object })) => {
-                    self.metrics.write_conflicts.inc();
-                    tracing::debug!(plugin = %self.name, key = %key, %kind, %object, "workload write conflict; requeueing");
-                    self.queue.add_rate_limited(key.clone());
-                    return Verdict::Requeue;
-                }
-                Err(WorkloadError::Write(e @ WriteError::Refused { .. })) => {
-                    self.metrics.errors.inc();
-                    self.metrics.terminal_errors.inc();
-                    tracing::error!(plugin = %self.name, key = %key, error = %e, "workload outcome refused");
-                    self.queue.mark_terminal(key);
-                    return Verdict::Terminal;
-                }
-                Err(e) => {
-                    self.metrics.errors.inc();
-                    tracing::warn!(plugin = %self.name, key = %key, error = %e, "workload write failed; retrying with backoff");
-                    self.queue.add_rate_limited(key.clone());
-                    return Verdict::Error;
-                }
-            }
+        if let Some(v) = self.write_workload(key, &primary, &outcome).await {
+            return v;
         }
         self.queue.forget(key);
         match outcome.requeue_after_ms.filter(|ms| *ms > 0) {

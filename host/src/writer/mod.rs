@@ -9,7 +9,15 @@
 //! - every patch carries the `metadata.resourceVersion` it was computed against
 //!   (optimistic concurrency). A 409 fails the reconcile with [`WriteError::Conflict`],
 //!   which the controller requeues with backoff without counting an error;
-//! - deletions carry a uid precondition; finalizers are the API server's business.
+//! - an object of a kind without spec (a Secret's `type` and `data`, a ConfigMap's `data`)
+//!   is handled the same way: created whole, then patched on every top-level field except
+//!   `status`;
+//! - deletions carry a uid precondition; finalizers are the API server's business. Deleting
+//!   an object already gone, or patching the status of an object that is gone (404), is
+//!   what the plugin wanted: counted as skipped, not an error;
+//! - an outcome is written in the order the WIT gives: every `apply`, then every `status`,
+//!   then every `delete`, then events. The workload part goes through the workload
+//!   cluster's own write path ([`WritePath::write_workload`]) after the management part.
 //!
 //! Before any request of an outcome is sent, every write in it is checked against the
 //! plugin's declared permissions (kind and verb); one undeclared write refuses the whole
@@ -33,13 +41,14 @@ pub use api::{ApiError, BoxFut, KubeWriteApi, Resource, WriteApi};
 use crate::cache::{Cache, CachedObject, Gvk, ObjectKey};
 use crate::metrics::ControllerMetrics;
 use crate::runtime::bindings::capstan::reconciler::types::{
-    EventType, Outcome, Permission, Target, Verbs,
+    EventType, ObjectRef, Outcome, Permission, Target, Verbs,
 };
 use kube::core::ApiResource;
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -135,14 +144,6 @@ pub enum WriteError {
     /// The object changed since the cache saw it (409); requeue.
     #[error("conflict writing {kind} {object}: it changed since it was read")]
     Conflict {
-        /// The kind.
-        kind: Gvk,
-        /// The object.
-        object: ObjectKey,
-    },
-    /// A status was given for an object that does not exist.
-    #[error("cannot write status of {kind} {object}: object not found")]
-    NotFound {
         /// The kind.
         kind: Gvk,
         /// The object.
@@ -365,6 +366,18 @@ impl WritePath {
         }
     }
 
+    /// Run `write` holding the per-object lock of `id` (writes to one object are
+    /// serialized; the lock entry is dropped once nobody waits on it).
+    async fn locked<T>(&self, id: &ObjId, write: impl Future<Output = T>) -> T {
+        let lock = self.lock_for(id);
+        let result = {
+            let _held = lock.lock().await;
+            write.await
+        };
+        self.release(id, lock);
+        result
+    }
+
     fn refuse(&self, w: &Writer<'_>, verb: Verb, gvk: &Gvk, key: &ObjectKey) -> WriteError {
         w.metrics.writes_refused.inc();
         tracing::warn!(plugin = w.plugin, %verb, kind = %gvk, object = %key, "write refused: not declared");
@@ -376,22 +389,61 @@ impl WritePath {
         }
     }
 
-    /// Validate the outcome, check every write against the grants, then send what differs.
+    /// Write the management part of `outcome` (`apply`, `status`, `delete`, events):
+    /// validate, check every write against the grants, then send what differs.
     pub async fn write(
         &self,
         w: &Writer<'_>,
         outcome: &Outcome,
     ) -> Result<WriteReport, WriteError> {
-        let mut plan = Vec::with_capacity(outcome.apply.len() + outcome.status.len());
-        for text in &outcome.apply {
+        self.write_entries(
+            w,
+            &outcome.apply,
+            &outcome.status,
+            &outcome.delete,
+            &outcome.events,
+        )
+        .await
+    }
+
+    /// Write the workload part of `outcome` (`workload-apply`, `workload-status`,
+    /// `workload-delete`) through this write path, which must be the workload cluster's
+    /// (its client and cache), with `w.grants` built from the plugin's workload
+    /// permissions ([`Grants::for_target`]). Events are the management write's.
+    pub async fn write_workload(
+        &self,
+        w: &Writer<'_>,
+        outcome: &Outcome,
+    ) -> Result<WriteReport, WriteError> {
+        self.write_entries(
+            w,
+            &outcome.workload_apply,
+            &outcome.workload_status,
+            &outcome.workload_delete,
+            &[],
+        )
+        .await
+    }
+
+    /// Apply entries first, then status entries, then deletes; events last.
+    async fn write_entries(
+        &self,
+        w: &Writer<'_>,
+        apply: &[String],
+        status: &[String],
+        delete: &[ObjectRef],
+        events: &[crate::runtime::bindings::capstan::reconciler::types::Event],
+    ) -> Result<WriteReport, WriteError> {
+        let mut plan = Vec::with_capacity(apply.len() + status.len() + delete.len());
+        for text in apply {
             let (gvk, key, value) = parse_object(w.plugin, text)?;
             plan.push(Planned::Apply { gvk, key, value });
         }
-        for text in &outcome.status {
+        for text in status {
             let (gvk, key, value) = parse_object(w.plugin, text)?;
             plan.push(Planned::Status { gvk, key, value });
         }
-        for r in &outcome.delete {
+        for r in delete {
             plan.push(Planned::Delete {
                 gvk: Gvk::from_api_version(&r.api_version, &r.kind),
                 key: ObjectKey::new(r.namespace.clone(), r.name.clone()),
@@ -430,10 +482,10 @@ impl WritePath {
                     self.status(w, &gvk, &key, value, &mut guards, &mut report)
                         .await?
                 }
-                Planned::Delete { gvk, key } => self.delete(&gvk, &key, &mut report).await?,
+                Planned::Delete { gvk, key } => self.delete(w, &gvk, &key, &mut report).await?,
             }
         }
-        for ev in &outcome.events {
+        for ev in events {
             self.event(w, ev).await;
             report.events += 1;
         }
@@ -495,9 +547,7 @@ impl WritePath {
             .resource(gvk)
             .ok_or_else(|| self.refuse(w, Verb::Patch, gvk, key))?;
         let id = (gvk.clone(), key.clone());
-        let lock = self.lock_for(&id);
-        let result = async {
-            let _held = lock.lock().await;
+        self.locked(&id, async {
             match self.freshest(gvk, key) {
                 None => {
                     if !w.grants.allows(gvk, Verb::Create) {
@@ -543,10 +593,8 @@ impl WritePath {
                         .await
                 }
             }
-        }
-        .await;
-        self.release(&id, lock);
-        result
+        })
+        .await
     }
 
     async fn status(
@@ -562,15 +610,14 @@ impl WritePath {
             .resource(gvk)
             .ok_or_else(|| self.refuse(w, Verb::PatchStatus, gvk, key))?;
         let id = (gvk.clone(), key.clone());
-        let lock = self.lock_for(&id);
-        let result = async {
-            let _held = lock.lock().await;
-            let current = self
-                .freshest(gvk, key)
-                .ok_or_else(|| WriteError::NotFound {
-                    kind: gvk.clone(),
-                    object: key.clone(),
-                })?;
+        self.locked(&id, async {
+            let Some(current) = self.freshest(gvk, key) else {
+                // Gone (or never created): nothing to report a status on.
+                tracing::debug!(plugin = w.plugin, kind = %gvk, object = %key, "status of an absent object skipped");
+                report.skipped += 1;
+                w.metrics.writes_skipped.inc();
+                return Ok(());
+            };
             let cur: Value = serde_json::from_str(&current.json).unwrap_or(Value::Null);
             let Some(patch) = diff::status_patch(&cur, &value) else {
                 report.skipped += 1;
@@ -581,16 +628,29 @@ impl WritePath {
                 patch,
                 guard(guards, gvk, key, &current.resource_version),
             );
-            self.send_patch(&res, gvk, key, patch, true, guards, report)
+            match self
+                .send_patch(&res, gvk, key, patch, true, guards, report)
                 .await
-        }
-        .await;
-        self.release(&id, lock);
-        result
+            {
+                // Deleted since the cache saw it: its status no longer matters.
+                Err(WriteError::Api {
+                    source: ApiError::NotFound,
+                    ..
+                }) => {
+                    tracing::debug!(plugin = w.plugin, kind = %gvk, object = %key, "status patch found the object gone; skipped");
+                    report.skipped += 1;
+                    w.metrics.writes_skipped.inc();
+                    Ok(())
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
     async fn delete(
         &self,
+        w: &Writer<'_>,
         gvk: &Gvk,
         key: &ObjectKey,
         report: &mut WriteReport,
@@ -600,10 +660,12 @@ impl WritePath {
         };
         let Some(current) = self.freshest(gvk, key) else {
             report.skipped += 1;
+            w.metrics.writes_skipped.inc();
             return Ok(());
         };
         if current.deleting {
             report.skipped += 1;
+            w.metrics.writes_skipped.inc();
             return Ok(());
         }
         let span = tracing::debug_span!("write", verb = "delete", kind = %gvk, object = %key);
@@ -613,8 +675,14 @@ impl WritePath {
             .instrument(span)
             .await
         {
-            Ok(()) | Err(ApiError::NotFound) => {
+            Ok(()) => {
                 report.requests += 1;
+                Ok(())
+            }
+            // Already gone: what the plugin wanted.
+            Err(ApiError::NotFound) => {
+                report.skipped += 1;
+                w.metrics.writes_skipped.inc();
                 Ok(())
             }
             Err(e) => Err(Self::api_error(gvk, key, e)),
