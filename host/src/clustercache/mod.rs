@@ -489,12 +489,8 @@ impl ClusterCache {
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut delay = me.options.retry;
-            loop {
-                // The Secret or Cluster may have gone, or the kubeconfig changed, meanwhile.
-                let current = match me.kubeconfig_of(&cluster) {
-                    Some(Ok(k)) => k,
-                    _ => break,
-                };
+            // The Secret or Cluster may have gone, or the kubeconfig changed, meanwhile.
+            while let Some(Ok(current)) = me.kubeconfig_of(&cluster) {
                 let digest: [u8; 32] = sha2::Sha256::digest(current.as_bytes()).into();
                 let attempt = tokio::select! {
                     _ = stop.cancelled() => break,
