@@ -246,9 +246,28 @@ impl Manager {
         }
         let mut kinds = BTreeSet::new();
         kinds.insert(Gvk::from(&info.primary));
-        kinds.extend(info.watches.iter().map(|w| Gvk::from(&w.kind)));
-        kinds.extend(info.relations.iter().map(|r| Gvk::from(&r.kind)));
-        kinds.extend(info.permissions.iter().map(|p| Gvk::from(&p.kind)));
+        // Management kinds only: workload kinds live in workload clusters (the
+        // controller's WorkloadAccess), not in this manager's cache.
+        use crate::runtime::Target;
+        let mgmt = |t: Target| t == Target::Management;
+        kinds.extend(
+            info.watches
+                .iter()
+                .filter(|w| mgmt(w.target))
+                .map(|w| Gvk::from(&w.kind)),
+        );
+        kinds.extend(
+            info.relations
+                .iter()
+                .filter(|r| mgmt(r.target))
+                .map(|r| Gvk::from(&r.kind)),
+        );
+        kinds.extend(
+            info.permissions
+                .iter()
+                .filter(|p| mgmt(p.target))
+                .map(|p| Gvk::from(&p.kind)),
+        );
         for gvk in &kinds {
             self.register_kind(&name, gvk).await?;
         }
