@@ -6,7 +6,7 @@ GUEST_TARGET := wasm32-wasip2
 TARGET_DIR   := $(or $(CARGO_TARGET_DIR),target)
 GUEST_DIR    := $(TARGET_DIR)/$(GUEST_TARGET)/release
 # Guest crates built to components (cdylib -> .wasm component via wasm-component-ld).
-GUESTS       := hello-rust guest-cluster-status guest-trap guest-panic guest-loop guest-alloc guest-bad-json guest-big-outcome guest-memo guest-wrong-version capi-cluster capi-kubeadm-bootstrap host-status host-trap
+GUESTS       := hello-rust guest-cluster-status guest-trap guest-panic guest-loop guest-alloc guest-bad-json guest-big-outcome guest-memo guest-wrong-version capi-cluster capi-kubeadm-bootstrap host-status host-trap guest-crypto
 
 export CARGO_TERM_COLOR ?= never
 

@@ -583,13 +583,39 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// What `capstan run` loaded: the plugins and the runtime they run in (whose metrics the
+/// manager exports).
+#[derive(Default)]
+pub struct LoadedPlugins {
+    /// The plugins, one controller each.
+    pub plugins: Vec<Arc<dyn Reconcile>>,
+    /// Their runtime (`None` for native test plugins).
+    pub runtime: Option<crate::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for LoadedPlugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugins")
+            .field(
+                "plugins",
+                &self
+                    .plugins
+                    .iter()
+                    .map(|p| p.info().name.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .field("runtime", &self.runtime.is_some())
+            .finish()
+    }
+}
+
 /// `capstan run`: load the plugins with `load`, build the manager, run until a signal.
 pub async fn run_command<F>(args: RunArgs, load: F) -> Result<(), RunError>
 where
     F: FnOnce(
         &std::path::Path,
         Option<Arc<dyn crate::cloud::Cloud>>,
-    ) -> Result<Vec<Arc<dyn Reconcile>>, String>,
+    ) -> Result<LoadedPlugins, String>,
 {
     crate::telemetry::init(args.log_format)?;
     let metrics_addr = parse_bind_address(&args.metrics_bind_address).map_err(RunError::Flag)?;
@@ -602,12 +628,16 @@ where
             crate::cloud::CloudMetrics::new(&mut registry),
         ))),
     };
-    let plugins = load(&args.plugins, cloud).map_err(|reason| RunError::Plugins {
+    let loaded = load(&args.plugins, cloud).map_err(|reason| RunError::Plugins {
         dir: args.plugins.clone(),
         reason,
     })?;
     let config = kube_config(args.kubeconfig.as_deref()).await?;
     let metrics = Arc::new(Metrics::new(&mut registry));
+    if let Some(rt) = &loaded.runtime {
+        rt.register_metrics(&mut registry);
+    }
+    let plugins = loaded.plugins;
     let client = build_client(
         config,
         Arc::clone(&metrics),
@@ -645,7 +675,7 @@ where
 pub fn load_plugin_dir(
     dir: &std::path::Path,
     config: crate::runtime::RuntimeConfig,
-) -> Result<Vec<Arc<dyn Reconcile>>, String> {
+) -> Result<LoadedPlugins, String> {
     let runtime = crate::runtime::Runtime::new(config).map_err(|e| e.to_string())?;
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
@@ -664,5 +694,8 @@ pub fn load_plugin_dir(
     if plugins.is_empty() {
         return Err(format!("no *.wasm components in {}", dir.display()));
     }
-    Ok(plugins)
+    Ok(LoadedPlugins {
+        plugins,
+        runtime: Some(runtime),
+    })
 }

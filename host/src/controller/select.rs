@@ -33,7 +33,7 @@ pub(crate) enum Selector {
     All,
     Named(NameTemplate),
     Matching(LabelSelector),
-    SelectorAt(Vec<String>),
+    LabelSelectorAt(Vec<String>),
     FieldMatch {
         /// Path on the related objects (indexed on each cache it is used with).
         other: Vec<String>,
@@ -65,7 +65,7 @@ impl Selector {
                 }
                 Selector::Matching(sel)
             }
-            RelationSelector::SelectorAt(p) => Selector::SelectorAt(watch::split_path(p)),
+            RelationSelector::SelectorAt(p) => Selector::LabelSelectorAt(watch::split_path(p)),
             RelationSelector::FieldMatch(pair) => {
                 let other = watch::split_path(&pair.other);
                 cache.index_field(&other);
@@ -190,7 +190,7 @@ pub(crate) fn select(
             };
             candidates.into_iter().filter(|o| matches(sel, o)).collect()
         }
-        Selector::SelectorAt(path) => {
+        Selector::LabelSelectorAt(path) => {
             let v = primary.value();
             let Some(sel_value) = path.iter().try_fold(v, |v, p| v.get(p)) else {
                 return Vec::new();
@@ -235,5 +235,183 @@ pub(crate) fn select(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Gvk;
+    use crate::runtime::FieldPair;
+    use prometheus_client::metrics::gauge::Gauge;
+    use serde_json::json;
+
+    fn cache(kind: &str, namespaced: bool) -> KindCache {
+        KindCache::new(Gvk::new("", "v1", kind), "x", namespaced, Gauge::default())
+    }
+
+    fn obj(v: serde_json::Value) -> CachedObject {
+        CachedObject::from_value(v).unwrap()
+    }
+
+    fn names(v: Vec<Arc<CachedObject>>) -> Vec<String> {
+        v.iter().map(|o| o.key.to_string()).collect()
+    }
+
+    fn machine() -> CachedObject {
+        obj(
+            json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+            "metadata": {"name": "m1", "namespace": "ns", "uid": "mu", "resourceVersion": "1",
+                         "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
+            "spec": {"clusterName": "c1", "providerID": "in-memory://m1",
+                     "bootstrap": {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "KubeadmConfig", "name": "kc"}},
+                     "selector": {"matchLabels": {"tier": "control-plane"}}}}),
+        )
+    }
+
+    #[test]
+    fn selectors_find_what_the_wit_says() {
+        let secrets = cache("Secret", true);
+        for (ns, name, labels) in [
+            ("ns", "c1-ca", json!({})),
+            ("ns", "c2-ca", json!({})),
+            ("kube-system", "c1-ca", json!({})),
+            (
+                "ns",
+                "a",
+                json!({"tier": "control-plane", "component": "etcd"}),
+            ),
+            (
+                "ns",
+                "b",
+                json!({"tier": "control-plane", "component": "other"}),
+            ),
+            (
+                "kube-system",
+                "c",
+                json!({"tier": "control-plane", "component": "etcd"}),
+            ),
+        ] {
+            secrets.apply(obj(json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": ns, "uid": format!("{ns}{name}"), "resourceVersion": "1", "labels": labels}})));
+        }
+        let m = machine();
+        let sel = |s: RelationSelector, target: Target, ns: Option<&str>| {
+            let parsed = Selector::new(&s, &secrets).unwrap();
+            names(select(
+                &parsed,
+                &secrets,
+                &mut PrimaryView::new(&m),
+                target,
+                ns,
+            ))
+        };
+        let mgmt = Target::Management;
+        assert_eq!(
+            sel(RelationSelector::Named("{cluster}-ca".into()), mgmt, None),
+            ["ns/c1-ca"]
+        );
+        assert_eq!(
+            sel(
+                RelationSelector::Named("{cluster}-ca".into()),
+                mgmt,
+                Some("kube-system")
+            ),
+            ["kube-system/c1-ca"]
+        );
+        assert!(
+            sel(
+                RelationSelector::Named("{label:missing}-ca".into()),
+                mgmt,
+                None
+            )
+            .is_empty()
+        );
+        let matching = RelationSelector::Matching("tier=control-plane,component in (etcd)".into());
+        assert_eq!(sel(matching.clone(), mgmt, None), ["ns/a"]);
+        // A workload relation without a namespace spans the cluster.
+        assert_eq!(
+            sel(matching, Target::Workload, None),
+            ["kube-system/c", "ns/a"]
+        );
+        assert_eq!(
+            sel(
+                RelationSelector::SelectorAt("spec.selector".into()),
+                mgmt,
+                None
+            ),
+            ["ns/a", "ns/b"]
+        );
+        assert!(
+            sel(
+                RelationSelector::SelectorAt("spec.absent".into()),
+                mgmt,
+                None
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            sel(RelationSelector::All, mgmt, Some("kube-system")).len(),
+            2
+        );
+
+        // field-ref checks kind and group when the reference carries them.
+        let configs = KindCache::new(
+            Gvk::new("bootstrap.cluster.x-k8s.io", "v1beta2", "KubeadmConfig"),
+            "kubeadmconfigs",
+            true,
+            Gauge::default(),
+        );
+        configs.apply(obj(
+            json!({"apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfig",
+            "metadata": {"name": "kc", "namespace": "ns", "uid": "k", "resourceVersion": "1"}}),
+        ));
+        let fr = Selector::new(
+            &RelationSelector::FieldRef("spec.bootstrap.configRef".into()),
+            &configs,
+        )
+        .unwrap();
+        assert_eq!(
+            names(select(&fr, &configs, &mut PrimaryView::new(&m), mgmt, None)),
+            ["ns/kc"]
+        );
+        let other_kind = KindCache::new(
+            Gvk::new(
+                "bootstrap.cluster.x-k8s.io",
+                "v1beta2",
+                "KubeadmConfigTemplate",
+            ),
+            "t",
+            true,
+            Gauge::default(),
+        );
+        other_kind.apply(obj(json!({"apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfigTemplate",
+            "metadata": {"name": "kc", "namespace": "ns", "uid": "t", "resourceVersion": "1"}})));
+        assert!(select(&fr, &other_kind, &mut PrimaryView::new(&m), mgmt, None).is_empty());
+
+        // field-match: the Node (cluster-scoped) whose providerID is the Machine's.
+        let nodes = cache("Node", false);
+        for (n, pid) in [("n1", "in-memory://m1"), ("n2", "in-memory://m2")] {
+            nodes.apply(obj(json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": n, "uid": n, "resourceVersion": "1"}, "spec": {"providerID": pid}})));
+        }
+        let fm = Selector::new(
+            &RelationSelector::FieldMatch(FieldPair {
+                other: "spec.providerID".into(),
+                primary: "spec.providerID".into(),
+            }),
+            &nodes,
+        )
+        .unwrap();
+        assert_eq!(
+            names(select(
+                &fm,
+                &nodes,
+                &mut PrimaryView::new(&m),
+                Target::Workload,
+                None
+            )),
+            ["n1"]
+        );
     }
 }

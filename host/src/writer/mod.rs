@@ -806,10 +806,19 @@ mod tests {
             &'a self,
             _: &'a Resource,
             _: &'a str,
-            _: &'a str,
+            name: &'a str,
             _: &'a str,
         ) -> BoxFut<'a, Result<(), ApiError>> {
-            Box::pin(async { Ok(()) })
+            Box::pin(async move {
+                self.requests
+                    .lock()
+                    .push(("delete".into(), json!({"name": name})));
+                self.objects
+                    .lock()
+                    .remove(name)
+                    .map(|_| ())
+                    .ok_or(ApiError::NotFound)
+            })
         }
     }
 
@@ -990,5 +999,156 @@ mod tests {
             )
             .await;
         assert!(matches!(bad, Err(WriteError::Invalid { .. })));
+    }
+
+    fn add_secrets(path: &WritePath, cache: &Cache) -> Gvk {
+        let gvk = Gvk::new("", "v1", "Secret");
+        cache.kind_or_insert(&gvk, || {
+            KindCache::new(gvk.clone(), "secrets", true, Gauge::default())
+        });
+        path.add_resource(
+            gvk.clone(),
+            Resource {
+                api: ApiResource {
+                    group: String::new(),
+                    version: "v1".into(),
+                    api_version: "v1".into(),
+                    kind: "Secret".into(),
+                    plural: "secrets".into(),
+                },
+                namespaced: true,
+            },
+        );
+        gvk
+    }
+
+    #[tokio::test]
+    async fn a_secret_is_created_whole_then_patched_on_data_and_type() {
+        let (api, path, _) = setup();
+        let gvk = add_secrets(&path, &path.cache);
+        let grants = Grants::new(&[Permission {
+            kind: WitGvk {
+                group: String::new(),
+                version: "v1".into(),
+                kind: "Secret".into(),
+            },
+            verbs: Verbs::CREATE | Verbs::PATCH,
+            target: Target::Management,
+        }]);
+        let metrics = ControllerMetrics::detached();
+        let w = Writer {
+            plugin: "p",
+            grants: &grants,
+            metrics: &metrics,
+            observed: None,
+        };
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "c1-ca", "namespace": "ns"},
+            "type": "cluster.x-k8s.io/secret", "data": {"tls.crt": "Y2E=", "tls.key": "a2V5"}});
+        path.write(&w, &outcome(std::slice::from_ref(&secret), &[]))
+            .await
+            .unwrap();
+        let created = api.requests.lock()[0].clone();
+        assert_eq!(created.0, "create");
+        assert_eq!(created.1["type"], "cluster.x-k8s.io/secret");
+        assert_eq!(created.1["data"]["tls.key"], "a2V5");
+        // Once cached, only the changed data key is patched; type and the rest stay out.
+        let mut stored = secret.clone();
+        stored["metadata"]["uid"] = json!("s");
+        stored["metadata"]["resourceVersion"] = json!("3");
+        api.objects.lock().insert("c1-ca".into(), stored.clone());
+        path.cache
+            .kind(&gvk)
+            .unwrap()
+            .apply(CachedObject::from_value(stored).unwrap());
+        api.requests.lock().clear();
+        let mut changed = secret.clone();
+        changed["data"]["tls.crt"] = json!("bmV3");
+        let r = path
+            .write(&w, &outcome(&[secret.clone(), changed], &[]))
+            .await
+            .unwrap();
+        assert_eq!((r.requests, r.skipped), (1, 1));
+        assert_eq!(
+            api.requests.lock()[0].1,
+            json!({"data": {"tls.crt": "bmV3"}, "metadata": {"resourceVersion": "3"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn entries_go_apply_status_delete_and_gone_objects_are_skipped() {
+        let (api, path, _) = setup();
+        let grants = Grants::new(&[Permission {
+            kind: WitGvk {
+                group: "test.dev".into(),
+                version: "v1".into(),
+                kind: "Widget".into(),
+            },
+            verbs: Verbs::PATCH | Verbs::PATCH_STATUS | Verbs::DELETE,
+            target: Target::Management,
+        }]);
+        let metrics = ControllerMetrics::detached();
+        let w = Writer {
+            plugin: "p",
+            grants: &grants,
+            metrics: &metrics,
+            observed: None,
+        };
+        let desired = json!({"apiVersion": "test.dev/v1", "kind": "Widget",
+            "metadata": {"name": "w", "namespace": "ns"}, "spec": {"a": 9}, "status": {"s": 1}});
+        let mut o = outcome(
+            std::slice::from_ref(&desired),
+            std::slice::from_ref(&desired),
+        );
+        o.delete.push(ObjectRef {
+            api_version: "test.dev/v1".into(),
+            kind: "Widget".into(),
+            namespace: "ns".into(),
+            name: "w".into(),
+        });
+        let r = path.write(&w, &o).await.unwrap();
+        let verbs: Vec<String> = api.requests.lock().iter().map(|(v, _)| v.clone()).collect();
+        assert_eq!(verbs, ["patch", "status", "delete"]);
+        assert_eq!(r.requests, 3);
+        // The object is gone from the server but the cache still has it: a status patch
+        // answers 404 and a delete answers 404; both are skipped, not errors.
+        api.requests.lock().clear();
+        let mut again = outcome(
+            &[],
+            &[json!({"apiVersion": "test.dev/v1", "kind": "Widget",
+            "metadata": {"name": "w", "namespace": "ns"}, "status": {"s": 2}})],
+        );
+        again.delete = o.delete.clone();
+        let before = metrics.writes_skipped.get();
+        let r = path.write(&w, &again).await.unwrap();
+        assert_eq!((r.requests, r.skipped), (0, 2));
+        assert_eq!(metrics.writes_skipped.get(), before + 2);
+        // A workload grant does not open the management cluster.
+        let workload_only = Grants::new(&[Permission {
+            kind: WitGvk {
+                group: "test.dev".into(),
+                version: "v1".into(),
+                kind: "Widget".into(),
+            },
+            verbs: Verbs::PATCH,
+            target: Target::Workload,
+        }]);
+        assert!(!workload_only.allows(&Gvk::new("test.dev", "v1", "Widget"), Verb::Patch));
+        assert!(
+            Grants::for_target(&workload_only_perms(), Target::Workload)
+                .allows(&Gvk::new("test.dev", "v1", "Widget"), Verb::Patch)
+        );
+    }
+
+    fn workload_only_perms() -> Vec<Permission> {
+        vec![Permission {
+            kind: WitGvk {
+                group: "test.dev".into(),
+                version: "v1".into(),
+                kind: "Widget".into(),
+            },
+            verbs: Verbs::PATCH,
+            target: Target::Workload,
+        }]
     }
 }
