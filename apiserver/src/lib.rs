@@ -37,6 +37,7 @@
 pub mod defaults;
 pub mod discovery;
 pub mod http;
+pub mod instance;
 pub mod meta;
 pub mod metrics;
 pub mod ops;
@@ -48,6 +49,7 @@ pub mod status;
 pub mod store;
 pub mod table;
 
+pub use instance::{Instance, InstanceOptions};
 pub use metrics::MetricsSnapshot;
 pub use server::{Server, ServerBuilder, ServerError, ServerSet};
 pub use status::ApiError;

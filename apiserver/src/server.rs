@@ -77,6 +77,12 @@ pub enum ServerError {
     /// A server of that name already runs in the set.
     #[error("a server named {0} already runs")]
     Duplicate(String),
+    /// A PEM input does not parse.
+    #[error("cannot parse PEM: {0}")]
+    Pem(String),
+    /// The instance was stopped; its port is gone.
+    #[error("the server was stopped")]
+    Stopped,
 }
 
 /// Configures and starts a [`Server`].
@@ -176,27 +182,8 @@ impl ServerBuilder {
         self
     }
 
-    /// Binds `addr` (e.g. `127.0.0.1:0`) and starts serving.
-    pub async fn start(self, addr: &str) -> Result<Server, ServerError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: addr.into(),
-                source,
-            })?;
-        let local = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: addr.into(),
-            source,
-        })?;
-        let token = self
-            .token
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-        let tls = if self.tls {
-            Some(TlsMaterial::generate(local)?)
-        } else {
-            None
-        };
+    /// A store holding the default namespaces and the configured CRDs.
+    pub(crate) fn seeded_state(&self) -> Result<State, ServerError> {
         let mut state = State::new(self.history);
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let rt = state
@@ -240,6 +227,31 @@ impl ServerBuilder {
                 install_crd(&mut state, v)?;
             }
         }
+        Ok(state)
+    }
+
+    /// Binds `addr` (e.g. `127.0.0.1:0`) and starts serving.
+    pub async fn start(self, addr: &str) -> Result<Server, ServerError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: addr.into(),
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: addr.into(),
+            source,
+        })?;
+        let token = self
+            .token
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let tls = if self.tls {
+            Some(TlsMaterial::generate(local)?)
+        } else {
+            None
+        };
+        let state = self.seeded_state()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{local}");
         let (drop_tx, _) = tokio::sync::watch::channel(0u64);
@@ -330,7 +342,7 @@ fn yaml_files(p: &Path) -> Result<Vec<PathBuf>, ServerError> {
     Ok(out)
 }
 
-async fn accept_loop(
+pub(crate) async fn accept_loop(
     listener: TcpListener,
     inner: Arc<Inner>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,

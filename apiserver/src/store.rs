@@ -121,6 +121,8 @@ pub struct State {
     pub next_service_ip: u32,
     /// Total bytes of stored JSON (for the memory metric).
     pub json_bytes: usize,
+    /// Capacity of each resource's broadcast channel (preallocated when first watched).
+    pub fanout_capacity: usize,
 }
 
 impl State {
@@ -137,6 +139,7 @@ impl State {
             senders: HashMap::new(),
             next_service_ip: 1,
             json_bytes: 0,
+            fanout_capacity: FANOUT_CAPACITY,
         }
     }
 
@@ -293,10 +296,11 @@ impl State {
             return None;
         }
         let table = self.table_arc(table);
+        let capacity = self.fanout_capacity.max(1);
         let rx = self
             .senders
             .entry(table.clone())
-            .or_insert_with(|| broadcast::channel(FANOUT_CAPACITY).0)
+            .or_insert_with(|| broadcast::channel(capacity).0)
             .subscribe();
         let start = self.history.partition_point(|e| e.rv <= rv);
         let replay = self

@@ -24,6 +24,7 @@ pub mod runtime;
 
 pub mod cache;
 pub mod cloud;
+pub mod clustercache;
 pub mod controller;
 pub mod leader;
 pub mod manager;

@@ -110,19 +110,9 @@ fn simulate(args: capstan::simulate::SimulateArgs) -> ExitCode {
                     eprintln!("stopping: writing the report of what completed");
                     signal_stop.cancel();
                 });
-                capstan::simulate::run(
-                    args,
-                    |dir| {
-                        let runtime = capstan::runtime::Runtime::new(
-                            capstan::runtime::RuntimeConfig::default(),
-                        )
-                        .map_err(|e| e.to_string())?;
-                        capstan::manager::load_plugin_dir(dir, &runtime)
-                    },
-                    stop,
-                )
-                .await
-                .map_err(anyhow::Error::from)
+                capstan::simulate::run(args, capstan::runtime::RuntimeConfig::default(), stop)
+                    .await
+                    .map_err(anyhow::Error::from)
             })
         });
     match result {

@@ -11,6 +11,7 @@
 //! stops taking keys, lets in-flight reconciles and their writes finish, and returns.
 
 use crate::cache::{Cache, Gvk, KindCache};
+use crate::clustercache::{ClusterCache, ClusterCacheMetrics, ClusterCacheOptions};
 use crate::controller::{Controller, ControllerError, ControllerOptions, Reconcile};
 use crate::metrics::{self, Metrics};
 use crate::writer::layers::{MetricsLayer, RateLimitLayer};
@@ -208,11 +209,32 @@ impl Kinds {
 pub(crate) fn declared_kinds(
     info: &crate::runtime::bindings::capstan::reconciler::types::PluginInfo,
 ) -> BTreeSet<Gvk> {
+    let mgmt = crate::runtime::Target::Management;
     let mut kinds = BTreeSet::new();
     kinds.insert(Gvk::from(&info.primary));
-    kinds.extend(info.watches.iter().map(|w| Gvk::from(&w.kind)));
-    kinds.extend(info.relations.iter().map(|r| Gvk::from(&r.kind)));
-    kinds.extend(info.permissions.iter().map(|p| Gvk::from(&p.kind)));
+    kinds.extend(
+        info.watches
+            .iter()
+            .filter(|w| w.target == mgmt)
+            .map(|w| Gvk::from(&w.kind)),
+    );
+    kinds.extend(
+        info.relations
+            .iter()
+            .filter(|r| r.target == mgmt)
+            .map(|r| Gvk::from(&r.kind)),
+    );
+    kinds.extend(
+        info.permissions
+            .iter()
+            .filter(|p| p.target == mgmt)
+            .map(|p| Gvk::from(&p.kind)),
+    );
+    if crate::runtime::validate::uses_workload(info) {
+        // The cluster cache reads kubeconfig Secrets and Clusters from the management caches.
+        kinds.insert(crate::clustercache::secret_gvk());
+        kinds.insert(crate::clustercache::cluster_gvk());
+    }
     kinds
 }
 
@@ -230,6 +252,8 @@ pub struct Manager {
     metrics_listener: Option<TcpListener>,
     health_listener: Option<TcpListener>,
     reloader: Option<crate::reload::Reloader>,
+    cluster_cache: Option<Arc<ClusterCache>>,
+    cluster_cache_metrics: ClusterCacheMetrics,
 }
 
 impl std::fmt::Debug for Manager {
@@ -245,10 +269,15 @@ impl Manager {
     /// A manager over `client`; `metrics` must be registered in `registry`.
     pub fn new(
         client: kube::Client,
-        registry: Arc<Registry>,
+        mut registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         options: ManagerOptions,
     ) -> Self {
+        // Registered while the registry is still ours alone (it is in `capstan run`).
+        let cluster_cache_metrics = match Arc::get_mut(&mut registry) {
+            Some(r) => ClusterCacheMetrics::new(r),
+            None => ClusterCacheMetrics::default(),
+        };
         let cache = Arc::new(Cache::new());
         let api = Arc::new(KubeWriteApi::new(client.clone()));
         let writes = Arc::new(WritePath::new(api, Arc::clone(&cache), &options.instance));
@@ -265,7 +294,14 @@ impl Manager {
             metrics_listener: None,
             health_listener: None,
             reloader: None,
+            cluster_cache: None,
+            cluster_cache_metrics,
         }
+    }
+
+    /// The cluster cache, once a plugin with workload declarations was added.
+    pub fn cluster_cache(&self) -> Option<&Arc<ClusterCache>> {
+        self.cluster_cache.as_ref()
     }
 
     /// The shared cache.
@@ -311,8 +347,29 @@ impl Manager {
         let kinds = declared_kinds(info);
         let plugin_digest = plugin.digest().map(str::to_string);
         let version = info.version.clone();
+        let workload = crate::runtime::validate::uses_workload(info);
+        let mgmt = crate::runtime::Target::Management;
         for gvk in &kinds {
             self.register_kind(&name, gvk).await?;
+        }
+        let mut options = self.options.controller.clone();
+        if workload {
+            let cc = self.cluster_cache.get_or_insert_with(|| {
+                ClusterCache::new(
+                    Arc::clone(&self.cache),
+                    Arc::clone(&self.metrics),
+                    self.cluster_cache_metrics.clone(),
+                    ClusterCacheOptions {
+                        instance: self.options.instance.clone(),
+                        ..ClusterCacheOptions::default()
+                    },
+                )
+            });
+            // Written kinds need informers too: the write path diffs against them.
+            for p in info.permissions.iter().filter(|p| p.target != mgmt) {
+                cc.register_kind(&Gvk::from(&p.kind));
+            }
+            options.workload = Arc::clone(cc) as Arc<dyn crate::controller::WorkloadAccess>;
         }
         let metrics = Arc::clone(&self.metrics);
         let controller = Controller::new(
@@ -320,7 +377,7 @@ impl Manager {
             Arc::clone(&self.cache),
             Arc::clone(&self.writes),
             |n, c| metrics.controller(n, c),
-            self.options.controller.clone(),
+            options,
         )?;
         tracing::info!(controller = %name, concurrency = controller.concurrency(), kinds = kinds.len(), "plugin wired");
         self.metrics.set_plugin_info(
@@ -372,6 +429,9 @@ impl Manager {
                 Arc::clone(kc),
                 watch_stop.clone(),
             )));
+        }
+        if let Some(cc) = &self.cluster_cache {
+            watchers.push(tokio::spawn(Arc::clone(cc).run(watch_stop.clone())));
         }
         let server_stop = CancellationToken::new();
         let mut servers = Vec::new();
@@ -590,6 +650,19 @@ pub struct RunArgs {
     /// Pause between attempts to acquire or renew the Lease.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub leader_elect_retry_period: Duration,
+    /// The infrastructure behind the plugins' `cloud` capability: `none`, or `in-memory`
+    /// (workload clusters simulated in this process, see `cloud::InMemoryCloud`).
+    #[arg(long, value_enum, default_value = "none")]
+    pub cloud: CloudKind,
+}
+
+/// Values of `capstan run --cloud`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CloudKind {
+    /// No cloud: plugins' cloud calls fail.
+    None,
+    /// The in-memory cloud (`cloud::InMemoryCloud`).
+    InMemory,
 }
 
 /// The namespace of the service account the pod runs as, when in a cluster.
@@ -696,6 +769,12 @@ pub async fn run_command(
     if args.cache_dir.is_some() {
         runtime.cache_dir = args.cache_dir.clone();
     }
+    let mut registry = Registry::default();
+    if args.cloud == CloudKind::InMemory {
+        runtime.cloud = Some(Arc::new(crate::cloud::InMemoryCloud::new(
+            crate::cloud::CloudMetrics::new(&mut registry),
+        )));
+    }
     let plugins_error = |reason: String| RunError::Plugins {
         dir: args.plugins.clone(),
         reason,
@@ -704,7 +783,6 @@ pub async fn run_command(
         crate::runtime::Runtime::new(runtime).map_err(|e| plugins_error(e.to_string()))?;
     let plugins = load_plugin_dir(&args.plugins, &runtime).map_err(plugins_error)?;
     let config = kube_config(args.kubeconfig.as_deref()).await?;
-    let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     runtime.register_metrics(&mut registry);
     let client = build_client(

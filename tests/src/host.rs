@@ -307,6 +307,109 @@ impl Reconcile for FakePlugin {
     }
 }
 
+/// Plugin info reconciling the guests' Widgets (`test.capstan.dev/v1`); may patch and
+/// patch-status them. For tests that run on capstan-apiserver only.
+pub fn widget_info(name: &str) -> PluginInfo {
+    let widget = gvk(GUEST_GROUP, "v1", "Widget");
+    PluginInfo {
+        name: name.into(),
+        version: "0.0.1".into(),
+        primary: widget.clone(),
+        watches: Vec::new(),
+        relations: Vec::new(),
+        permissions: vec![Permission {
+            kind: widget,
+            verbs: Verbs::PATCH | Verbs::PATCH_STATUS,
+            target: Target::Management,
+        }],
+        finalizer: None,
+        concurrency: Some(2),
+        resync_seconds: None,
+        capabilities: Capabilities::empty(),
+    }
+}
+
+/// A capstan-apiserver (plain HTTP) serving the guests' Widget kind.
+pub async fn api_server() -> anyhow::Result<capstan_apiserver::Server> {
+    Ok(capstan_apiserver::Server::builder()
+        .plain_http()
+        .crd_yaml(widget_crd(GUEST_GROUP))
+        .start("127.0.0.1:0")
+        .await?)
+}
+
+/// An unthrottled client of a capstan-apiserver, for the test's own actions.
+pub async fn test_client(server: &capstan_apiserver::Server) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::from_yaml(server.kubeconfig_yaml())?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Start a manager on a capstan-apiserver with `plugins`, waiting until it is ready.
+pub async fn start_manager(
+    server: &capstan_apiserver::Server,
+    plugins: Vec<Arc<dyn Reconcile>>,
+    controller: ControllerOptions,
+) -> anyhow::Result<RunningManager> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&path)?;
+    start_manager_with(&path, plugins, controller, None).await
+}
+
+/// The guests' Widget API (`test.capstan.dev/v1`) in `default`.
+pub fn widgets(client: &kube::Client) -> kube::Api<kube::api::DynamicObject> {
+    let ar = kube::core::ApiResource {
+        group: GUEST_GROUP.into(),
+        version: "v1".into(),
+        api_version: format!("{GUEST_GROUP}/v1"),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    };
+    kube::Api::namespaced_with(client.clone(), "default", &ar)
+}
+
+/// Create a guests' Widget named `name` in `default` with `spec`.
+pub async fn create_widget(
+    client: &kube::Client,
+    name: &str,
+    spec: Value,
+) -> anyhow::Result<Value> {
+    let obj: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": format!("{GUEST_GROUP}/v1"), "kind": "Widget",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }))?;
+    Ok(serde_json::to_value(
+        widgets(client)
+            .create(&kube::api::PostParams::default(), &obj)
+            .await?,
+    )?)
+}
+
+/// Merge-patch a guests' Widget (as an external actor).
+pub async fn patch_widget(
+    client: &kube::Client,
+    name: &str,
+    patch: Value,
+) -> anyhow::Result<Value> {
+    let o = widgets(client)
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(serde_json::to_value(o)?)
+}
+
+/// Read a guests' Widget.
+pub async fn get_widget(client: &kube::Client, name: &str) -> anyhow::Result<Value> {
+    Ok(serde_json::to_value(widgets(client).get(name).await?)?)
+}
+
 /// A watch of `kind` mapped by `mapping`.
 pub fn watch(kind: Gvk, mapping: KeyMapping) -> Watch {
     Watch {

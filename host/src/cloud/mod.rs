@@ -69,3 +69,6 @@ pub trait Cloud: Send + Sync + 'static {
     /// Delete an object from the cluster's store (absent is not an error).
     fn delete_object(&self, cluster: &str, object: &ObjectKey) -> Result<(), String>;
 }
+
+mod inmemory;
+pub use inmemory::{CloudMetrics, InMemoryCloud};

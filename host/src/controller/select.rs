@@ -33,7 +33,7 @@ pub(crate) enum Selector {
     All,
     Named(NameTemplate),
     Matching(LabelSelector),
-    SelectorAt(Vec<String>),
+    LabelSelectorAt(Vec<String>),
     FieldMatch {
         /// Path on the related objects (indexed on each cache it is used with).
         other: Vec<String>,
@@ -65,7 +65,7 @@ impl Selector {
                 }
                 Selector::Matching(sel)
             }
-            RelationSelector::SelectorAt(p) => Selector::SelectorAt(watch::split_path(p)),
+            RelationSelector::SelectorAt(p) => Selector::LabelSelectorAt(watch::split_path(p)),
             RelationSelector::FieldMatch(pair) => {
                 let other = watch::split_path(&pair.other);
                 cache.index_field(&other);
@@ -190,7 +190,7 @@ pub(crate) fn select(
             };
             candidates.into_iter().filter(|o| matches(sel, o)).collect()
         }
-        Selector::SelectorAt(path) => {
+        Selector::LabelSelectorAt(path) => {
             let v = primary.value();
             let Some(sel_value) = path.iter().try_fold(v, |v, p| v.get(p)) else {
                 return Vec::new();

@@ -18,9 +18,11 @@ pub mod report;
 pub mod stats;
 pub mod tracker;
 
-use crate::controller::{ControllerOptions, Reconcile};
+use crate::cloud::{CloudMetrics, InMemoryCloud};
+use crate::controller::ControllerOptions;
 use crate::manager::{self, Manager, ManagerOptions};
 use crate::metrics::{self, Metrics};
+use crate::runtime::{Runtime, RuntimeConfig};
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::GroupVersionKind;
@@ -343,16 +345,13 @@ fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
 }
 
-/// Run a simulation; `load` loads the plugin directory (the runtime and its
-/// cloud are the caller's choice). Returns after the report is written.
-pub async fn run<F>(
+/// Run a simulation with the plugins of `--plugins` on `runtime` (its `cloud` is set to a
+/// fresh in-memory cloud). Returns after the report is written.
+pub async fn run(
     args: SimulateArgs,
-    load: F,
+    mut runtime: RuntimeConfig,
     stop: CancellationToken,
-) -> Result<Finished, SimulateError>
-where
-    F: FnOnce(&Path) -> Result<Vec<Arc<dyn Reconcile>>, String>,
-{
+) -> Result<Finished, SimulateError> {
     if args.concurrency == 0 {
         return Err(SimulateError::Flag(
             "--concurrency must be at least 1".into(),
@@ -397,10 +396,17 @@ where
         kubeconfig.display()
     );
 
-    let plugins = load(&args.plugins).map_err(|reason| SimulateError::Plugins {
+    let mut registry = Registry::default();
+    runtime.cloud = Some(Arc::new(InMemoryCloud::new(CloudMetrics::new(
+        &mut registry,
+    ))));
+    let plugins_error = |reason: String| SimulateError::Plugins {
         dir: args.plugins.clone(),
         reason,
-    })?;
+    };
+    let runtime = Runtime::new(runtime).map_err(|e| plugins_error(e.to_string()))?;
+    runtime.register_metrics(&mut registry);
+    let plugins = manager::load_plugin_dir(&args.plugins, &runtime).map_err(plugins_error)?;
     let config = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::from_yaml(server.kubeconfig_yaml())
             .map_err(|e| SimulateError::ApiServer(e.to_string()))?,
@@ -408,7 +414,6 @@ where
     )
     .await
     .map_err(|e| SimulateError::ApiServer(e.to_string()))?;
-    let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let registry = Arc::new(registry);
     let client = manager::build_client(config.clone(), Arc::clone(&metrics), 0.0, 0)?;
