@@ -14,15 +14,24 @@ GUESTS       := $(TEST_GUESTS) $(CAPI_PLUGINS)
 
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test tools guests fmt-check clippy unit controlplane real-tier
+.PHONY: demo test tools guests capi-plugins fmt-check clippy unit controlplane real-tier
 
-## demo: the main job on its embedded default (no cluster needed). Until
-## `capstan simulate` exists: inspect the hello plugin, then run one
-## reconcile of a sample snapshot through the runtime and print the outcome.
-demo: tools guests
-	$(CARGO) build -p capstan
-	$(TARGET_DIR)/debug/capstan plugin inspect $(GUEST_DIR)/hello_rust.wasm
-	$(TARGET_DIR)/debug/capstan plugin run $(GUEST_DIR)/hello_rust.wasm --snapshot examples/hello-rust/snapshot.json
+## demo: the main job on its embedded default (no cluster needed): Cluster API's
+## scale test at 100 clusters, in one process (`capstan simulate`), with its report.
+PLUGIN_DIR   := $(TARGET_DIR)/plugins/capi
+DEMO_OUT     := $(TARGET_DIR)/simulate-demo
+demo: tools capi-plugins
+	$(CARGO) build --release -p capstan
+	$(TARGET_DIR)/release/capstan simulate --clusters 100 --plugins $(PLUGIN_DIR) --out $(DEMO_OUT)
+	@echo "report: $(DEMO_OUT)/report.md"
+
+## capi-plugins: the Cluster API plugin components, gathered in one folder for
+## `capstan run --plugins` and `capstan simulate --plugins`.
+capi-plugins: tools
+	CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=debuginfo \
+		$(CARGO) build --release --target $(GUEST_TARGET) $(addprefix -p ,$(CAPI_PLUGINS))
+	@mkdir -p $(PLUGIN_DIR)
+	@for p in $(subst -,_,$(CAPI_PLUGINS)); do cp -f $(GUEST_DIR)/$$p.wasm $(PLUGIN_DIR)/$$p.wasm.tmp && mv -f $(PLUGIN_DIR)/$$p.wasm.tmp $(PLUGIN_DIR)/$$p.wasm; done
 
 ## test: everything CI checks.
 test: tools guests fmt-check clippy unit guest-helpers-test
@@ -39,7 +48,7 @@ tools:
 guests: tools
 	CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=debuginfo \
 		$(CARGO) build --release --target $(GUEST_TARGET) $(addprefix -p ,$(GUESTS))
-	@$(MAKE) --no-print-directory components
+	@$(MAKE) --no-print-directory capi-plugins components
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
