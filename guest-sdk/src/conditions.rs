@@ -20,8 +20,9 @@ pub struct Condition {
     /// Machine-readable reason, UpperCamelCase.
     #[serde(default)]
     pub reason: String,
-    /// Human-readable message.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// Human-readable message; always serialized, even empty: metav1.Condition requires
+    /// the field, and API servers refuse a condition without it.
+    #[serde(default)]
     pub message: String,
 }
 
