@@ -220,6 +220,12 @@ fn check_header(bytes: &[u8]) -> Result<(), RuntimeError> {
     }
 }
 
+/// The sha256 of `bytes`, lowercase hex: a component's identity (what the artifact cache,
+/// `capstan plugin inspect` and the reloader name it by).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,10 +249,4 @@ mod tests {
         );
         assert!(check_header(b"").is_err());
     }
-}
-
-/// The sha256 of `bytes`, lowercase hex: a component's identity (what the artifact cache,
-/// `capstan plugin inspect` and the reloader name it by).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }
