@@ -764,7 +764,7 @@ mod tests {
                         "deletion": {"nodeDrainTimeoutSeconds": 10}, "readinessGates": [{"conditionType": "X"}]}}},
             "status": {"replicas": 3, "readyReplicas": 2, "availableReplicas": 2, "upToDateReplicas": 3,
                 "selector": "a=b", "phase": "Running", "observedGeneration": 4,
-                "conditions": [{"type": "Available", "status": "True", "reason": "Available", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                "conditions": [{"type": "Available", "status": "True", "reason": "Available", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
                 "deprecated": {"v1beta1": {"updatedReplicas": 3}}}});
         let typed: MachineDeployment = serde_json::from_value(md.clone()).expect("parses");
         assert_eq!(serde_json::to_value(&typed).expect("serializes"), md);
@@ -786,7 +786,7 @@ mod tests {
                     "templateRef": {"apiVersion": "x/v1", "kind": "T", "name": "t"}}},
             "status": {"expectedMachines": 3, "currentHealthy": 2, "remediationsAllowed": 1,
                 "targets": ["a", "b", "c"], "observedGeneration": 1,
-                "conditions": [{"type": "RemediationAllowed", "status": "True", "reason": "RemediationAllowed", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+                "conditions": [{"type": "RemediationAllowed", "status": "True", "reason": "RemediationAllowed", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
         let typed: MachineHealthCheck = serde_json::from_value(mhc.clone()).expect("parses");
         assert_eq!(serde_json::to_value(&typed).expect("serializes"), mhc);
     }

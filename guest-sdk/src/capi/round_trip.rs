@@ -135,7 +135,7 @@ fn kubeadm_config_and_template_round_trip() {
             "users": [{"name": "capi", "sshAuthorizedKeys": ["ssh-ed25519 AAAA"]}],
             "mounts": [["/dev/sdb", "/data"]], "verbosity": 5},
         "status": {"dataSecretName": "c1-cp-abcde", "initialization": {"dataSecretCreated": true},
-            "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
     });
     let kc: KubeadmConfig = round_trip(&kc);
     assert!(kc.data_secret_created());
@@ -155,7 +155,7 @@ fn dev_infrastructure_round_trips() {
         "spec": {"backend": {"inMemory": {}}, "controlPlaneEndpoint": {"host": "127.0.0.1", "port": 20001}},
         "status": {"initialization": {"provisioned": true},
             "failureDomains": [{"name": "fd1", "controlPlane": true}],
-            "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
     let dc: DevCluster = round_trip(&dc);
     assert!(dc.status().provisioned());
     let provisioning = json!({"provisioning": {"startupDuration": "10s", "startupJitter": "0.2"}});
