@@ -106,9 +106,16 @@ fn cluster_snapshot(c: Value, infra: &[Value], cp: &[Value], machines: &[Value])
             related("machines", machines),
             related("machine-deployments", &[]),
             related("machine-sets", &[]),
+            related(
+                "workload-kube-system",
+                &[
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}}),
+                ],
+            ),
         ],
         now: NOW.to_owned(),
-        workload: capstan::runtime::Connection::NotApplicable,
+        // The workload cluster answers (RemoteConnectionProbe is part of Available).
+        workload: capstan::runtime::Connection::Connected,
     }
 }
 
@@ -273,11 +280,22 @@ fn bootstrap_component_writes_init_data_secret() -> Result<()> {
     let mut c = cluster(false);
     c["spec"]["controlPlaneEndpoint"] = json!({"host": "127.0.0.1", "port": 20000});
     c["status"] = json!({"initialization": {"infrastructureProvisioned": true, "controlPlaneInitialized": false}});
+    // The cluster certificate Secrets KubeadmControlPlane writes before any Machine exists.
+    let pem = base64::engine::general_purpose::STANDARD;
+    let mut related_objects = vec![related("machine", &[machine]), related("cluster", &[c])];
+    for suffix in ["ca", "etcd", "proxy", "sa"] {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "cluster.x-k8s.io/secret",
+            "metadata": {"name": format!("c1-{suffix}"), "namespace": "default",
+                "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
+            "data": {"tls.crt": pem.encode(format!("-----BEGIN CERTIFICATE-----\n{suffix}\n-----END CERTIFICATE-----\n")),
+                     "tls.key": pem.encode(format!("-----BEGIN PRIVATE KEY-----\n{suffix}\n-----END PRIVATE KEY-----\n"))}});
+        related_objects.push(related(&format!("secret-{suffix}"), &[secret]));
+    }
     let snap = Snapshot {
         primary: config.to_string(),
-        related: vec![related("machine", &[machine]), related("cluster", &[c])],
+        related: related_objects,
         now: NOW.to_owned(),
-        workload: capstan::runtime::Connection::NotApplicable,
+        workload: capstan::runtime::Connection::Connected,
     };
     let out = plugin.reconcile("default/c1-cp-x7k2p", &snap)?;
     let applied = parsed(&out.apply);
