@@ -304,6 +304,11 @@ impl Manager {
         self.cluster_cache.as_ref()
     }
 
+    /// The metrics registry `/metrics` serves.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
     /// The shared cache.
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache

@@ -530,8 +530,9 @@ pub async fn start_manager_with(
         instance: "capstan-test".into(),
         leader_election,
     };
-    let registry = Arc::new(registry);
-    let mut manager = Manager::new(client, Arc::clone(&registry), metrics, options);
+    // The manager registers its own families while it holds the only reference.
+    let mut manager = Manager::new(client, Arc::new(registry), metrics, options);
+    let registry = Arc::clone(manager.registry());
     for p in plugins {
         manager.add_plugin(p).await?;
     }
