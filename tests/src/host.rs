@@ -125,6 +125,18 @@ impl HostFixture {
         })
         .await
         .with_context(|| format!("Widget kind of {group} never served"))?;
+        // And listed by discovery (kube-apiserver publishes a new CRD there a moment
+        // after it starts serving it), which the manager resolves kinds through.
+        let gv = format!("{group}/v1");
+        eventually(Duration::from_secs(30), || async {
+            fixture
+                .client
+                .list_api_group_resources(&gv)
+                .await
+                .is_ok_and(|l| l.resources.iter().any(|r| r.name == "widgets"))
+        })
+        .await
+        .with_context(|| format!("Widget kind of {group} never in discovery"))?;
         Ok(fixture)
     }
 

@@ -189,12 +189,13 @@ async fn requeue_after_is_honoured_and_terminal_errors_stop_retries(
             ControllerOptions::default(),
         )
         .await?;
+    // Timed from before the create: the first reconcile may run before it returns.
+    let start = tokio::time::Instant::now();
     fx.create_widget("rq", json!({"mode": "requeue"})).await?;
     fx.create_widget("term", json!({"mode": "terminal"}))
         .await?;
     fx.create_widget("trans", json!({"mode": "transient"}))
         .await?;
-    let start = tokio::time::Instant::now();
     eventually(Duration::from_secs(5), || async {
         plugin.calls_for("rq") >= 3
     })
