@@ -406,3 +406,42 @@ fn files_that_are_not_components_of_this_world_are_refused() -> Result<()> {
     );
     Ok(())
 }
+
+/// Time inside host operations is not charged to the guest's deadline: a
+/// reconcile whose RSA key generation alone takes longer than the deadline
+/// still succeeds (the work is not thrown away and redone on retry), while a
+/// guest's own loop is still stopped (`looping_guest_hits_the_deadline`).
+#[test]
+fn host_operations_do_not_count_against_the_deadline() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let deadline = Duration::from_millis(20);
+    let rt = Runtime::new(RuntimeConfig {
+        deadline,
+        max_instances: 2,
+        cache_dir: Some(dir.path().to_owned()),
+        ..RuntimeConfig::default()
+    })?;
+    let plugin = rt.load_file(&guest("guest-crypto")?)?;
+    let start = Instant::now();
+    let out = plugin.reconcile("default/web", &configmap_snapshot(false))?;
+    let took = start.elapsed();
+    // An RSA 2048 key generation takes well over 20 ms (about 100-600 ms in a
+    // release build): the call ran past its deadline in wall time.
+    assert!(
+        took > deadline,
+        "the reconcile took {took:?}, not longer than its deadline: the test shows nothing"
+    );
+    let cm: Value = serde_json::from_str(&out.apply[0])?;
+    assert!(
+        cm["data"]["kubeconfig"]
+            .as_str()
+            .is_some_and(|k| k.contains("certificate-authority-data")),
+        "{cm}"
+    );
+    assert_eq!(
+        rt.crypto_operations("test-crypto", "generate_key_rsa"),
+        1,
+        "one RSA key, generated once"
+    );
+    Ok(())
+}

@@ -9,8 +9,10 @@ use std::time::Duration;
 /// plugins and tens of concurrent reconciles.
 #[derive(Clone)]
 pub struct RuntimeConfig {
-    /// Wall-clock deadline of one call (`describe` or `reconcile`), enforced
-    /// with epoch interruption; precision is one [`Self::epoch_tick`].
+    /// Deadline of one call (`describe` or `reconcile`): wall time spent in
+    /// the guest, not counting the time inside host operations (crypto,
+    /// cloud; those have their own bounds, see `hostcalls`). Enforced with
+    /// epoch interruption; precision is one [`Self::epoch_tick`].
     pub deadline: Duration,
     /// Period of the background thread that advances the engine's epoch.
     pub epoch_tick: Duration,

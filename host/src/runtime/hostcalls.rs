@@ -6,11 +6,15 @@
 //! counted in `capstan_capability_refusals_total{plugin,capability}`. `describe()` is granted
 //! nothing.
 //!
-//! Bounds: a call may perform at most [`MAX_CRYPTO_OPS_PER_CALL`] crypto operations, and no
-//! host operation starts once the call's deadline has passed (the epoch deadline only
-//! interrupts guest code, so a guest looping over host calls is stopped here). Every crypto
-//! input is size-checked ([`super::crypto`]); cloud arguments are capped at
-//! [`MAX_CLOUD_ARG_BYTES`].
+//! Bounds: a call may perform at most [`MAX_CRYPTO_OPS_PER_CALL`] crypto operations and
+//! spend at most [`MAX_HOST_TIME_PER_CALL`] inside host operations; no host operation starts
+//! once either is spent or the guest's own time has reached the call's deadline (the epoch
+//! deadline only interrupts guest code, so a guest looping over host calls is stopped here).
+//! Time spent inside host operations is not charged to the guest's deadline: an RSA key
+//! generation on a loaded machine can take a second, and a deadline that counted it would
+//! interrupt the reconcile after the expensive work was done and throw that work away (then
+//! the retry redoes it: under load, a livelock). Every crypto input is size-checked
+//! ([`super::crypto`]); cloud arguments are capped at [`MAX_CLOUD_ARG_BYTES`].
 //!
 //! Successful crypto operations are counted in
 //! `capstan_crypto_operations_total{plugin,operation}` (operation: `generate_key_ecdsa`,
@@ -27,10 +31,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Crypto operations one reconcile call may perform.
 pub const MAX_CRYPTO_OPS_PER_CALL: u32 = 64;
+/// Wall time one reconcile call may spend inside host operations (crypto and cloud).
+pub const MAX_HOST_TIME_PER_CALL: Duration = Duration::from_secs(60);
 /// Largest cloud argument (an object's JSON text, a name, a PEM).
 pub const MAX_CLOUD_ARG_BYTES: usize = 1 << 20;
 /// The error of every cloud call on a runtime configured without a cloud.
@@ -122,9 +128,29 @@ pub(crate) struct Grants {
     pub(crate) capabilities: Capabilities,
     pub(crate) cloud: Option<Arc<dyn Cloud>>,
     pub(crate) metrics: HostCallMetrics,
-    /// No host operation starts after this instant.
-    pub(crate) deadline: Instant,
+    /// When the call started.
+    pub(crate) started: Instant,
+    /// The guest's own time budget (the runtime's deadline): wall time since
+    /// `started`, less the time spent inside host operations.
+    pub(crate) budget: Duration,
+    /// Wall time spent inside host operations so far.
+    pub(crate) host_time: Duration,
     pub(crate) crypto_ops_left: u32,
+}
+
+impl Grants {
+    /// Wall time since the call started, less the time spent in host operations.
+    pub(crate) fn guest_time(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.host_time)
+    }
+
+    /// Run one host operation, charging its wall time to `host_time`.
+    fn timed<R>(&mut self, op: impl FnOnce() -> R) -> R {
+        let t = Instant::now();
+        let out = op();
+        self.host_time += t.elapsed();
+        out
+    }
 }
 
 impl std::fmt::Debug for Grants {
@@ -153,9 +179,15 @@ impl StoreData {
                 capability = name, "host call refused: capability not declared");
             return Err(format!("capability {name} not declared by the plugin"));
         }
-        if Instant::now() >= caps.grants.deadline {
+        if caps.grants.guest_time() >= caps.grants.budget {
             return Err(format!(
                 "{name} call refused: the reconcile call's deadline has passed"
+            ));
+        }
+        if caps.grants.host_time >= MAX_HOST_TIME_PER_CALL {
+            return Err(format!(
+                "{name} call refused: the reconcile call spent its {} s of host operations",
+                MAX_HOST_TIME_PER_CALL.as_secs()
             ));
         }
         Ok(())
@@ -174,7 +206,7 @@ impl StoreData {
             ));
         }
         g.crypto_ops_left -= 1;
-        let out = op().map_err(|e| e.to_string())?;
+        let out = g.timed(op).map_err(|e| e.to_string())?;
         g.metrics
             .crypto
             .get_or_create(&OperationLabels {
@@ -198,6 +230,16 @@ impl StoreData {
             .cloud
             .clone()
             .ok_or_else(|| NO_CLOUD.to_string())
+    }
+
+    /// Check the capability and `args`, then run `op` on the cloud, timed.
+    fn with_cloud<R>(
+        &mut self,
+        args: &[&str],
+        op: impl FnOnce(&dyn Cloud) -> Result<R, String>,
+    ) -> Result<R, String> {
+        let c = self.cloud(args)?;
+        self.caps.grants.timed(|| op(c.as_ref()))
     }
 
     /// For the cloud functions without an error channel: log why, answer "no".
@@ -260,8 +302,7 @@ impl crypto::Host for StoreData {
 
 impl cloud::Host for StoreData {
     fn reserve_endpoint(&mut self, cluster: String) -> Result<cloud::Endpoint, String> {
-        let c = self.cloud(&[&cluster])?;
-        let e = c.reserve_endpoint(&cluster)?;
+        let e = self.with_cloud(&[&cluster], |c| c.reserve_endpoint(&cluster))?;
         Ok(cloud::Endpoint {
             host: e.host,
             port: e.port,
@@ -274,21 +315,24 @@ impl cloud::Host for StoreData {
         ca_certificate: String,
         ca_key: String,
     ) -> Result<(), String> {
-        self.cloud(&[&cluster, &ca_certificate, &ca_key])?
-            .start_api_server(&cluster, &ca_certificate, &ca_key)
+        self.with_cloud(&[&cluster, &ca_certificate, &ca_key], |c| {
+            c.start_api_server(&cluster, &ca_certificate, &ca_key)
+        })
     }
 
     fn api_server_running(&mut self, cluster: String) -> bool {
-        self.cloud_or_log(&[&cluster])
-            .is_some_and(|c| c.api_server_running(&cluster))
+        let Some(c) = self.cloud_or_log(&[&cluster]) else {
+            return false;
+        };
+        self.caps.grants.timed(|| c.api_server_running(&cluster))
     }
 
     fn release_endpoint(&mut self, cluster: String) -> Result<(), String> {
-        self.cloud(&[&cluster])?.release_endpoint(&cluster)
+        self.with_cloud(&[&cluster], |c| c.release_endpoint(&cluster))
     }
 
     fn create_vm(&mut self, cluster: String, name: String) -> Result<cloud::Vm, String> {
-        let vm = self.cloud(&[&cluster, &name])?.create_vm(&cluster, &name)?;
+        let vm = self.with_cloud(&[&cluster, &name], |c| c.create_vm(&cluster, &name))?;
         Ok(cloud::Vm {
             provider_id: vm.provider_id,
             created: vm.created,
@@ -296,9 +340,8 @@ impl cloud::Host for StoreData {
     }
 
     fn get_vm(&mut self, cluster: String, name: String) -> Option<cloud::Vm> {
-        let vm = self
-            .cloud_or_log(&[&cluster, &name])?
-            .get_vm(&cluster, &name)?;
+        let c = self.cloud_or_log(&[&cluster, &name])?;
+        let vm = self.caps.grants.timed(|| c.get_vm(&cluster, &name))?;
         Some(cloud::Vm {
             provider_id: vm.provider_id,
             created: vm.created,
@@ -306,21 +349,22 @@ impl cloud::Host for StoreData {
     }
 
     fn delete_vm(&mut self, cluster: String, name: String) -> Result<(), String> {
-        self.cloud(&[&cluster, &name])?.delete_vm(&cluster, &name)
+        self.with_cloud(&[&cluster, &name], |c| c.delete_vm(&cluster, &name))
     }
 
     fn put_object(&mut self, cluster: String, object: String) -> Result<(), String> {
-        self.cloud(&[&cluster, &object])?
-            .put_object(&cluster, &object)
+        self.with_cloud(&[&cluster, &object], |c| c.put_object(&cluster, &object))
     }
 
     fn get_object(&mut self, cluster: String, object: ObjectRef) -> Result<Option<String>, String> {
-        self.cloud(&[&cluster, &object.name])?
-            .get_object(&cluster, &object_key(&object))
+        self.with_cloud(&[&cluster, &object.name], |c| {
+            c.get_object(&cluster, &object_key(&object))
+        })
     }
 
     fn delete_object(&mut self, cluster: String, object: ObjectRef) -> Result<(), String> {
-        self.cloud(&[&cluster, &object.name])?
-            .delete_object(&cluster, &object_key(&object))
+        self.with_cloud(&[&cluster, &object.name], |c| {
+            c.delete_object(&cluster, &object_key(&object))
+        })
     }
 }

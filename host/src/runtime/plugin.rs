@@ -14,7 +14,7 @@ use super::validate;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 /// Wall time of each step of one [`Plugin::reconcile`], from
 /// [`Plugin::reconcile_timed`].
@@ -117,13 +117,30 @@ fn new_store(
             capabilities,
             cloud: rt.config.cloud.clone(),
             metrics: rt.host_metrics.clone(),
-            deadline: std::time::Instant::now() + rt.config.deadline,
+            started: Instant::now(),
+            budget: rt.config.deadline,
+            host_time: Duration::ZERO,
             crypto_ops_left: MAX_CRYPTO_OPS_PER_CALL,
         },
     };
     let mut store = Store::new(&rt.engine, StoreData::new(caps, rt.config.memory_limit));
     store.limiter(|d| &mut d.limiter);
     store.set_epoch_deadline(rt.deadline_ticks);
+    // The epoch deadline counts wall time; on reaching it, charge the guest
+    // only its own time (host operations excluded, see `hostcalls`) and
+    // extend by what is left of its budget.
+    let tick = rt.config.epoch_tick;
+    store.epoch_deadline_callback(move |ctx| {
+        let g = &ctx.data().caps.grants;
+        let left = g.budget.saturating_sub(g.guest_time());
+        if left.is_zero() {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        let ticks = left.as_nanos().div_ceil(tick.as_nanos().max(1));
+        Ok(UpdateDeadline::Continue(
+            u64::try_from(ticks).unwrap_or(u64::MAX).max(1),
+        ))
+    });
     if let Some(fuel) = rt.config.fuel {
         // Only fails when fuel is disabled in the engine, which `fuel` enables.
         let _ = store.set_fuel(fuel);
