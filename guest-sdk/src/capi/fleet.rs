@@ -645,6 +645,44 @@ pub fn format_time(secs: i64) -> String {
     super::time::format_timestamp(secs.saturating_mul(1_000))
 }
 
+/// `MachinesReady` of a MachineSet or MachineDeployment: `True`/`NoReplicas` without
+/// Machines, else the aggregate of the Machines' `Ready` conditions.
+pub fn machines_ready(machines: &[super::cluster::Machine]) -> crate::conditions::Condition {
+    use crate::conditions::{Condition, TRUE};
+    use replica_conditions as c;
+    if machines.is_empty() {
+        return Condition::new(c::MACHINES_READY, TRUE, c::NO_REPLICAS_REASON);
+    }
+    let cs: Vec<(String, Vec<Condition>)> = machines
+        .iter()
+        .map(|m| (m.metadata.name.clone(), m.status().conditions))
+        .collect();
+    super::conditions::aggregate(
+        cs.iter().map(|(n, c)| (n.as_str(), c.as_slice())),
+        "Ready",
+        "Machine",
+        c::MACHINES_READY,
+        super::conditions::Reasons {
+            good: c::READY_REASON,
+            bad: c::NOT_READY_REASON,
+            unknown: c::READY_UNKNOWN_REASON,
+        },
+    )
+}
+
+/// `ScalingDown` of a MachineSet or MachineDeployment with `current` replicas and
+/// `target` wanted.
+pub fn scaling_down(current: i32, target: i32) -> crate::conditions::Condition {
+    use crate::conditions::{Condition, FALSE, TRUE};
+    use replica_conditions as c;
+    if current > target {
+        Condition::new(c::SCALING_DOWN, TRUE, c::SCALING_DOWN_REASON)
+            .message(format!("Scaling down from {current} to {target} replicas"))
+    } else {
+        Condition::new(c::SCALING_DOWN, FALSE, c::NOT_SCALING_DOWN_REASON)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

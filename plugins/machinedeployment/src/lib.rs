@@ -13,7 +13,7 @@
 //! MachineSets by controller owner), so the rollout needs no requeue.
 
 use capstan_sdk::capi::cluster::{Cluster, Machine, MachineDeployment, MachineSet, ReplicaStatus};
-use capstan_sdk::capi::conditions::{self as capi_conditions, Reasons};
+use capstan_sdk::capi::conditions::{self as capi_conditions};
 use capstan_sdk::capi::fleet::{self, IntOrString, annotations as fa, replica_conditions as c};
 use capstan_sdk::capi::{Object, VERSION, finalizers, labels, to_value};
 use capstan_sdk::conditions::{self, Condition, FALSE, TRUE};
@@ -734,12 +734,6 @@ fn paused_step(desired: i32, new: Option<&SetState>, old: &[SetState]) -> (i32, 
     (new_replicas, old_replicas)
 }
 
-const READY_REASONS: Reasons<'static> = Reasons {
-    good: c::READY_REASON,
-    bad: c::NOT_READY_REASON,
-    unknown: c::READY_UNKNOWN_REASON,
-};
-
 fn names<'a>(v: impl IntoIterator<Item = &'a str>) -> String {
     let mut v: Vec<&str> = v.into_iter().collect();
     v.sort_unstable();
@@ -844,27 +838,8 @@ fn set_status(
     } else {
         Condition::new(c::SCALING_UP, FALSE, c::NOT_SCALING_UP_REASON)
     });
-    new.push(if current > target {
-        Condition::new(c::SCALING_DOWN, TRUE, c::SCALING_DOWN_REASON)
-            .message(format!("Scaling down from {current} to {target} replicas"))
-    } else {
-        Condition::new(c::SCALING_DOWN, FALSE, c::NOT_SCALING_DOWN_REASON)
-    });
-    new.push(if machines.is_empty() {
-        Condition::new(c::MACHINES_READY, TRUE, c::NO_REPLICAS_REASON)
-    } else {
-        let cs: Vec<(String, Vec<Condition>)> = machines
-            .iter()
-            .map(|m| (m.metadata.name.clone(), m.status().conditions))
-            .collect();
-        capi_conditions::aggregate(
-            cs.iter().map(|(n, c)| (n.as_str(), c.as_slice())),
-            "Ready",
-            "Machine",
-            c::MACHINES_READY,
-            READY_REASONS,
-        )
-    });
+    new.push(fleet::scaling_down(current, target));
+    new.push(fleet::machines_ready(machines));
     let outdated: Vec<&str> = machines
         .iter()
         .filter(|m| !m.metadata.is_deleting())

@@ -22,7 +22,7 @@
 //! memo only makes reuse possible again, never duplicates.
 
 use capstan_sdk::capi::cluster::{Cluster, Machine, MachineDeployment, MachineSet};
-use capstan_sdk::capi::conditions::{self as capi_conditions, Reasons};
+use capstan_sdk::capi::conditions::{self as capi_conditions};
 use capstan_sdk::capi::fleet::{
     self, MachineTemplateSpec, remediation_conditions as rc, replica_conditions as c,
 };
@@ -801,12 +801,6 @@ fn scale_up(
     Ok(())
 }
 
-const READY_REASONS: Reasons<'static> = Reasons {
-    good: c::READY_REASON,
-    bad: c::NOT_READY_REASON,
-    unknown: c::READY_UNKNOWN_REASON,
-};
-
 fn count(machines: &[Machine], type_: &str) -> i32 {
     let n = machines
         .iter()
@@ -871,27 +865,8 @@ fn set_status(
         Condition::new(c::SCALING_UP, FALSE, c::NOT_SCALING_UP_REASON)
     });
     let target = if deleting { 0 } else { desired };
-    new.push(if current > target {
-        Condition::new(c::SCALING_DOWN, TRUE, c::SCALING_DOWN_REASON)
-            .message(format!("Scaling down from {current} to {target} replicas"))
-    } else {
-        Condition::new(c::SCALING_DOWN, FALSE, c::NOT_SCALING_DOWN_REASON)
-    });
-    new.push(if machines.is_empty() {
-        Condition::new(c::MACHINES_READY, TRUE, c::NO_REPLICAS_REASON)
-    } else {
-        let cs: Vec<(String, Vec<Condition>)> = machines
-            .iter()
-            .map(|m| (m.metadata.name.clone(), m.status().conditions))
-            .collect();
-        capi_conditions::aggregate(
-            cs.iter().map(|(n, c)| (n.as_str(), c.as_slice())),
-            "Ready",
-            "Machine",
-            c::MACHINES_READY,
-            READY_REASONS,
-        )
-    });
+    new.push(fleet::scaling_down(current, target));
+    new.push(fleet::machines_ready(machines));
     new.push(if live.is_empty() {
         Condition::new(c::MACHINES_UP_TO_DATE, TRUE, c::NO_REPLICAS_REASON)
     } else if fresh {
