@@ -301,7 +301,8 @@ fn setup(replicas: i32) -> World {
     w.create(json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
         "metadata": {"name": "c1", "namespace": NS}, "spec": {},
         "status": {"initialization": {"controlPlaneInitialized": true},
-            "conditions": [{"type": "ControlPlaneInitialized", "status": "True", "reason": "Initialized", "lastTransitionTime": at(0)}]}}));
+            "conditions": [{"type": "InfrastructureReady", "status": "True", "reason": "Ready", "lastTransitionTime": at(0)},
+                {"type": "ControlPlaneInitialized", "status": "True", "reason": "Initialized", "lastTransitionTime": at(0)}]}}));
     w.create(
         json!({"apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfigTemplate",
         "metadata": {"name": "workers", "namespace": NS}, "spec": {"template": {"spec": {}}}}),

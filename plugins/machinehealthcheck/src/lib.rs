@@ -167,12 +167,29 @@ pub fn check(
             next = Some(next.map_or(secs, |n: i64| n.min(secs)));
         }
     };
-    // Machine conditions.
+    if let (Some(name), None) = (node_name, node) {
+        return Health::Unhealthy(
+            rc::NODE_DELETED_REASON,
+            format!("Health check failed: Node {name} has been deleted"),
+        );
+    }
+    // As CAPI: no Machine is penalized before the control plane is
+    // initialized (except control-plane Machines) or while the Cluster's
+    // infrastructure is not ready; the Cluster's next change wakes the check.
+    let cluster_conditions = cluster.status().conditions;
+    if (!conditions::is_true(&cluster_conditions, "ControlPlaneInitialized")
+        && !machine.is_control_plane())
+        || !conditions::is_true(&cluster_conditions, "InfrastructureReady")
+    {
+        return Health::Healthy(None);
+    }
+    // Machine conditions. A condition without a (parsable) transition time
+    // has held since the epoch, as a zero `metav1.Time` in CAPI.
     for u in &checks.unhealthy_machine_conditions {
         if let Some(c) =
             conditions::find(&status.conditions, &u.type_).filter(|c| c.status == u.status)
-            && let Some(since) = fleet::parse_time(&c.last_transition_time)
         {
+            let since = fleet::parse_time(&c.last_transition_time).unwrap_or(0);
             if now > since + u.timeout_seconds {
                 return Health::Unhealthy(
                     rc::UNHEALTHY_MACHINE_REASON,
@@ -187,12 +204,9 @@ pub fn check(
             wait(since + u.timeout_seconds - now + 1);
         }
     }
-    match (node_name, node) {
-        (Some(name), None) => Health::Unhealthy(
-            rc::NODE_DELETED_REASON,
-            format!("Health check failed: Node {name} has been deleted"),
-        ),
-        (None, _) => {
+    // (A nodeRef without its Node returned `NodeDeleted` above.)
+    match node {
+        None => {
             let timeout = checks
                 .node_startup_timeout_seconds
                 .map_or(DEFAULT_NODE_STARTUP_TIMEOUT_SECONDS, i64::from);
@@ -202,7 +216,6 @@ pub fn check(
             // The later of: Machine creation, and the times the Cluster's
             // infrastructure, its control plane and the Machine's
             // infrastructure became ready (a Machine cannot get a Node before).
-            let cluster_conditions = cluster.status().conditions;
             let created = machine
                 .metadata
                 .extra
@@ -233,14 +246,17 @@ pub fn check(
             wait(start + timeout - now + 1);
             Health::Healthy(next)
         }
-        (Some(_), Some(node)) => {
+        Some(node) => {
             let ncs = node_conditions(node);
             for u in &checks.unhealthy_node_conditions {
                 let Some(c) = conditions::find(&ncs, &u.type_).filter(|c| c.status == u.status)
                 else {
                     continue;
                 };
-                let since = fleet::parse_time(&c.last_transition_time).unwrap_or(now);
+                // Kubernetes makes `lastTransitionTime` optional on Node
+                // conditions (a `kubectl patch` may leave it out): missing,
+                // the condition has held since the epoch, as in CAPI.
+                let since = fleet::parse_time(&c.last_transition_time).unwrap_or(0);
                 if now > since + u.timeout_seconds {
                     return Health::Unhealthy(
                         rc::UNHEALTHY_NODE_REASON,

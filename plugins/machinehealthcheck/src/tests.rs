@@ -447,3 +447,55 @@ fn contract_metadata_and_steady_state() {
             .any(|r| r.name == NODES && r.target == capstan_sdk::Target::Workload)
     );
 }
+
+#[test]
+fn a_node_condition_without_transition_time_has_held_since_the_epoch() {
+    // What `kubectl patch node --subresource=status` leaves when the patch
+    // names only type and status: the timeout has long passed.
+    let mut n = node("n1", "False", T0);
+    n["status"]["conditions"][0]
+        .as_object_mut()
+        .map(|c| c.remove("lastTransitionTime"));
+    let out = run(&mhc(None), &[machine("m1", Some("n1"))], &[n], &at(1));
+    let hc = machine_condition(&out, "m1", "HealthCheckSucceeded").expect("set");
+    assert_eq!(
+        (hc["status"].as_str(), hc["reason"].as_str()),
+        (Some("False"), Some("UnhealthyNode"))
+    );
+    assert_eq!(
+        machine_condition(&out, "m1", "OwnerRemediated").expect("set")["reason"],
+        "WaitingForRemediation"
+    );
+}
+
+#[test]
+fn nothing_is_penalized_before_the_control_plane_is_initialized_or_the_infrastructure_ready() {
+    // Far past every timeout: a worker without Node and one with a NotReady Node.
+    let ms = [machine("m1", None), machine("m2", Some("n2"))];
+    let nodes = [node("n2", "False", T0)];
+    let now = at(100_000);
+    for (cp, infra) in [("False", "True"), ("True", "False")] {
+        let c = json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+            "metadata": {"name": "c1", "namespace": "ns", "uid": "uid-c1"}, "spec": {},
+            "status": {"conditions": [
+                {"type": "InfrastructureReady", "status": infra, "reason": "X", "lastTransitionTime": T0},
+                {"type": "ControlPlaneInitialized", "status": cp, "reason": "X", "lastTransitionTime": T0}]}});
+        let snap = Snapshot::new(&mhc(None), &now)
+            .with_related(CLUSTER, true, &[c])
+            .with_related(MACHINES, true, &ms)
+            .with_related(NODES, true, &nodes)
+            .with_workload(Connection::Connected);
+        let out = FakeHost::new()
+            .reconcile::<MachineHealthCheckReconciler>(&snap)
+            .expect("reconciles");
+        for m in ["m1", "m2"] {
+            assert_eq!(
+                machine_condition(&out, m, "HealthCheckSucceeded").expect("set")["status"],
+                "True",
+                "{m} with ControlPlaneInitialized {cp}, InfrastructureReady {infra}"
+            );
+        }
+        assert_eq!(mhc_status(&out)["currentHealthy"], 2);
+        assert_eq!(out.requeue_after_ms(), None, "the Cluster's change wakes it");
+    }
+}
