@@ -683,6 +683,52 @@ pub fn scaling_down(current: i32, target: i32) -> crate::conditions::Condition {
     }
 }
 
+/// CAPI's `collections.IsUnhealthyAndOwnerRemediated`: the Machine's
+/// `HealthCheckSucceeded` and `OwnerRemediated` are both False (a
+/// MachineHealthCheck asked its owner to remediate it).
+pub fn owner_remediation_requested(machine: &super::cluster::Machine) -> bool {
+    let cs = machine.status().conditions;
+    let is_false = |t: &str| {
+        crate::conditions::find(&cs, t).is_some_and(|c| c.status == crate::conditions::FALSE)
+    };
+    is_false(remediation_conditions::HEALTH_CHECK_SUCCEEDED)
+        && is_false(remediation_conditions::OWNER_REMEDIATED)
+}
+
+/// Up to three names, sorted, then how many more (CAPI's Machine lists in messages).
+pub fn name_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let mut v: Vec<&str> = names.into_iter().collect();
+    v.sort_unstable();
+    let shown = v.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+    if v.len() > 3 {
+        format!("{shown}, ... ({} more)", v.len() - 3)
+    } else {
+        shown
+    }
+}
+
+/// `Remediating` of a MachineSet or MachineDeployment: True (`Remediating`)
+/// while some of `machines` are unhealthy with owner remediation requested
+/// (deleting ones included: their remediation is in flight), naming them;
+/// else False (`NotRemediating`).
+pub fn remediating(machines: &[super::cluster::Machine]) -> crate::conditions::Condition {
+    use crate::conditions::{Condition, FALSE, TRUE};
+    use replica_conditions as c;
+    let names: Vec<&str> = machines
+        .iter()
+        .filter(|m| owner_remediation_requested(m))
+        .map(|m| m.metadata.name.as_str())
+        .collect();
+    if names.is_empty() {
+        return Condition::new(c::REMEDIATING, FALSE, c::NOT_REMEDIATING_REASON);
+    }
+    let s = if names.len() == 1 { "" } else { "s" };
+    Condition::new(c::REMEDIATING, TRUE, c::REMEDIATING_REASON).message(format!(
+        "* Machine{s} {}: Machine is being remediated",
+        name_list(names)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

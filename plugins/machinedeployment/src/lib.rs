@@ -257,10 +257,15 @@ pub fn rolling_step(
         old_replicas[i] -= n;
         cleaned += n;
     }
-    // scaleDownOldMachineSetsForRollingUpdate: only what is available above the minimum.
+    // scaleDownOldMachineSetsForRollingUpdate: only what is available above
+    // the minimum. Also (our addition) never more than `maxScaledDown` left
+    // after the clean up: that bound is computed from `spec.replicas`, while
+    // an old MachineSet's `availableReplicas` may still count Machines its
+    // last scale down is removing (its status lags its spec), which alone
+    // would let two consecutive reconciles remove the same availability twice.
     let available: i32 =
         old.iter().map(|s| s.available).sum::<i32>() + new.map_or(0, |n| n.available);
-    let mut budget = available - min_available;
+    let mut budget = (available - min_available).min(max_scaled_down - cleaned);
     for r in &mut old_replicas {
         if budget <= 0 {
             break;
@@ -734,17 +739,6 @@ fn paused_step(desired: i32, new: Option<&SetState>, old: &[SetState]) -> (i32, 
     (new_replicas, old_replicas)
 }
 
-fn names<'a>(v: impl IntoIterator<Item = &'a str>) -> String {
-    let mut v: Vec<&str> = v.into_iter().collect();
-    v.sort_unstable();
-    let shown = v.iter().take(3).copied().collect::<Vec<_>>().join(", ");
-    if v.len() > 3 {
-        format!("{shown}, ... ({} more)", v.len() - 3)
-    } else {
-        shown
-    }
-}
-
 fn plural(n: usize, word: &str) -> String {
     if n == 1 {
         word.to_owned()
@@ -840,6 +834,7 @@ fn set_status(
     });
     new.push(fleet::scaling_down(current, target));
     new.push(fleet::machines_ready(machines));
+    new.push(fleet::remediating(machines));
     let outdated: Vec<&str> = machines
         .iter()
         .filter(|m| !m.metadata.is_deleting())
@@ -862,7 +857,7 @@ fn set_status(
         Condition::new(c::MACHINES_UP_TO_DATE, FALSE, c::NOT_UP_TO_DATE_REASON).message(format!(
             "* {} {}: Machine template is not the MachineDeployment's current template",
             plural(outdated.len(), "Machine"),
-            names(outdated.iter().copied())
+            fleet::name_list(outdated.iter().copied())
         ))
     });
     new.push(if deleting {
@@ -871,14 +866,14 @@ fn set_status(
             lines.push(format!(
                 "* {}: {}",
                 plural(sets.len(), "MachineSet"),
-                names(sets.iter().map(|s| s.metadata.name.as_str()))
+                fleet::name_list(sets.iter().map(|s| s.metadata.name.as_str()))
             ));
         }
         if !machines.is_empty() {
             lines.push(format!(
                 "* {}: {}",
                 plural(machines.len(), "Machine"),
-                names(machines.iter().map(|m| m.metadata.name.as_str()))
+                fleet::name_list(machines.iter().map(|m| m.metadata.name.as_str()))
             ));
         }
         Condition::new(c::DELETING, TRUE, c::DELETING_REASON).message(lines.join("\n"))

@@ -496,6 +496,10 @@ fn nothing_is_penalized_before_the_control_plane_is_initialized_or_the_infrastru
             );
         }
         assert_eq!(mhc_status(&out)["currentHealthy"], 2);
-        assert_eq!(out.requeue_after_ms(), None, "the Cluster's change wakes it");
+        assert_eq!(
+            out.requeue_after_ms(),
+            None,
+            "the Cluster's change wakes it"
+        );
     }
 }
