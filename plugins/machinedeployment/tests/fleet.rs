@@ -530,7 +530,7 @@ fn world(rng: Option<Rng>) -> World {
 }
 
 /// `replicas` Machines, all available and up to date, one MachineSet, and the
-/// MachineDeployment's status saying so.
+/// MachineDeployment's and the MachineHealthCheck's statuses saying so.
 fn settled(replicas: usize) -> impl Fn(&World) -> bool {
     move |w: &World| {
         let s = w.md()["status"].clone();
@@ -542,6 +542,8 @@ fn settled(replicas: usize) -> impl Fn(&World) -> bool {
             && s["upToDateReplicas"] == json!(replicas)
             && w.of_kind("MachineSet").len() == 1
             && w.of_kind("MachineSet")[0]["status"]["availableReplicas"] == json!(replicas)
+            && w.mhc()["status"]["expectedMachines"] == json!(replicas)
+            && w.mhc()["status"]["currentHealthy"] == json!(replicas)
     }
 }
 
