@@ -876,6 +876,55 @@ mod tests {
     }
 
     #[test]
+    fn remediating_names_unhealthy_owner_remediated_machines() {
+        use super::super::cluster::Machine;
+        let m = |name: &str, hc: &str, or: Option<&str>| -> Machine {
+            let mut cs = vec![
+                json!({"type": "HealthCheckSucceeded", "status": hc, "reason": "X",
+                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}),
+            ];
+            if let Some(or) = or {
+                cs.push(
+                    json!({"type": "OwnerRemediated", "status": or, "reason": "X",
+                    "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}),
+                );
+            }
+            serde_json::from_value(
+                json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+                "metadata": {"name": name, "namespace": "ns"}, "spec": {"clusterName": "c1"},
+                "status": {"conditions": cs}}),
+            )
+            .expect("machine")
+        };
+        let ms = [
+            m("b", "False", Some("False")),
+            m("a", "False", Some("False")),
+            m("c", "True", Some("False")),
+            m("d", "False", None),
+        ];
+        assert!(owner_remediation_requested(&ms[0]));
+        assert!(!owner_remediation_requested(&ms[2]) && !owner_remediation_requested(&ms[3]));
+        let c = remediating(&ms);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+            (
+                "True",
+                "Remediating",
+                "* Machines a, b: Machine is being remediated"
+            )
+        );
+        let c = remediating(&ms[2..]);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NotRemediating")
+        );
+        assert_eq!(
+            name_list(["e", "d", "c", "b", "a"]),
+            "a, b, c, ... (2 more)"
+        );
+    }
+
+    #[test]
     fn time_round_trips() {
         assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_time("2026-01-01T00:01:00Z"), Some(1_767_225_660));
