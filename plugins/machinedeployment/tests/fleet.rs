@@ -23,6 +23,7 @@
 //! backlogged work queue does), with the invariants checked after every
 //! single write.
 
+use capi_cluster::ClusterReconciler;
 use capi_machinedeployment::MachineDeploymentReconciler;
 use capi_machinehealthcheck::MachineHealthCheckReconciler;
 use capi_machineset::MachineSetReconciler;
@@ -118,7 +119,7 @@ struct World {
     serial: u64,
     clock: i64,
     /// One host per plugin, so each keeps its memo across reconciles.
-    hosts: [FakeHost; 3],
+    hosts: [FakeHost; 4],
     /// `None`: fixed order (deployments, sets, health checks, Machines).
     rng: Option<Rng>,
     /// Every Machine name ever created.
@@ -187,6 +188,19 @@ impl World {
         md
     }
 
+    /// The Cluster with the status the `cluster` reconciler would write now
+    /// (not written back: this Cluster has no control plane object, and the
+    /// test keeps its `controlPlaneInitialized` as given).
+    fn cluster_now(&self) -> Value {
+        let mut c = self.get("Cluster", "c1").expect("cluster").clone();
+        let out = self.reconcile::<ClusterReconciler>(3, &c);
+        if let Some(s) = out.statuses().first() {
+            let s: Value = serde_json::from_str(s).expect("json");
+            c["status"] = s["status"].clone();
+        }
+        c
+    }
+
     fn mhc(&self) -> Value {
         self.get("MachineHealthCheck", "workers")
             .expect("mhc")
@@ -253,6 +267,7 @@ impl World {
                         s.matches(&labels)
                     }),
                 RelationSelector::All => true,
+                RelationSelector::Named(n) => name_of(o) == *n,
                 other => panic!("relation selector {other:?} not modelled"),
             })
             .collect()
@@ -494,13 +509,18 @@ fn world(rng: Option<Rng>) -> World {
         stick_next: 0,
         serial: 0,
         clock: 0,
-        hosts: [FakeHost::new(), FakeHost::new(), FakeHost::new()],
+        hosts: [
+            FakeHost::new(),
+            FakeHost::new(),
+            FakeHost::new(),
+            FakeHost::new(),
+        ],
         rng,
         created: Vec::new(),
         delay: 3,
     };
     w.create(json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-        "metadata": {"name": "c1", "namespace": NS}, "spec": {},
+        "metadata": {"name": "c1", "namespace": NS, "finalizers": ["cluster.cluster.x-k8s.io"]}, "spec": {},
         "status": {"initialization": {"controlPlaneInitialized": true},
             "conditions": [{"type": "InfrastructureReady", "status": "True", "reason": "Ready", "lastTransitionTime": at(0)},
                 {"type": "ControlPlaneInitialized", "status": "True", "reason": "Initialized", "lastTransitionTime": at(0)}]}}));
@@ -782,8 +802,25 @@ fn assert_steady_conditions(w: &World) {
         );
         assert_eq!(cond(&m, "OwnerRemediated").0, "");
     }
-    let mhc = w.mhc();
+    // The Cluster's aggregation of the MachineDeployments (plugins/cluster).
     let n = w.of_kind("Machine").len();
+    let cluster = w.cluster_now();
+    assert!(
+        is(&cluster, "WorkersAvailable", "True", "Available"),
+        "{:?}",
+        cond(&cluster, "WorkersAvailable")
+    );
+    let workers = &cluster["status"]["workers"];
+    for k in [
+        "desiredReplicas",
+        "replicas",
+        "readyReplicas",
+        "availableReplicas",
+        "upToDateReplicas",
+    ] {
+        assert_eq!(workers[k], json!(n), "status.workers.{k}");
+    }
+    let mhc = w.mhc();
     assert_eq!(
         (
             &mhc["status"]["expectedMachines"],
@@ -999,6 +1036,12 @@ fn scenario(rng: Option<Rng>) {
         assert_eq!(cond(m, "OwnerRemediated").0, "", "no remediation requested");
     }
     assert_eq!(cond(&w.md(), "Available").0, "False");
+    let cluster = w.cluster_now();
+    assert!(
+        is(&cluster, "WorkersAvailable", "False", "NotAvailable"),
+        "{:?}",
+        cond(&cluster, "WorkersAvailable")
+    );
     let now = w.now();
     set_node_ready(&mut w, &pair[0], "True", Some(now));
     w.run_until(
