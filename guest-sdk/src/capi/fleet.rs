@@ -645,6 +645,90 @@ pub fn format_time(secs: i64) -> String {
     super::time::format_timestamp(secs.saturating_mul(1_000))
 }
 
+/// `MachinesReady` of a MachineSet or MachineDeployment: `True`/`NoReplicas` without
+/// Machines, else the aggregate of the Machines' `Ready` conditions.
+pub fn machines_ready(machines: &[super::cluster::Machine]) -> crate::conditions::Condition {
+    use crate::conditions::{Condition, TRUE};
+    use replica_conditions as c;
+    if machines.is_empty() {
+        return Condition::new(c::MACHINES_READY, TRUE, c::NO_REPLICAS_REASON);
+    }
+    let cs: Vec<(String, Vec<Condition>)> = machines
+        .iter()
+        .map(|m| (m.metadata.name.clone(), m.status().conditions))
+        .collect();
+    super::conditions::aggregate(
+        cs.iter().map(|(n, c)| (n.as_str(), c.as_slice())),
+        "Ready",
+        "Machine",
+        c::MACHINES_READY,
+        super::conditions::Reasons {
+            good: c::READY_REASON,
+            bad: c::NOT_READY_REASON,
+            unknown: c::READY_UNKNOWN_REASON,
+        },
+    )
+}
+
+/// `ScalingDown` of a MachineSet or MachineDeployment with `current` replicas and
+/// `target` wanted.
+pub fn scaling_down(current: i32, target: i32) -> crate::conditions::Condition {
+    use crate::conditions::{Condition, FALSE, TRUE};
+    use replica_conditions as c;
+    if current > target {
+        Condition::new(c::SCALING_DOWN, TRUE, c::SCALING_DOWN_REASON)
+            .message(format!("Scaling down from {current} to {target} replicas"))
+    } else {
+        Condition::new(c::SCALING_DOWN, FALSE, c::NOT_SCALING_DOWN_REASON)
+    }
+}
+
+/// CAPI's `collections.IsUnhealthyAndOwnerRemediated`: the Machine's
+/// `HealthCheckSucceeded` and `OwnerRemediated` are both False (a
+/// MachineHealthCheck asked its owner to remediate it).
+pub fn owner_remediation_requested(machine: &super::cluster::Machine) -> bool {
+    let cs = machine.status().conditions;
+    let is_false = |t: &str| {
+        crate::conditions::find(&cs, t).is_some_and(|c| c.status == crate::conditions::FALSE)
+    };
+    is_false(remediation_conditions::HEALTH_CHECK_SUCCEEDED)
+        && is_false(remediation_conditions::OWNER_REMEDIATED)
+}
+
+/// Up to three names, sorted, then how many more (CAPI's Machine lists in messages).
+pub fn name_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let mut v: Vec<&str> = names.into_iter().collect();
+    v.sort_unstable();
+    let shown = v.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+    if v.len() > 3 {
+        format!("{shown}, ... ({} more)", v.len() - 3)
+    } else {
+        shown
+    }
+}
+
+/// `Remediating` of a MachineSet or MachineDeployment: True (`Remediating`)
+/// while some of `machines` are unhealthy with owner remediation requested
+/// (deleting ones included: their remediation is in flight), naming them;
+/// else False (`NotRemediating`).
+pub fn remediating(machines: &[super::cluster::Machine]) -> crate::conditions::Condition {
+    use crate::conditions::{Condition, FALSE, TRUE};
+    use replica_conditions as c;
+    let names: Vec<&str> = machines
+        .iter()
+        .filter(|m| owner_remediation_requested(m))
+        .map(|m| m.metadata.name.as_str())
+        .collect();
+    if names.is_empty() {
+        return Condition::new(c::REMEDIATING, FALSE, c::NOT_REMEDIATING_REASON);
+    }
+    let s = if names.len() == 1 { "" } else { "s" };
+    Condition::new(c::REMEDIATING, TRUE, c::REMEDIATING_REASON).message(format!(
+        "* Machine{s} {}: Machine is being remediated",
+        name_list(names)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -789,6 +873,55 @@ mod tests {
                 "conditions": [{"type": "RemediationAllowed", "status": "True", "reason": "RemediationAllowed", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
         let typed: MachineHealthCheck = serde_json::from_value(mhc.clone()).expect("parses");
         assert_eq!(serde_json::to_value(&typed).expect("serializes"), mhc);
+    }
+
+    #[test]
+    fn remediating_names_unhealthy_owner_remediated_machines() {
+        use super::super::cluster::Machine;
+        let m = |name: &str, hc: &str, or: Option<&str>| -> Machine {
+            let mut cs = vec![
+                json!({"type": "HealthCheckSucceeded", "status": hc, "reason": "X",
+                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}),
+            ];
+            if let Some(or) = or {
+                cs.push(
+                    json!({"type": "OwnerRemediated", "status": or, "reason": "X",
+                    "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}),
+                );
+            }
+            serde_json::from_value(
+                json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+                "metadata": {"name": name, "namespace": "ns"}, "spec": {"clusterName": "c1"},
+                "status": {"conditions": cs}}),
+            )
+            .expect("machine")
+        };
+        let ms = [
+            m("b", "False", Some("False")),
+            m("a", "False", Some("False")),
+            m("c", "True", Some("False")),
+            m("d", "False", None),
+        ];
+        assert!(owner_remediation_requested(&ms[0]));
+        assert!(!owner_remediation_requested(&ms[2]) && !owner_remediation_requested(&ms[3]));
+        let c = remediating(&ms);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+            (
+                "True",
+                "Remediating",
+                "* Machines a, b: Machine is being remediated"
+            )
+        );
+        let c = remediating(&ms[2..]);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NotRemediating")
+        );
+        assert_eq!(
+            name_list(["e", "d", "c", "b", "a"]),
+            "a, b, c, ... (2 more)"
+        );
     }
 
     #[test]

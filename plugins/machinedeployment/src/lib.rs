@@ -13,7 +13,7 @@
 //! MachineSets by controller owner), so the rollout needs no requeue.
 
 use capstan_sdk::capi::cluster::{Cluster, Machine, MachineDeployment, MachineSet, ReplicaStatus};
-use capstan_sdk::capi::conditions::{self as capi_conditions, Reasons};
+use capstan_sdk::capi::conditions::{self as capi_conditions};
 use capstan_sdk::capi::fleet::{self, IntOrString, annotations as fa, replica_conditions as c};
 use capstan_sdk::capi::{Object, VERSION, finalizers, labels, to_value};
 use capstan_sdk::conditions::{self, Condition, FALSE, TRUE};
@@ -257,10 +257,15 @@ pub fn rolling_step(
         old_replicas[i] -= n;
         cleaned += n;
     }
-    // scaleDownOldMachineSetsForRollingUpdate: only what is available above the minimum.
+    // scaleDownOldMachineSetsForRollingUpdate: only what is available above
+    // the minimum. Also (our addition) never more than `maxScaledDown` left
+    // after the clean up: that bound is computed from `spec.replicas`, while
+    // an old MachineSet's `availableReplicas` may still count Machines its
+    // last scale down is removing (its status lags its spec), which alone
+    // would let two consecutive reconciles remove the same availability twice.
     let available: i32 =
         old.iter().map(|s| s.available).sum::<i32>() + new.map_or(0, |n| n.available);
-    let mut budget = available - min_available;
+    let mut budget = (available - min_available).min(max_scaled_down - cleaned);
     for r in &mut old_replicas {
         if budget <= 0 {
             break;
@@ -734,23 +739,6 @@ fn paused_step(desired: i32, new: Option<&SetState>, old: &[SetState]) -> (i32, 
     (new_replicas, old_replicas)
 }
 
-const READY_REASONS: Reasons<'static> = Reasons {
-    good: c::READY_REASON,
-    bad: c::NOT_READY_REASON,
-    unknown: c::READY_UNKNOWN_REASON,
-};
-
-fn names<'a>(v: impl IntoIterator<Item = &'a str>) -> String {
-    let mut v: Vec<&str> = v.into_iter().collect();
-    v.sort_unstable();
-    let shown = v.iter().take(3).copied().collect::<Vec<_>>().join(", ");
-    if v.len() > 3 {
-        format!("{shown}, ... ({} more)", v.len() - 3)
-    } else {
-        shown
-    }
-}
-
 fn plural(n: usize, word: &str) -> String {
     if n == 1 {
         word.to_owned()
@@ -844,27 +832,9 @@ fn set_status(
     } else {
         Condition::new(c::SCALING_UP, FALSE, c::NOT_SCALING_UP_REASON)
     });
-    new.push(if current > target {
-        Condition::new(c::SCALING_DOWN, TRUE, c::SCALING_DOWN_REASON)
-            .message(format!("Scaling down from {current} to {target} replicas"))
-    } else {
-        Condition::new(c::SCALING_DOWN, FALSE, c::NOT_SCALING_DOWN_REASON)
-    });
-    new.push(if machines.is_empty() {
-        Condition::new(c::MACHINES_READY, TRUE, c::NO_REPLICAS_REASON)
-    } else {
-        let cs: Vec<(String, Vec<Condition>)> = machines
-            .iter()
-            .map(|m| (m.metadata.name.clone(), m.status().conditions))
-            .collect();
-        capi_conditions::aggregate(
-            cs.iter().map(|(n, c)| (n.as_str(), c.as_slice())),
-            "Ready",
-            "Machine",
-            c::MACHINES_READY,
-            READY_REASONS,
-        )
-    });
+    new.push(fleet::scaling_down(current, target));
+    new.push(fleet::machines_ready(machines));
+    new.push(fleet::remediating(machines));
     let outdated: Vec<&str> = machines
         .iter()
         .filter(|m| !m.metadata.is_deleting())
@@ -887,7 +857,7 @@ fn set_status(
         Condition::new(c::MACHINES_UP_TO_DATE, FALSE, c::NOT_UP_TO_DATE_REASON).message(format!(
             "* {} {}: Machine template is not the MachineDeployment's current template",
             plural(outdated.len(), "Machine"),
-            names(outdated.iter().copied())
+            fleet::name_list(outdated.iter().copied())
         ))
     });
     new.push(if deleting {
@@ -896,14 +866,14 @@ fn set_status(
             lines.push(format!(
                 "* {}: {}",
                 plural(sets.len(), "MachineSet"),
-                names(sets.iter().map(|s| s.metadata.name.as_str()))
+                fleet::name_list(sets.iter().map(|s| s.metadata.name.as_str()))
             ));
         }
         if !machines.is_empty() {
             lines.push(format!(
                 "* {}: {}",
                 plural(machines.len(), "Machine"),
-                names(machines.iter().map(|m| m.metadata.name.as_str()))
+                fleet::name_list(machines.iter().map(|m| m.metadata.name.as_str()))
             ));
         }
         Condition::new(c::DELETING, TRUE, c::DELETING_REASON).message(lines.join("\n"))

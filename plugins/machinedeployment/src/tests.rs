@@ -685,3 +685,31 @@ fn rollout_after_rolls_every_machine_once_when_the_date_passes() {
     sim.converge(|_| {});
     assert_eq!(sim.sets[0].object["metadata"]["name"], name);
 }
+
+#[test]
+fn a_lagging_old_set_status_never_buys_a_second_scale_down() {
+    let st = |name: &str, replicas, available, current| SetState {
+        name: name.to_owned(),
+        replicas,
+        available,
+        current,
+        created: String::new(),
+    };
+    // The old set was already asked to go 3 -> 2 and still reports 3
+    // available; the new set has 2 available. Scaling it to 0 would leave 2.
+    let new = st("new", 2, 2, 2);
+    assert_eq!(
+        rolling_step(3, 1, 0, Some(&new), &[st("old", 2, 3, 3)]),
+        (2, vec![1])
+    );
+    // Accurate statuses: the same step.
+    assert_eq!(
+        rolling_step(3, 1, 0, Some(&new), &[st("old", 2, 2, 2)]),
+        (2, vec![1])
+    );
+    // maxUnavailable 1: the unavailable old replica goes (clean up), no more.
+    assert_eq!(
+        rolling_step(3, 1, 1, Some(&st("new", 1, 0, 1)), &[st("old", 3, 2, 3)]),
+        (1, vec![2])
+    );
+}

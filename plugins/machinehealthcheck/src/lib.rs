@@ -167,12 +167,29 @@ pub fn check(
             next = Some(next.map_or(secs, |n: i64| n.min(secs)));
         }
     };
-    // Machine conditions.
+    if let (Some(name), None) = (node_name, node) {
+        return Health::Unhealthy(
+            rc::NODE_DELETED_REASON,
+            format!("Health check failed: Node {name} has been deleted"),
+        );
+    }
+    // As CAPI: no Machine is penalized before the control plane is
+    // initialized (except control-plane Machines) or while the Cluster's
+    // infrastructure is not ready; the Cluster's next change wakes the check.
+    let cluster_conditions = cluster.status().conditions;
+    if (!conditions::is_true(&cluster_conditions, "ControlPlaneInitialized")
+        && !machine.is_control_plane())
+        || !conditions::is_true(&cluster_conditions, "InfrastructureReady")
+    {
+        return Health::Healthy(None);
+    }
+    // Machine conditions. A condition without a (parsable) transition time
+    // has held since the epoch, as a zero `metav1.Time` in CAPI.
     for u in &checks.unhealthy_machine_conditions {
         if let Some(c) =
             conditions::find(&status.conditions, &u.type_).filter(|c| c.status == u.status)
-            && let Some(since) = fleet::parse_time(&c.last_transition_time)
         {
+            let since = fleet::parse_time(&c.last_transition_time).unwrap_or(0);
             if now > since + u.timeout_seconds {
                 return Health::Unhealthy(
                     rc::UNHEALTHY_MACHINE_REASON,
@@ -187,12 +204,9 @@ pub fn check(
             wait(since + u.timeout_seconds - now + 1);
         }
     }
-    match (node_name, node) {
-        (Some(name), None) => Health::Unhealthy(
-            rc::NODE_DELETED_REASON,
-            format!("Health check failed: Node {name} has been deleted"),
-        ),
-        (None, _) => {
+    // (A nodeRef without its Node returned `NodeDeleted` above.)
+    match node {
+        None => {
             let timeout = checks
                 .node_startup_timeout_seconds
                 .map_or(DEFAULT_NODE_STARTUP_TIMEOUT_SECONDS, i64::from);
@@ -202,7 +216,6 @@ pub fn check(
             // The later of: Machine creation, and the times the Cluster's
             // infrastructure, its control plane and the Machine's
             // infrastructure became ready (a Machine cannot get a Node before).
-            let cluster_conditions = cluster.status().conditions;
             let created = machine
                 .metadata
                 .extra
@@ -233,14 +246,17 @@ pub fn check(
             wait(start + timeout - now + 1);
             Health::Healthy(next)
         }
-        (Some(_), Some(node)) => {
+        Some(node) => {
             let ncs = node_conditions(node);
             for u in &checks.unhealthy_node_conditions {
                 let Some(c) = conditions::find(&ncs, &u.type_).filter(|c| c.status == u.status)
                 else {
                     continue;
                 };
-                let since = fleet::parse_time(&c.last_transition_time).unwrap_or(now);
+                // Kubernetes makes `lastTransitionTime` optional on Node
+                // conditions (a `kubectl patch` may leave it out): missing,
+                // the condition has held since the epoch, as in CAPI.
+                let since = fleet::parse_time(&c.last_transition_time).unwrap_or(0);
                 if now > since + u.timeout_seconds {
                     return Health::Unhealthy(
                         rc::UNHEALTHY_NODE_REASON,
@@ -259,13 +275,16 @@ pub fn check(
     }
 }
 
-/// Whether `triggerIf` allows remediation with `unhealthy` of `total`
-/// targets, and how many remediations remain allowed; `Err` names an
-/// invalid field. The third value is the limit, for messages.
+/// CAPI's `isAllowedRemediation`: whether `triggerIf` allows remediation
+/// with `unhealthy` (targets not counted healthy: unhealthy, not started,
+/// timeouts running, deleting) of `total` targets, how many remediations
+/// remain allowed, and the `RemediationAllowed` False message for
+/// `needs_remediation` Machines (CAPI's wording). `Err` names an invalid field.
 pub fn remediation_allowed(
     mhc: &MachineHealthCheck,
     total: i32,
     unhealthy: i32,
+    needs_remediation: usize,
 ) -> Result<(bool, i32, String), Error> {
     let trigger = mhc
         .spec
@@ -273,7 +292,7 @@ pub fn remediation_allowed(
         .as_ref()
         .and_then(|r| r.trigger_if.clone())
         .unwrap_or_default();
-    if let Some(range) = trigger.unhealthy_in_range {
+    if let Some(range) = trigger.unhealthy_in_range.filter(|r| !r.is_empty()) {
         let (lo, hi) = fleet::parse_range(&range).ok_or_else(|| {
             Error::terminal(format!(
                 "machinehealthcheck {}: invalid spec.remediation.triggerIf.unhealthyInRange {range:?}",
@@ -284,23 +303,31 @@ pub fn remediation_allowed(
         return Ok((
             ok,
             if ok { hi - unhealthy } else { 0 },
-            format!("unhealthyInRange: {range}"),
+            format!(
+                "Remediation is not allowed, the number of not started or unhealthy machines does not fall within the range (total: {total}, unhealthy: {needs_remediation}, unhealthyRange: {range})"
+            ),
         ));
     }
-    let max = trigger
+    let limit = trigger
         .unhealthy_less_than_or_equal_to
-        .unwrap_or(IntOrString::String("100%".to_owned()))
-        .scaled(total, false)
-        .map_err(|e| {
-            Error::terminal(format!(
-                "machinehealthcheck {}: spec.remediation.triggerIf.unhealthyLessThanOrEqualTo: {e}",
-                mhc.metadata.name
-            ))
-        })?;
+        .unwrap_or(IntOrString::String("100%".to_owned()));
+    let max = limit.scaled(total, false).map_err(|e| {
+        Error::terminal(format!(
+            "machinehealthcheck {}: spec.remediation.triggerIf.unhealthyLessThanOrEqualTo: {e}",
+            mhc.metadata.name
+        ))
+    })?;
+    let shown = match &limit {
+        IntOrString::Int(n) => n.to_string(),
+        IntOrString::String(s) => s.clone(),
+    };
+    let ok = unhealthy <= max;
     Ok((
-        unhealthy <= max,
-        (max - unhealthy).max(0),
-        format!("maxUnhealthy: {max}"),
+        ok,
+        if ok { max - unhealthy } else { 0 },
+        format!(
+            "Remediation is not allowed, the number of not started or unhealthy machines exceeds maxUnhealthy (total: {total}, unhealthy: {needs_remediation}, maxUnhealthy: {shown})"
+        ),
     ))
 }
 
@@ -365,12 +392,20 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
     let now_text = snapshot.now();
     let now = fleet::parse_time(now_text)
         .ok_or_else(|| Error::terminal(format!("snapshot time {now_text:?} is not RFC 3339")))?;
+    // Targets as CAPI's `getTargetsFromMHC`: every selected Machine of the
+    // Cluster (deleting ones too: they count, never as healthy), except
+    // those with the skip-remediation or paused annotation.
     let mut targets: Vec<Machine> = snapshot
         .related::<Machine>(MACHINES)?
         .into_iter()
         .filter(|m| m.spec.cluster_name == mhc.spec.cluster_name)
         .filter(|m| mhc.spec.selector.matches(&m.metadata.labels))
-        .filter(|m| !m.metadata.is_deleting())
+        .filter(|m| {
+            !m.metadata
+                .annotations
+                .contains_key(annotations::SKIP_REMEDIATION)
+                && !m.metadata.annotations.contains_key(annotations::PAUSED)
+        })
         .collect();
     targets.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let needs_nodes = targets.iter().any(|m| m.status().node_ref.is_some());
@@ -387,45 +422,54 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
         .into_iter()
         .filter_map(|n| Some((n.pointer("/metadata/name")?.as_str()?.to_owned(), n)))
         .collect();
-    let health: Vec<Health> = targets
-        .iter()
-        .map(|m| {
-            let node = m
-                .status()
-                .node_ref
-                .as_ref()
-                .and_then(|r| r.get("name")?.as_str().map(str::to_owned))
-                .and_then(|n| nodes.get(&n));
-            check(&mhc, &cluster, m, node, now)
-        })
-        .collect();
+    // CAPI's `healthCheckTargets`: healthy only a Machine not being deleted,
+    // with its Node, and no timeout running; a running timeout is neither
+    // (nothing written, look again then); the rest needs remediation.
+    let mut next: Option<i64> = None;
+    let mut healthy = 0_i32;
+    let mut verdicts: Vec<Option<Health>> = Vec::with_capacity(targets.len());
+    for m in &targets {
+        let node = m
+            .status()
+            .node_ref
+            .as_ref()
+            .and_then(|r| r.get("name")?.as_str().map(str::to_owned))
+            .and_then(|n| nodes.get(&n));
+        let h = check(&mhc, &cluster, m, node, now);
+        let verdict = match h {
+            Health::Healthy(Some(w)) => {
+                next = Some(next.map_or(w, |n| n.min(w)));
+                None
+            }
+            Health::Healthy(None) if m.metadata.is_deleting() || node.is_none() => None,
+            Health::Healthy(None) => {
+                healthy += 1;
+                Some(h)
+            }
+            Health::Unhealthy(..) => Some(h),
+        };
+        verdicts.push(verdict);
+    }
     let total = i32::try_from(targets.len()).unwrap_or(i32::MAX);
-    let unhealthy = i32::try_from(
-        health
-            .iter()
-            .filter(|h| matches!(h, Health::Unhealthy(..)))
-            .count(),
-    )
-    .unwrap_or(i32::MAX);
-    let (allowed, remaining, limit) = remediation_allowed(&mhc, total, unhealthy)?;
-    if !allowed {
+    let needs_remediation = verdicts
+        .iter()
+        .filter(|v| matches!(v, Some(Health::Unhealthy(..))))
+        .count();
+    let (allowed, remaining, restricted) =
+        remediation_allowed(&mhc, total, total - healthy, needs_remediation)?;
+    if !allowed && needs_remediation > 0 {
         out.event(
             mhc.object_ref(),
             EventType::Warning,
             "RemediationRestricted",
-            &format!(
-                "Remediation restricted due to exceeded number of unhealthy machines (total: {total}, unhealthy: {unhealthy}, {limit})"
-            ),
+            &restricted,
         );
     }
-    let mut next: Option<i64> = None;
-    for (m, h) in targets.iter().zip(&health) {
+    for (m, verdict) in targets.iter().zip(&verdicts) {
+        let Some(h) = verdict else { continue };
         let mut cs = m.status().conditions;
         match h {
-            Health::Healthy(wait) => {
-                if let Some(w) = wait {
-                    next = Some(next.map_or(*w, |n| n.min(*w)));
-                }
+            Health::Healthy(_) => {
                 conditions::set(
                     &mut cs,
                     Condition::new(
@@ -451,12 +495,11 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
                         .observed_generation(m.metadata.generation),
                     now_text,
                 );
-                let skip = m
-                    .metadata
-                    .annotations
-                    .contains_key(annotations::SKIP_REMEDIATION)
-                    || m.metadata.annotations.contains_key(annotations::PAUSED);
-                if allowed && !skip && conditions::find(&cs, rc::OWNER_REMEDIATED).is_none() {
+                // As CAPI: the owner's condition is created when missing (or
+                // True, a finished remediation), never on a deleting Machine.
+                let ask =
+                    conditions::find(&cs, rc::OWNER_REMEDIATED).is_none_or(|c| c.status == TRUE);
+                if allowed && ask && !m.metadata.is_deleting() {
                     conditions::set(
                         &mut cs,
                         Condition::new(
@@ -494,7 +537,7 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
     }
     let mut status: MachineHealthCheckStatus = mhc.status();
     status.expected_machines = Some(total);
-    status.current_healthy = Some(total - unhealthy);
+    status.current_healthy = Some(healthy);
     status.remediations_allowed = Some(remaining);
     status.targets = targets.iter().map(|m| m.metadata.name.clone()).collect();
     status.observed_generation = mhc.metadata.generation;
@@ -506,9 +549,12 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
             hc::REMEDIATION_ALLOWED_REASON,
         )
     } else {
-        Condition::new(hc::REMEDIATION_ALLOWED, FALSE, hc::TOO_MANY_UNHEALTHY_REASON).message(format!(
-            "Remediation is not allowed, the number of not started or unhealthy machines exceeds the limit (total: {total}, unhealthy: {unhealthy}, {limit})"
-        ))
+        Condition::new(
+            hc::REMEDIATION_ALLOWED,
+            FALSE,
+            hc::TOO_MANY_UNHEALTHY_REASON,
+        )
+        .message(restricted)
     };
     for c in [
         allowed_condition,

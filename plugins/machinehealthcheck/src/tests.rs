@@ -140,13 +140,12 @@ fn healthy_machines_pass_and_nothing_is_requeued() {
 fn a_node_condition_is_unhealthy_after_its_timeout_and_requeues_until_then() {
     let ms = [machine("m1", Some("n1"))];
     let nodes = [node("n1", "Unknown", &at(100))];
-    // 100 s into a 300 s timeout: healthy, look again in 201 s.
+    // 100 s into a 300 s timeout: neither healthy nor unhealthy (nothing
+    // written, not counted healthy), look again in 201 s.
     let out = run(&mhc(None), &ms, &nodes, &at(200));
-    assert_eq!(
-        machine_condition(&out, "m1", "HealthCheckSucceeded").expect("set")["status"],
-        "True"
-    );
+    assert!(machine_condition(&out, "m1", "HealthCheckSucceeded").is_none());
     assert!(machine_condition(&out, "m1", "OwnerRemediated").is_none());
+    assert_eq!(mhc_status(&out)["currentHealthy"], 0);
     assert_eq!(out.requeue_after_ms(), Some(201_000));
     // Past the timeout: unhealthy, and owner remediation requested.
     let out = run(&mhc(None), &ms, &nodes, &at(401));
@@ -183,10 +182,7 @@ fn a_machine_without_node_times_out_from_the_latest_readiness_time() {
     let ms = [machine("m1", None)];
     let out = run(&mhc(None), &ms, &[], &at(300));
     assert_eq!(out.requeue_after_ms(), Some((60 + 600 - 300 + 1) * 1000));
-    assert_eq!(
-        machine_condition(&out, "m1", "HealthCheckSucceeded").expect("set")["status"],
-        "True"
-    );
+    assert!(machine_condition(&out, "m1", "HealthCheckSucceeded").is_none());
     let out = run(&mhc(None), &ms, &[], &at(661));
     let hc = machine_condition(&out, "m1", "HealthCheckSucceeded").expect("set");
     assert_eq!(hc["reason"], "NodeStartupTimeout");
@@ -204,10 +200,11 @@ fn a_machine_without_node_times_out_from_the_latest_readiness_time() {
     let mut m = mhc(None);
     m["spec"]["checks"]["nodeStartupTimeoutSeconds"] = json!(0);
     let out = run(&m, &ms, &[], &at(100_000));
-    assert_eq!(
-        machine_condition(&out, "m1", "HealthCheckSucceeded").expect("set")["status"],
-        "True"
+    assert!(
+        machine_condition(&out, "m1", "HealthCheckSucceeded").is_none(),
+        "not started: not healthy, never unhealthy"
     );
+    assert_eq!(mhc_status(&out)["currentHealthy"], 0);
     assert_eq!(out.requeue_after_ms(), None);
 }
 
@@ -284,7 +281,7 @@ fn trigger_if_gates_remediation() {
     assert_eq!(cond(&s, "RemediationAllowed")["reason"], "TooManyUnhealthy");
     assert_eq!(
         cond(&s, "RemediationAllowed")["message"],
-        "Remediation is not allowed, the number of not started or unhealthy machines exceeds the limit (total: 5, unhealthy: 2, maxUnhealthy: 1)"
+        "Remediation is not allowed, the number of not started or unhealthy machines exceeds maxUnhealthy (total: 5, unhealthy: 2, maxUnhealthy: 1)"
     );
     assert_eq!(s["remediationsAllowed"], 0);
     assert!(
@@ -313,6 +310,29 @@ fn trigger_if_gates_remediation() {
         &now,
     );
     assert_eq!(remediated(&out), 0);
+    assert_eq!(
+        cond(&mhc_status(&out), "RemediationAllowed")["message"],
+        "Remediation is not allowed, the number of not started or unhealthy machines does not fall within the range (total: 5, unhealthy: 2, unhealthyRange: [3-5])"
+    );
+    // Not started Machines count as unhealthy for the limit (CAPI's
+    // `expectedMachines - currentHealthy`), though only 2 need remediation.
+    let mut starting = ms.clone();
+    let mut m5 = machine("m5", None);
+    m5["metadata"]["creationTimestamp"] = json!(at(900));
+    starting.push(m5);
+    let out = run(
+        &mhc(Some(json!({"unhealthyLessThanOrEqualTo": 2}))),
+        &starting,
+        &nodes,
+        &now,
+    );
+    assert_eq!(remediated(&out), 0);
+    assert_eq!(
+        cond(&mhc_status(&out), "RemediationAllowed")["message"],
+        "Remediation is not allowed, the number of not started or unhealthy machines exceeds maxUnhealthy (total: 6, unhealthy: 2, maxUnhealthy: 2)"
+    );
+    assert_eq!(mhc_status(&out)["currentHealthy"], 3);
+    assert!(machine_condition(&out, "m5", "HealthCheckSucceeded").is_none());
     let out = run(
         &mhc(Some(json!({"unhealthyInRange": "[1-3]"}))),
         &ms,
@@ -338,10 +358,10 @@ fn skip_remediation_and_recovery() {
     ms[0]["metadata"]["annotations"] = json!({annotations::SKIP_REMEDIATION: ""});
     let out = run(&mhc(None), &ms, &nodes, &at(1000));
     assert_eq!(remediated(&out), 0);
-    assert_eq!(
-        machine_condition(&out, "m0", "HealthCheckSucceeded").expect("set")["status"],
-        "False"
-    );
+    // As CAPI: not a target at all.
+    assert!(machine_condition(&out, "m0", "HealthCheckSucceeded").is_none());
+    assert_eq!(mhc_status(&out)["expectedMachines"], 1);
+    assert_eq!(mhc_status(&out)["targets"], json!(["m1"]));
     // Marked earlier, then healthy again before the owner acted: withdrawn.
     ms[0]["metadata"]["annotations"] = json!({});
     ms[0]["status"]["conditions"] = json!([
@@ -445,5 +465,99 @@ fn contract_metadata_and_steady_state() {
         info.relations
             .iter()
             .any(|r| r.name == NODES && r.target == capstan_sdk::Target::Workload)
+    );
+}
+
+#[test]
+fn a_node_condition_without_transition_time_has_held_since_the_epoch() {
+    // What `kubectl patch node --subresource=status` leaves when the patch
+    // names only type and status: the timeout has long passed.
+    let mut n = node("n1", "False", T0);
+    n["status"]["conditions"][0]
+        .as_object_mut()
+        .map(|c| c.remove("lastTransitionTime"));
+    let out = run(&mhc(None), &[machine("m1", Some("n1"))], &[n], &at(1));
+    let hc = machine_condition(&out, "m1", "HealthCheckSucceeded").expect("set");
+    assert_eq!(
+        (hc["status"].as_str(), hc["reason"].as_str()),
+        (Some("False"), Some("UnhealthyNode"))
+    );
+    assert_eq!(
+        machine_condition(&out, "m1", "OwnerRemediated").expect("set")["reason"],
+        "WaitingForRemediation"
+    );
+}
+
+#[test]
+fn nothing_is_penalized_before_the_control_plane_is_initialized_or_the_infrastructure_ready() {
+    // Far past every timeout: a worker without Node and one with a NotReady Node.
+    let ms = [machine("m1", None), machine("m2", Some("n2"))];
+    let nodes = [node("n2", "False", T0)];
+    let now = at(100_000);
+    for (cp, infra) in [("False", "True"), ("True", "False")] {
+        let c = json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+            "metadata": {"name": "c1", "namespace": "ns", "uid": "uid-c1"}, "spec": {},
+            "status": {"conditions": [
+                {"type": "InfrastructureReady", "status": infra, "reason": "X", "lastTransitionTime": T0},
+                {"type": "ControlPlaneInitialized", "status": cp, "reason": "X", "lastTransitionTime": T0}]}});
+        let snap = Snapshot::new(&mhc(None), &now)
+            .with_related(CLUSTER, true, &[c])
+            .with_related(MACHINES, true, &ms)
+            .with_related(NODES, true, &nodes)
+            .with_workload(Connection::Connected);
+        let out = FakeHost::new()
+            .reconcile::<MachineHealthCheckReconciler>(&snap)
+            .expect("reconciles");
+        // Not penalized: the Machine with a Node passes, the one without
+        // is not started (neither healthy nor unhealthy).
+        assert!(machine_condition(&out, "m1", "HealthCheckSucceeded").is_none());
+        assert_eq!(
+            machine_condition(&out, "m2", "HealthCheckSucceeded").expect("set")["status"],
+            "True",
+            "ControlPlaneInitialized {cp}, InfrastructureReady {infra}"
+        );
+        assert_eq!(mhc_status(&out)["currentHealthy"], 1);
+        assert_eq!(
+            out.requeue_after_ms(),
+            None,
+            "the Cluster's change wakes it"
+        );
+    }
+}
+
+#[test]
+fn deleting_machines_count_but_are_never_healthy_nor_written() {
+    let mut gone = machine("m1", Some("n1"));
+    gone["metadata"]["deletionTimestamp"] = json!(T0);
+    gone["metadata"]["finalizers"] = json!(["machine.cluster.x-k8s.io"]);
+    let ms = [gone, machine("m2", Some("n2"))];
+    // m1's Node is already gone (the Machine deletion removed it).
+    let nodes = [node("n2", "True", T0)];
+    let out = run(
+        &mhc(Some(json!({"unhealthyLessThanOrEqualTo": 0}))),
+        &ms,
+        &nodes,
+        &at(10),
+    );
+    let s = mhc_status(&out);
+    assert_eq!(
+        (&s["expectedMachines"], &s["currentHealthy"], &s["targets"]),
+        (&json!(2), &json!(1), &json!(["m1", "m2"]))
+    );
+    assert_eq!(cond(&s, "RemediationAllowed")["status"], "False");
+    let m1 = machine_condition(&out, "m1", "HealthCheckSucceeded").expect("set");
+    assert_eq!(m1["reason"], "NodeDeleted");
+    assert!(
+        machine_condition(&out, "m1", "OwnerRemediated").is_none(),
+        "never asked on a deleting Machine"
+    );
+    // A finished remediation (OwnerRemediated True) is asked again.
+    let mut again = machine("m3", Some("n3"));
+    again["status"]["conditions"] = json!([{"type": "OwnerRemediated", "status": "True",
+        "reason": "X", "lastTransitionTime": T0}]);
+    let out = run(&mhc(None), &[again], &[node("n3", "False", T0)], &at(1000));
+    assert_eq!(
+        machine_condition(&out, "m3", "OwnerRemediated").expect("set")["reason"],
+        "WaitingForRemediation"
     );
 }

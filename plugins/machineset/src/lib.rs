@@ -22,7 +22,7 @@
 //! memo only makes reuse possible again, never duplicates.
 
 use capstan_sdk::capi::cluster::{Cluster, Machine, MachineDeployment, MachineSet};
-use capstan_sdk::capi::conditions::{self as capi_conditions, Reasons};
+use capstan_sdk::capi::conditions::{self as capi_conditions};
 use capstan_sdk::capi::fleet::{
     self, MachineTemplateSpec, remediation_conditions as rc, replica_conditions as c,
 };
@@ -529,6 +529,8 @@ struct Actions {
     created: usize,
     deleted: usize,
     remediated: Vec<String>,
+    /// Machines this reconcile deletes (scale down and remediation).
+    deleting: Vec<String>,
 }
 
 fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
@@ -599,7 +601,7 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
 
     remember_seen(ctx, &ms, &machines);
     let mut actions = Actions::default();
-    remediate(md.as_ref(), &machines, now, &mut actions, &mut out)?;
+    remediate(&ms, md.as_ref(), &machines, now, &mut actions, &mut out)?;
     let desired = desired_replicas(&ms);
     let have = i32::try_from(machines.len()).unwrap_or(i32::MAX);
     if have < desired {
@@ -633,6 +635,7 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
                     &format!("Deleted machine {:?}", m.metadata.name),
                 );
                 actions.deleted += 1;
+                actions.deleting.push(m.metadata.name.clone());
             }
         }
     }
@@ -653,29 +656,44 @@ fn reconcile(ctx: &Context<'_>, snapshot: &Snapshot) -> Result<Outcome, Error> {
 /// time (Machines already deleting under remediation count as in flight).
 /// Their replacements come from the normal scale up once they are gone.
 fn remediate(
+    ms: &MachineSet,
     md: Option<&MachineDeployment>,
     machines: &[Machine],
     now: &str,
     actions: &mut Actions,
     out: &mut Outcome,
 ) -> Result<(), Error> {
-    let waiting = |m: &&Machine| {
-        conditions::find(&m.status().conditions, rc::OWNER_REMEDIATED)
-            .is_some_and(|c| c.status == FALSE)
-    };
     let mut candidates: Vec<&Machine> = machines
         .iter()
         .filter(|m| !m.metadata.is_deleting())
-        .filter(waiting)
+        .filter(|m| fleet::owner_remediation_requested(m))
         .collect();
     if candidates.is_empty() {
         return Ok(());
     }
-    candidates.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    // A MachineSet of a MachineDeployment remediates only while it is the
+    // current revision (an old one is being rolled out anyway).
+    if let Some(md) = md
+        && md.metadata.annotations.get(fleet::annotations::REVISION)
+            != ms.metadata.annotations.get(fleet::annotations::REVISION)
+    {
+        return Ok(());
+    }
+    // Newest first, as CAPI (ties by name).
+    candidates.sort_by(|a, b| {
+        created(b)
+            .cmp(created(a))
+            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+    });
     let in_flight = machines
         .iter()
         .filter(|m| m.metadata.is_deleting())
-        .filter(waiting)
+        // CAPI also checks the reason is MachineDeleting; any False will do
+        // here, so a deletion seen before its status write still counts.
+        .filter(|m| {
+            conditions::find(&m.status().conditions, rc::OWNER_REMEDIATED)
+                .is_some_and(|c| c.status == FALSE)
+        })
         .count();
     let allowed = match md.and_then(|d| d.spec.remediation.as_ref()?.max_in_flight.clone()) {
         None => usize::MAX,
@@ -703,6 +721,7 @@ fn remediate(
         out.status(&s)?;
         out.delete(m.object_ref());
         actions.remediated.push(m.metadata.name.clone());
+        actions.deleting.push(m.metadata.name.clone());
     }
     Ok(())
 }
@@ -801,29 +820,12 @@ fn scale_up(
     Ok(())
 }
 
-const READY_REASONS: Reasons<'static> = Reasons {
-    good: c::READY_REASON,
-    bad: c::NOT_READY_REASON,
-    unknown: c::READY_UNKNOWN_REASON,
-};
-
 fn count(machines: &[Machine], type_: &str) -> i32 {
     let n = machines
         .iter()
         .filter(|m| conditions::is_true(&m.status().conditions, type_))
         .count();
     i32::try_from(n).unwrap_or(i32::MAX)
-}
-
-fn names(machines: &[&Machine]) -> String {
-    let mut v: Vec<&str> = machines.iter().map(|m| m.metadata.name.as_str()).collect();
-    v.sort_unstable();
-    let shown = v.iter().take(3).copied().collect::<Vec<_>>().join(", ");
-    if v.len() > 3 {
-        format!("{shown}, ... ({} more)", v.len() - 3)
-    } else {
-        shown
-    }
 }
 
 fn set_status(
@@ -842,9 +844,17 @@ fn set_status(
         .iter()
         .filter(|m| !m.metadata.is_deleting())
         .collect();
+    // Ready and available count only Machines that stay: one being deleted
+    // (before, or by this reconcile) is about to stop serving, and the
+    // MachineDeployment sizes a rolling update's scale down by these counts.
+    let staying: Vec<Machine> = live
+        .iter()
+        .filter(|m| !actions.deleting.contains(&m.metadata.name))
+        .map(|m| (*m).clone())
+        .collect();
     status.replicas = Some(current);
-    status.ready_replicas = Some(count(machines, "Ready"));
-    status.available_replicas = Some(count(machines, "Available"));
+    status.ready_replicas = Some(count(&staying, "Ready"));
+    status.available_replicas = Some(count(&staying, "Available"));
     status.up_to_date_replicas = Some(if fresh {
         i32::try_from(live.len()).unwrap_or(i32::MAX)
     } else {
@@ -871,27 +881,8 @@ fn set_status(
         Condition::new(c::SCALING_UP, FALSE, c::NOT_SCALING_UP_REASON)
     });
     let target = if deleting { 0 } else { desired };
-    new.push(if current > target {
-        Condition::new(c::SCALING_DOWN, TRUE, c::SCALING_DOWN_REASON)
-            .message(format!("Scaling down from {current} to {target} replicas"))
-    } else {
-        Condition::new(c::SCALING_DOWN, FALSE, c::NOT_SCALING_DOWN_REASON)
-    });
-    new.push(if machines.is_empty() {
-        Condition::new(c::MACHINES_READY, TRUE, c::NO_REPLICAS_REASON)
-    } else {
-        let cs: Vec<(String, Vec<Condition>)> = machines
-            .iter()
-            .map(|m| (m.metadata.name.clone(), m.status().conditions))
-            .collect();
-        capi_conditions::aggregate(
-            cs.iter().map(|(n, c)| (n.as_str(), c.as_slice())),
-            "Ready",
-            "Machine",
-            c::MACHINES_READY,
-            READY_REASONS,
-        )
-    });
+    new.push(fleet::scaling_down(current, target));
+    new.push(fleet::machines_ready(machines));
     new.push(if live.is_empty() {
         Condition::new(c::MACHINES_UP_TO_DATE, TRUE, c::NO_REPLICAS_REASON)
     } else if fresh {
@@ -900,26 +891,10 @@ fn set_status(
         let s = if live.len() == 1 { "" } else { "s" };
         Condition::new(c::MACHINES_UP_TO_DATE, FALSE, c::NOT_UP_TO_DATE_REASON).message(format!(
             "* Machine{s} {}: Machine template is not the MachineDeployment's current template",
-            names(&live)
+            fleet::name_list(live.iter().map(|m| m.metadata.name.as_str()))
         ))
     });
-    let remediating: Vec<&Machine> = machines
-        .iter()
-        .filter(|m| {
-            conditions::find(&m.status().conditions, rc::OWNER_REMEDIATED)
-                .is_some_and(|c| c.status == FALSE)
-                || actions.remediated.contains(&m.metadata.name)
-        })
-        .collect();
-    new.push(if remediating.is_empty() {
-        Condition::new(c::REMEDIATING, FALSE, c::NOT_REMEDIATING_REASON)
-    } else {
-        let s = if remediating.len() == 1 { "" } else { "s" };
-        Condition::new(c::REMEDIATING, TRUE, c::REMEDIATING_REASON).message(format!(
-            "* Machine{s} {}: Machine is being remediated",
-            names(&remediating)
-        ))
-    });
+    new.push(fleet::remediating(machines));
     if !deleting {
         new.push(match &actions.blocked {
             Some((reason, why)) => {

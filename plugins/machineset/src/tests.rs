@@ -491,6 +491,28 @@ fn owner_remediated_false_machines_are_deleted_within_max_in_flight() {
             .push(json!({"type": "OwnerRemediated", "status": "False", "reason": "WaitingForRemediation",
                 "lastTransitionTime": T0}));
     }
+    // OwnerRemediated alone (no failed health check) is not a remediation request.
+    let out = w.reconcile(T1);
+    assert!(
+        deleted(&out).is_empty(),
+        "HealthCheckSucceeded is not False"
+    );
+    assert_eq!(cond(&status_of(&out), "Remediating")["status"], "False");
+    for i in [1, 2] {
+        w.machines[i]["status"]["conditions"]
+            .as_array_mut()
+            .expect("conditions")
+            .push(
+                json!({"type": "HealthCheckSucceeded", "status": "False", "reason": "UnhealthyNode",
+                "lastTransitionTime": T0}),
+            );
+    }
+    // An old revision of its MachineDeployment does not remediate.
+    w.md.as_mut().expect("md")["metadata"]["annotations"] =
+        json!({"machinedeployment.clusters.x-k8s.io/revision": "2"});
+    w.ms["metadata"]["annotations"] = json!({"machinedeployment.clusters.x-k8s.io/revision": "1"});
+    assert!(deleted(&w.reconcile(T1)).is_empty(), "old revision");
+    w.ms["metadata"]["annotations"] = json!({"machinedeployment.clusters.x-k8s.io/revision": "2"});
     let out = w.reconcile(T1);
     assert_eq!(deleted(&out), ["b"], "maxInFlight 1");
     let machine_status: Value = out
@@ -586,4 +608,27 @@ fn describe_declares_what_the_reconciler_writes() {
     ));
     assert!(can("KubeadmConfig", Verbs::CREATE) && can("DevMachine", Verbs::CREATE));
     assert!(!can("MachineSet", Verbs::CREATE));
+}
+
+#[test]
+fn machines_being_deleted_are_not_counted_ready_or_available() {
+    let mut w = World::new(machine_set(1, Some("Oldest")));
+    w.machines = vec![
+        machine("a", T0, true),
+        machine("b", T1, true),
+        machine("c", T1, true),
+    ];
+    w.machines[2]["metadata"]["deletionTimestamp"] = json!(T1);
+    let out = w.reconcile(T1);
+    assert_eq!(deleted(&out), ["a"], "c already goes; Oldest picks a");
+    let s = status_of(&out);
+    assert_eq!(
+        (
+            s["replicas"].as_i64(),
+            s["readyReplicas"].as_i64(),
+            s["availableReplicas"].as_i64()
+        ),
+        (Some(3), Some(1), Some(1)),
+        "only b stays"
+    );
 }
