@@ -473,6 +473,15 @@ impl ManagerProcess {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// The log lines containing any of `needles`.
+    pub fn log_grep(&self, needles: &[&str]) -> String {
+        self.log_text()
+            .lines()
+            .filter(|l| needles.iter().any(|n| l.contains(n)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The Prometheus text of /metrics.
     pub async fn metrics(&self) -> anyhow::Result<String> {
         let (code, body) = crate::host::http_get(self.metrics_addr, "/metrics").await?;

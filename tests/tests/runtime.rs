@@ -406,3 +406,34 @@ fn files_that_are_not_components_of_this_world_are_refused() -> Result<()> {
     );
     Ok(())
 }
+
+/// Native crypto time is not charged to the guest's deadline: a guest whose own work takes
+/// far less than its deadline completes even though the RSA key it asks for takes longer
+/// (interrupting it right after the host returned the key would lose the key, and the next
+/// reconcile would generate another).
+#[test]
+fn crypto_time_is_not_charged_to_the_guest_deadline() -> Result<()> {
+    let deadline = Duration::from_millis(10);
+    let dir = tempfile::tempdir()?;
+    let rt = Runtime::new(RuntimeConfig {
+        deadline,
+        memory_limit: MEMORY,
+        cache_dir: Some(dir.path().to_owned()),
+        ..RuntimeConfig::default()
+    })?;
+    let plugin = rt.load_file(&guest("guest-crypto")?)?;
+    let start = Instant::now();
+    let outcome = plugin
+        .reconcile("default/web", &configmap_snapshot(false))
+        .context("the crypto guest must complete")?;
+    let took = start.elapsed();
+    assert!(
+        took > deadline,
+        "the call took {took:?}, under its {deadline:?} deadline: the test shows nothing"
+    );
+    assert_eq!(outcome.apply.len(), 1);
+    assert_eq!(rt.crypto_operations("test-crypto", "generate_key_rsa"), 1);
+    assert_eq!(rt.crypto_operations("test-crypto", "kubeconfig"), 1);
+    // And a guest that loops on its own is still stopped at its deadline (guest-loop above).
+    Ok(())
+}

@@ -8,7 +8,12 @@
 //!
 //! Bounds: a call may perform at most [`MAX_CRYPTO_OPS_PER_CALL`] crypto operations, and no
 //! host operation starts once the call's deadline has passed (the epoch deadline only
-//! interrupts guest code, so a guest looping over host calls is stopped here). Every crypto
+//! interrupts guest code, so a guest looping over host calls is stopped here). Time spent in
+//! crypto operations is not charged to the guest: the deadline bounds the guest's own work,
+//! and native key generation (RSA 2048 takes from tens of milliseconds to seconds, more on a
+//! loaded machine or in a debug build) is bounded by the operation limit instead. Charging it
+//! would interrupt a guest right after the host returned a fresh key and before the guest
+//! could keep it (in `memo` or an outcome), so the next reconcile would generate it again. Every crypto
 //! input is size-checked ([`super::crypto`]); cloud arguments are capped at
 //! [`MAX_CLOUD_ARG_BYTES`].
 //!
@@ -27,7 +32,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Crypto operations one reconcile call may perform.
 pub const MAX_CRYPTO_OPS_PER_CALL: u32 = 64;
@@ -122,9 +127,26 @@ pub(crate) struct Grants {
     pub(crate) capabilities: Capabilities,
     pub(crate) cloud: Option<Arc<dyn Cloud>>,
     pub(crate) metrics: HostCallMetrics,
-    /// No host operation starts after this instant.
+    /// No host operation starts after this instant (moved later by [`Self::host_time`]).
     pub(crate) deadline: Instant,
     pub(crate) crypto_ops_left: u32,
+    /// Time spent in crypto operations in this call: added to the deadline.
+    pub(crate) host_time: Duration,
+    /// The part of [`Self::host_time`] already added to the epoch deadline.
+    pub(crate) credited: Duration,
+}
+
+impl Grants {
+    /// The epoch ticks to extend the deadline by when it is reached (ticks of `tick`): the
+    /// host time not yet credited, or `None` (interrupt) when there is none.
+    pub(crate) fn extension(&mut self, tick: Duration) -> Option<u64> {
+        let owed = self.host_time.saturating_sub(self.credited);
+        if owed.is_zero() || tick.is_zero() {
+            return None;
+        }
+        self.credited = self.host_time;
+        Some(u64::try_from(owed.as_nanos().div_ceil(tick.as_nanos())).unwrap_or(u64::MAX))
+    }
 }
 
 impl std::fmt::Debug for Grants {
@@ -153,7 +175,7 @@ impl StoreData {
                 capability = name, "host call refused: capability not declared");
             return Err(format!("capability {name} not declared by the plugin"));
         }
-        if Instant::now() >= caps.grants.deadline {
+        if Instant::now() >= caps.grants.deadline + caps.grants.host_time {
             return Err(format!(
                 "{name} call refused: the reconcile call's deadline has passed"
             ));
@@ -174,7 +196,10 @@ impl StoreData {
             ));
         }
         g.crypto_ops_left -= 1;
-        let out = op().map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let out = op();
+        g.host_time += started.elapsed();
+        let out = out.map_err(|e| e.to_string())?;
         g.metrics
             .crypto
             .get_or_create(&OperationLabels {
@@ -322,5 +347,35 @@ impl cloud::Host for StoreData {
     fn delete_object(&mut self, cluster: String, object: ObjectRef) -> Result<(), String> {
         self.cloud(&[&cluster, &object.name])?
             .delete_object(&cluster, &object_key(&object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grants() -> Grants {
+        Grants {
+            capabilities: Capabilities::CRYPTO,
+            cloud: None,
+            metrics: HostCallMetrics::default(),
+            deadline: Instant::now(),
+            crypto_ops_left: MAX_CRYPTO_OPS_PER_CALL,
+            host_time: Duration::ZERO,
+            credited: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn deadline_is_extended_by_uncredited_host_time_once() {
+        let tick = Duration::from_millis(1);
+        let mut g = grants();
+        assert_eq!(g.extension(tick), None, "no host time: interrupt");
+        g.host_time = Duration::from_micros(2500);
+        assert_eq!(g.extension(tick), Some(3), "2.5 ms rounds up to 3 ticks");
+        assert_eq!(g.extension(tick), None, "already credited: interrupt");
+        g.host_time += Duration::from_millis(4);
+        assert_eq!(g.extension(tick), Some(4), "only the new host time");
+        assert_eq!(g.extension(Duration::ZERO), None);
     }
 }

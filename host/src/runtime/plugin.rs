@@ -119,11 +119,22 @@ fn new_store(
             metrics: rt.host_metrics.clone(),
             deadline: std::time::Instant::now() + rt.config.deadline,
             crypto_ops_left: MAX_CRYPTO_OPS_PER_CALL,
+            host_time: std::time::Duration::ZERO,
+            credited: std::time::Duration::ZERO,
         },
     };
     let mut store = Store::new(&rt.engine, StoreData::new(caps, rt.config.memory_limit));
     store.limiter(|d| &mut d.limiter);
     store.set_epoch_deadline(rt.deadline_ticks);
+    // At the deadline, time spent in crypto operations is given back (see hostcalls.rs);
+    // with none owed the call is interrupted as without a callback.
+    let tick = rt.epoch_tick;
+    store.epoch_deadline_callback(move |mut ctx| {
+        Ok(match ctx.data_mut().caps.grants.extension(tick) {
+            Some(ticks) => wasmtime::UpdateDeadline::Continue(ticks),
+            None => wasmtime::UpdateDeadline::Interrupt,
+        })
+    });
     if let Some(fuel) = rt.config.fuel {
         // Only fails when fuel is disabled in the engine, which `fuel` enables.
         let _ = store.set_fuel(fuel);
