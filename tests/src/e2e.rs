@@ -1303,12 +1303,10 @@ pub fn capi_contract_violations(cluster: &str, objects: &[Value]) -> Vec<String>
                     bad(format!("finalizer {f}: CAPI sets none on {kind}"));
                 }
             }
-            Some(f) => {
-                if !finalizers.contains(&f) {
-                    bad(format!("finalizer {f} missing (has {finalizers:?})"));
-                }
+            Some(f) if !finalizers.contains(&f) => {
+                bad(format!("finalizer {f} missing (has {finalizers:?})"));
             }
-            None => {}
+            _ => {}
         }
 
         // Conditions (§1.5): v1beta2 metav1.Conditions.
@@ -1426,7 +1424,8 @@ mod tests {
 
     #[test]
     fn contract_check_finds_each_kind_of_violation() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Vec<Value>)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Vec<Value>)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "label",
                 Box::new(|o| o[1]["metadata"]["labels"] = json!({})),

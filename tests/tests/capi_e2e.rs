@@ -293,7 +293,8 @@ async fn provisions_scales_and_deletes_a_cluster(server: &TestServer) -> anyhow:
         key_generations(&ops, "kubeadm-control-plane") == 5.0,
         "kubeadm-control-plane key generations: {:?}\nmanager log:\n{}",
         ops.iter().filter(|(_, v)| **v > 0.0).collect::<Vec<_>>(),
-        env.manager.log_grep(&["kubeadm-control-plane", "certificates", "kubeconfig"])
+        env.manager
+            .log_grep(&["kubeadm-control-plane", "certificates", "kubeconfig"])
     );
     ensure!(
         ops.get(&("kubeadm-control-plane".into(), "generate_key_rsa".into())) == Some(&5.0),
