@@ -753,6 +753,53 @@ impl CapiEnv {
     }
 }
 
+/// `examples/capi/cluster-in-memory.yaml` as cluster `name` in `namespace`, with sub-second
+/// startup durations (the in-memory backend's "boot" times; the example's seconds only slow a
+/// test down). Objects: Cluster `name`, DevCluster `name`, KubeadmControlPlane and
+/// DevMachineTemplate `<name>-cp`, KubeadmConfigTemplate `<name>-workers`.
+pub fn example_cluster_manifest(namespace: &str, name: &str) -> anyhow::Result<String> {
+    let path = crate::workspace_root().join("examples/capi/cluster-in-memory.yaml");
+    let example =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let out = example
+        .replace("namespace: default", &format!("namespace: {namespace}"))
+        .replace("name: demo-cp", &format!("name: {name}-cp"))
+        .replace("name: demo-workers", &format!("name: {name}-workers"))
+        .replace("name: demo", &format!("name: {name}"))
+        .replace("startupDuration: 3s", "startupDuration: 300ms")
+        .replace("startupDuration: 1s", "startupDuration: 200ms");
+    ensure!(
+        !out.contains("demo") && !out.contains("startupDuration: 1s"),
+        "{} changed; update example_cluster_manifest's substitutions:\n{out}",
+        path.display()
+    );
+    Ok(out)
+}
+
+impl CapiEnv {
+    /// kubectl against cluster `cluster`'s workload API, with the admin kubeconfig read from
+    /// its `<cluster>-kubeconfig` Secret (written to the test's folder).
+    pub async fn workload_kubectl(&self, cluster: &str) -> anyhow::Result<Kubectl> {
+        use base64::Engine as _;
+        let secret = self
+            .get(SECRET, &format!("{cluster}-kubeconfig"))
+            .await?
+            .with_context(|| format!("no Secret {cluster}-kubeconfig"))?;
+        ensure!(
+            secret["type"] == "cluster.x-k8s.io/secret",
+            "{cluster}-kubeconfig has type {}",
+            secret["type"]
+        );
+        let value = secret["data"]["value"]
+            .as_str()
+            .with_context(|| format!("{cluster}-kubeconfig has no data.value"))?;
+        let kubeconfig = base64::engine::general_purpose::STANDARD.decode(value)?;
+        let path = self.dir().join(format!("{cluster}.kubeconfig"));
+        std::fs::write(&path, &kubeconfig)?;
+        Ok(self.kubectl.with_kubeconfig(&path))
+    }
+}
+
 /// `Kind/name phase=.. [Type=Status(Reason) ...] deleting` of an object.
 pub fn summarize(o: &Value) -> String {
     let mut s = format!(
@@ -1087,9 +1134,7 @@ fn allowed_phases(kind: &str) -> Option<&'static [&'static str]> {
             "Failed",
             "Unknown",
         ]),
-        "MachineDeployment" | "MachineSet" => {
-            Some(&["ScalingUp", "ScalingDown", "Running", "Failed", "Unknown"])
-        }
+        "MachineDeployment" => Some(&["ScalingUp", "ScalingDown", "Running", "Failed", "Unknown"]),
         _ => None,
     }
 }

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use base64::Engine as _;
 use capstan_tests::e2e::{
     self, CLUSTER, CapiEnv, DEV_CLUSTER, DEV_MACHINE, DEV_MACHINE_TEMPLATE, KCP, KUBEADM_CONFIG,
     MACHINE, SECRET, condition, is_true, name_of,
@@ -23,28 +22,6 @@ const NS: &str = "capi-e2e";
 const NAME: &str = "e2e";
 /// Generous for a debug build on a busy 2-core machine; a healthy run needs a few seconds.
 const STEP: Duration = Duration::from_secs(150);
-
-/// The manifest of `examples/capi/cluster-in-memory.yaml` in the test's namespace with
-/// sub-second startup durations (the in-memory backend's "boot" times; CAPI's scale test
-/// uses seconds, which only slow the test down).
-fn manifest() -> String {
-    let example = std::fs::read_to_string(
-        capstan_tests::workspace_root().join("examples/capi/cluster-in-memory.yaml"),
-    )
-    .expect("examples/capi/cluster-in-memory.yaml");
-    let out = example
-        .replace("namespace: default", &format!("namespace: {NS}"))
-        .replace("name: demo-cp", &format!("name: {NAME}-cp"))
-        .replace("name: demo-workers", &format!("name: {NAME}-workers"))
-        .replace("name: demo", &format!("name: {NAME}"))
-        .replace("startupDuration: 3s", "startupDuration: 300ms")
-        .replace("startupDuration: 1s", "startupDuration: 200ms");
-    assert!(
-        !out.contains("demo") && !out.contains("startupDuration: 1s"),
-        "the example changed; update the test's substitutions:\n{out}"
-    );
-    out
-}
 
 /// Control-plane Machines as a watch sees them: name -> (phase, being deleted); and, at each
 /// first appearance of a Machine, the phases of the others at that moment.
@@ -140,7 +117,10 @@ async fn provisions_scales_and_deletes_a_cluster(server: &TestServer) -> anyhow:
     eprintln!("[{:?}] manager serving ({:?})", started.elapsed(), env.kind);
     let (machines, watch_task) = record_machines(env.client.clone());
 
-    let applied = env.kubectl.apply(&manifest()).await?;
+    let applied = env
+        .kubectl
+        .apply(&e2e::example_cluster_manifest(NS, NAME)?)
+        .await?;
     for line in [
         "cluster.cluster.x-k8s.io/e2e created",
         "kubeadmcontrolplane.controlplane.cluster.x-k8s.io/e2e-cp created",
@@ -226,22 +206,7 @@ async fn provisions_scales_and_deletes_a_cluster(server: &TestServer) -> anyhow:
     );
 
     // 3. The kubeconfig Secret authenticates against the simulated workload API.
-    let secret = env
-        .get(SECRET, &format!("{NAME}-kubeconfig"))
-        .await?
-        .context("no kubeconfig Secret")?;
-    ensure!(
-        secret["type"] == "cluster.x-k8s.io/secret",
-        "type {}",
-        secret["type"]
-    );
-    let value = secret["data"]["value"]
-        .as_str()
-        .context("kubeconfig Secret has no data.value")?;
-    let kubeconfig = base64::engine::general_purpose::STANDARD.decode(value)?;
-    let kubeconfig_path = env.dir().join("workload.kubeconfig");
-    std::fs::write(&kubeconfig_path, &kubeconfig)?;
-    let workload = env.kubectl.with_kubeconfig(&kubeconfig_path);
+    let workload = env.workload_kubectl(NAME).await?;
     let nodes = workload.get_json(None, &["nodes"]).await?;
     let items = nodes["items"].as_array().cloned().unwrap_or_default();
     ensure!(items.len() == 1, "workload nodes: {nodes}");
