@@ -800,6 +800,16 @@ impl CapiEnv {
     }
 }
 
+/// A background task (a test's watch) aborted when the guard drops, also on failure.
+#[derive(Debug)]
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// `Kind/name phase=.. [Type=Status(Reason) ...] deleting` of an object.
 pub fn summarize(o: &Value) -> String {
     let mut s = format!(

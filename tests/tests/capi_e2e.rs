@@ -58,7 +58,7 @@ impl MachineLog {
 }
 
 /// Watches the cluster's control-plane Machines through kube-rs (every event, no polling gaps).
-fn record_machines(client: kube::Client) -> (Arc<Mutex<MachineLog>>, tokio::task::JoinHandle<()>) {
+fn record_machines(client: kube::Client) -> (Arc<Mutex<MachineLog>>, e2e::AbortOnDrop) {
     let log = Arc::new(Mutex::new(MachineLog::default()));
     let api: Api<DynamicObject> = Api::namespaced_with(client, NS, &MACHINE.api_resource());
     let config = watcher::Config::default().labels(&format!(
@@ -84,7 +84,7 @@ fn record_machines(client: kube::Client) -> (Arc<Mutex<MachineLog>>, tokio::task
             }
         })
     };
-    (log, task)
+    (log, e2e::AbortOnDrop(task))
 }
 
 /// Crypto operations per (plugin, operation) from /metrics.
@@ -501,7 +501,7 @@ async fn provisions_scales_and_deletes_a_cluster(server: &TestServer) -> anyhow:
         "the manager died: {}",
         env.manager.log_tail(40)
     );
-    watch_task.abort();
+    drop(watch_task);
     Ok(())
 }
 

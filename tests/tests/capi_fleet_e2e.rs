@@ -118,6 +118,9 @@ struct Fleet {
     samples: usize,
     /// Every Machine's conditions as last seen (kept after it is gone).
     last_conditions: BTreeMap<String, Value>,
+    /// While sampling: one line per event (the failure message of a bound).
+    timeline: Vec<String>,
+    started: Option<Instant>,
 }
 
 impl Fleet {
@@ -130,8 +133,16 @@ impl Fleet {
         let deleting = m.metadata.deletion_timestamp.is_some();
         self.last_conditions
             .insert(name.clone(), m.data["status"]["conditions"].clone());
-        self.machines.insert(name, (available, deleting));
+        self.machines.insert(name.clone(), (available, deleting));
         self.sample();
+        if self.sampling {
+            let at = self.started.map(|t| t.elapsed()).unwrap_or_default();
+            let line = format!(
+                "{at:?} {name} available={available} deleting={deleting} -> {:?}",
+                self.machines
+            );
+            self.timeline.push(line);
+        }
     }
 
     fn sample(&mut self) {
@@ -155,11 +166,13 @@ impl Fleet {
         self.max_total = 0;
         self.max_objects = 0;
         self.samples = 0;
+        self.timeline.clear();
+        self.started = Some(Instant::now());
         self.sample();
     }
 }
 
-fn watch_workers(client: kube::Client) -> (Arc<Mutex<Fleet>>, tokio::task::JoinHandle<()>) {
+fn watch_workers(client: kube::Client) -> (Arc<Mutex<Fleet>>, e2e::AbortOnDrop) {
     let fleet = Arc::new(Mutex::new(Fleet::default()));
     let api: Api<DynamicObject> = Api::namespaced_with(client, NS, &MACHINE.api_resource());
     let config =
@@ -175,8 +188,13 @@ fn watch_workers(client: kube::Client) -> (Arc<Mutex<Fleet>>, tokio::task::JoinH
                     }
                     Ok(watcher::Event::Delete(m)) => {
                         let mut f = fleet.lock();
-                        f.machines.remove(&m.metadata.name.unwrap_or_default());
+                        let name = m.metadata.name.unwrap_or_default();
+                        f.machines.remove(&name);
                         f.sample();
+                        if f.sampling {
+                            let line = format!("{name} gone -> {:?}", f.machines);
+                            f.timeline.push(line);
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => eprintln!("worker watch: {e}"),
@@ -184,7 +202,7 @@ fn watch_workers(client: kube::Client) -> (Arc<Mutex<Fleet>>, tokio::task::JoinH
             }
         })
     };
-    (fleet, task)
+    (fleet, e2e::AbortOnDrop(task))
 }
 
 /// Wait until the MachineDeployment has `replicas` worker Machines, all Running with a nodeRef
@@ -310,11 +328,15 @@ async fn workers_scale_roll_and_heal(server: &TestServer) -> anyhow::Result<()> 
         ensure!(f.samples > 4, "too few samples of the rollout: {f:?}");
         ensure!(
             f.min_available.is_some_and(|m| m >= 2),
-            "fewer than 2 workers available during the rollout (maxUnavailable 0): {f:?}"
+            "fewer than 2 workers available during the rollout (maxUnavailable 0): min {:?}; timeline:\n{}",
+            f.min_available,
+            f.timeline.join("\n")
         );
         ensure!(
             f.max_total <= 3,
-            "more than 3 workers not being deleted during the rollout (maxSurge 1): {f:?}"
+            "more than 3 workers not being deleted during the rollout (maxSurge 1): max {}; timeline:\n{}",
+            f.max_total,
+            f.timeline.join("\n")
         );
         eprintln!(
             "rollout: {} samples, min available {:?}, max live {}, max objects {}",
@@ -498,7 +520,7 @@ async fn workers_scale_roll_and_heal(server: &TestServer) -> anyhow::Result<()> 
         "the manager died: {}",
         env.manager.log_tail(40)
     );
-    watch_task.abort();
+    drop(watch_task);
     Ok(())
 }
 
