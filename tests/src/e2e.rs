@@ -277,6 +277,12 @@ impl Kubectl {
         self.run_stdin(&["apply", "-f", "-"], Some(manifest)).await
     }
 
+    /// `kubectl apply -f <file>`.
+    pub async fn apply_file(&self, file: &Path) -> anyhow::Result<String> {
+        let file = file.to_string_lossy();
+        self.run(&["apply", "-f", &file]).await
+    }
+
     /// `kubectl get <what> -o json` in `namespace` (`None`: cluster-scoped).
     pub async fn get_json(&self, namespace: Option<&str>, what: &[&str]) -> anyhow::Result<Value> {
         let mut args = Vec::new();
