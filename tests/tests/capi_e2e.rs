@@ -487,10 +487,14 @@ async fn provisions_scales_and_deletes_a_cluster(server: &TestServer) -> anyhow:
             let (ok, out, err) = workload
                 .output(&["get", "nodes", "--request-timeout=3s"], None)
                 .await?;
+            // Not answering: nothing listens (an error of authentication or of the
+            // server would mean it still answers).
             Ok(if ok {
                 Err(format!("still answers: {out}"))
-            } else {
+            } else if err.contains("connect") {
                 Ok(err)
+            } else {
+                Err(format!("fails, but not for want of a server: {err}"))
             })
         },
     )
