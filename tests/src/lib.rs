@@ -50,4 +50,5 @@ pub fn fixture(rel: &str) -> PathBuf {
 }
 
 pub mod conformance;
+pub mod e2e;
 pub mod host;

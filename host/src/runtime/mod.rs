@@ -54,6 +54,8 @@ pub(crate) struct RuntimeInner {
     pub(crate) engine: Engine,
     pub(crate) config: RuntimeConfig,
     pub(crate) deadline_ticks: u64,
+    /// Period of the epoch ticker (what one of `deadline_ticks` is worth).
+    pub(crate) epoch_tick: std::time::Duration,
     linker: Linker<store::StoreData>,
     artifacts: artifacts::ArtifactCache,
     memos: capabilities::MemoRegistry,
@@ -94,6 +96,7 @@ impl Runtime {
                 engine,
                 config,
                 deadline_ticks,
+                epoch_tick: tick,
                 linker,
                 artifacts,
                 memos,

@@ -129,7 +129,7 @@ fn new_store(
     // The epoch deadline counts wall time; on reaching it, charge the guest
     // only its own time (host operations excluded, see `hostcalls`) and
     // extend by what is left of its budget.
-    let tick = rt.config.epoch_tick;
+    let tick = rt.epoch_tick;
     store.epoch_deadline_callback(move |ctx| {
         let g = &ctx.data().caps.grants;
         let left = g.budget.saturating_sub(g.guest_time());
