@@ -19,6 +19,11 @@
 //!    until something changes; a 409 conflict re-adds with backoff as `requeue`, not as an
 //!    error.
 //!
+//! Between 1 and 3, a key whose last reconcile created or deleted objects waits (re-added
+//! after [`PENDING_RECHECK`], up to [`PENDING_TTL`]) until the cache shows those writes, as
+//! Cluster API's MachineSet waits for its creations and deletions: a snapshot without them
+//! would make the plugin create or delete again.
+//!
 //! A fault fails only that reconcile: it is counted, logged with plugin and key, and backed
 //! off; other keys and other plugins carry on.
 //!
@@ -51,7 +56,7 @@ use crate::runtime::bindings::capstan::reconciler::types::{
     Connection, Outcome, PluginInfo, RelatedObjects, Snapshot, Target,
 };
 use crate::watch::{self, MapContext, Rule, Scope};
-use crate::writer::{Grants, WriteError, WritePath, Writer};
+use crate::writer::{Grants, Pending, WriteError, WritePath, Writer};
 use rand::Rng;
 use std::fmt;
 use std::sync::Arc;
@@ -422,6 +427,9 @@ pub struct Controller {
     cache: Arc<Cache>,
     queue: Arc<WorkQueue<ObjectKey>>,
     writes: Arc<WritePath>,
+    /// Per primary key: creations and deletions of its last reconcile the cache may not
+    /// show yet, and when they were sent.
+    pending: parking_lot::Mutex<std::collections::HashMap<ObjectKey, (Instant, Vec<Pending>)>>,
     metrics: ControllerMetrics,
     concurrency: u32,
     sync_period: Duration,
@@ -442,6 +450,12 @@ impl fmt::Debug for Controller {
 
 /// The default number of workers per plugin.
 pub const DEFAULT_CONCURRENCY: u32 = 10;
+/// How often a key waiting for its writes to reach the cache is looked at again (the
+/// watch event of the write usually re-queues it sooner).
+pub const PENDING_RECHECK: Duration = Duration::from_millis(100);
+/// How long a key waits for its writes to reach the cache before it is reconciled anyway
+/// (an object created into a namespace the cache does not watch never shows).
+pub const PENDING_TTL: Duration = Duration::from_secs(10);
 /// The default full resync period.
 pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(600);
 
@@ -510,6 +524,7 @@ impl Controller {
             cache,
             queue,
             writes,
+            pending: parking_lot::Mutex::new(std::collections::HashMap::new()),
             metrics,
             concurrency,
             sync_period,
@@ -685,6 +700,27 @@ impl Controller {
         self.metrics.active_workers.dec();
         self.queue.done(&key);
         Some(verdict)
+    }
+
+    /// Whether `key`'s last creations and deletions are still missing from the cache
+    /// (forgotten once shown or after [`PENDING_TTL`]).
+    fn awaiting_cache(&self, key: &ObjectKey) -> bool {
+        let mut pending = self.pending.lock();
+        let Some((sent, writes)) = pending.get_mut(key) else {
+            return false;
+        };
+        writes.retain(|p| !self.writes.observed(p));
+        if writes.is_empty() {
+            pending.remove(key);
+            return false;
+        }
+        if sent.elapsed() >= PENDING_TTL {
+            tracing::debug!(plugin = %self.name, key = %key, missing = ?writes,
+                "writes not shown by the cache in time; reconciling anyway");
+            pending.remove(key);
+            return false;
+        }
+        true
     }
 
     fn paused(&self, primary: &CachedObject) -> bool {
@@ -869,12 +905,17 @@ impl Controller {
         // The freshest state: the cache, or our own last write to it if the cache lags.
         let Some(primary) = self.writes.freshest(&self.primary, key) else {
             self.queue.forget(key);
+            self.pending.lock().remove(key);
             return Verdict::Skipped;
         };
         if self.paused(&primary) {
             tracing::debug!(plugin = %self.name, key = %key, "paused; skipping");
             self.queue.forget(key);
             return Verdict::Skipped;
+        }
+        if self.awaiting_cache(key) {
+            self.queue.add_after(key.clone(), PENDING_RECHECK);
+            return Verdict::RequeueAfter(PENDING_RECHECK);
         }
         // One version for the whole reconcile: snapshot, call and write.
         let wiring = Arc::clone(&*self.wiring.read());
@@ -915,6 +956,11 @@ impl Controller {
             observed: Some((&self.primary, key, &primary.resource_version)),
         };
         match self.writes.write(&writer, &outcome).await {
+            Ok(report) if !report.pending.is_empty() => {
+                self.pending
+                    .lock()
+                    .insert(key.clone(), (Instant::now(), report.pending));
+            }
             Ok(_) => {}
             Err(WriteError::Conflict { kind, object }) => {
                 self.metrics.write_conflicts.inc();

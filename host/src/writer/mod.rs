@@ -163,7 +163,7 @@ pub enum WriteError {
 }
 
 /// What one outcome cost.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteReport {
     /// Requests sent (creates, patches, deletes; events excluded).
     pub requests: u32,
@@ -171,6 +171,36 @@ pub struct WriteReport {
     pub skipped: u32,
     /// Events recorded.
     pub events: u32,
+    /// Creations and deletions sent, which the cache has to show before the same
+    /// primary is reconciled again ([`WritePath::observed`]).
+    pub pending: Vec<Pending>,
+}
+
+/// A creation or deletion the cache has not necessarily shown yet.
+///
+/// A reconcile that created a Machine and runs again before the Machine reaches the cache
+/// would see one Machine too few and create another (deletions: one too many, and delete
+/// another). Cluster API's MachineSet controller waits for its creations and deletions to
+/// reach its cache for this reason; here the controller defers the primary's next
+/// reconcile until they have (see `controller`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// Created: shown once the cache holds the object.
+    Created {
+        /// Kind.
+        gvk: Gvk,
+        /// Namespace and name.
+        key: ObjectKey,
+    },
+    /// Deleted: shown once the cache no longer holds this uid, or holds it deleting.
+    Deleted {
+        /// Kind.
+        gvk: Gvk,
+        /// Namespace and name.
+        key: ObjectKey,
+        /// The uid deleted.
+        uid: String,
+    },
 }
 
 /// Who writes: the plugin's name, its grants and its metrics, and what it read.
@@ -318,6 +348,21 @@ impl WritePath {
         }
         recent.remove(&id);
         cached
+    }
+
+    /// Whether the cache shows `pending` (a kind without a cache cannot show it and
+    /// counts as shown).
+    pub fn observed(&self, pending: &Pending) -> bool {
+        match pending {
+            Pending::Created { gvk, key } => {
+                self.cache.kind(gvk).is_none_or(|k| k.get(key).is_some())
+            }
+            Pending::Deleted { gvk, key, uid } => self
+                .cache
+                .kind(gvk)
+                .and_then(|k| k.get(key))
+                .is_none_or(|o| o.uid != *uid || o.deleting),
+        }
     }
 
     /// Record our write's response; returns its resourceVersion.
@@ -570,6 +615,10 @@ impl WritePath {
                         .await
                         .map_err(|e| Self::api_error(gvk, key, e))?;
                     report.requests += 1;
+                    report.pending.push(Pending::Created {
+                        gvk: gvk.clone(),
+                        key: key.clone(),
+                    });
                     if let Some(rv) = self.remember(gvk, key, created) {
                         guards.insert(id.clone(), rv);
                     }
@@ -677,6 +726,11 @@ impl WritePath {
         {
             Ok(()) => {
                 report.requests += 1;
+                report.pending.push(Pending::Deleted {
+                    gvk: gvk.clone(),
+                    key: key.clone(),
+                    uid: current.uid.clone(),
+                });
                 Ok(())
             }
             // Already gone: what the plugin wanted.
@@ -1150,5 +1204,72 @@ mod tests {
             verbs: Verbs::PATCH,
             target: Target::Workload,
         }]
+    }
+
+    #[tokio::test]
+    async fn creations_and_deletions_are_pending_until_the_cache_shows_them() {
+        let (_api, path, _) = setup();
+        let gvk = Gvk::new("test.dev", "v1", "Widget");
+        let grants = Grants::new(&[Permission {
+            kind: WitGvk {
+                group: "test.dev".into(),
+                version: "v1".into(),
+                kind: "Widget".into(),
+            },
+            verbs: Verbs::CREATE | Verbs::PATCH | Verbs::DELETE,
+            target: crate::runtime::Target::Management,
+        }]);
+        let metrics = ControllerMetrics::detached();
+        let w = Writer {
+            plugin: "p",
+            grants: &grants,
+            metrics: &metrics,
+            observed: None,
+        };
+        let kc = path.cache.kind(&gvk).unwrap();
+        let fresh = json!({"apiVersion": "test.dev/v1", "kind": "Widget",
+                           "metadata": {"name": "w2", "namespace": "ns"}, "spec": {"a": 2}});
+        let mut o = outcome(std::slice::from_ref(&fresh), &[]);
+        o.delete.push(ObjectRef {
+            api_version: "test.dev/v1".into(),
+            kind: "Widget".into(),
+            namespace: "ns".into(),
+            name: "w".into(),
+        });
+        let report = path.write(&w, &o).await.unwrap();
+        let created = Pending::Created {
+            gvk: gvk.clone(),
+            key: ObjectKey::new("ns", "w2"),
+        };
+        let deleted = Pending::Deleted {
+            gvk: gvk.clone(),
+            key: ObjectKey::new("ns", "w"),
+            uid: "u".into(),
+        };
+        assert_eq!(report.pending, [created.clone(), deleted.clone()]);
+        // The cache lags: neither shows.
+        assert!(!path.observed(&created) && !path.observed(&deleted));
+        // The watch delivers the creation, then the deletion (as a deletion timestamp first).
+        let mut w2 = fresh.clone();
+        w2["metadata"]["uid"] = json!("u2");
+        w2["metadata"]["resourceVersion"] = json!("11");
+        kc.apply(CachedObject::from_value(w2).unwrap());
+        assert!(path.observed(&created) && !path.observed(&deleted));
+        let mut deleting = widget("12");
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-11-28T12:00:00Z");
+        kc.apply(CachedObject::from_value(deleting).unwrap());
+        assert!(path.observed(&deleted));
+        // Gone, or replaced by a namesake with another uid, shows it too.
+        kc.delete(&ObjectKey::new("ns", "w"));
+        assert!(path.observed(&deleted));
+        let mut namesake = widget("13");
+        namesake["metadata"]["uid"] = json!("other");
+        kc.apply(CachedObject::from_value(namesake).unwrap());
+        assert!(path.observed(&deleted));
+        // A kind without a cache cannot show anything: not waited for.
+        assert!(path.observed(&Pending::Created {
+            gvk: Gvk::new("", "v1", "ConfigMap"),
+            key: ObjectKey::new("ns", "c"),
+        }));
     }
 }
