@@ -116,8 +116,10 @@ struct Fleet {
     max_total: usize,
     max_objects: usize,
     samples: usize,
-    /// Every Machine's conditions as last seen (kept after it is gone).
-    last_conditions: BTreeMap<String, Value>,
+    /// Every condition (type, status, reason) each Machine ever carried, in order seen
+    /// (kept after it is gone): a remediated Machine's verdict changes while it is deleted
+    /// (UnhealthyNode, then NodeDeleted once its Node is gone, as Cluster API writes it).
+    conditions_seen: BTreeMap<String, Vec<Value>>,
     /// While sampling: one line per event (the failure message of a bound).
     timeline: Vec<String>,
     started: Option<Instant>,
@@ -131,8 +133,19 @@ impl Fleet {
                 .any(|c| c["type"] == "Available" && c["status"] == "True")
         });
         let deleting = m.metadata.deletion_timestamp.is_some();
-        self.last_conditions
-            .insert(name.clone(), m.data["status"]["conditions"].clone());
+        let seen = self.conditions_seen.entry(name.clone()).or_default();
+        for c in m.data["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let same = |o: &Value| {
+                o["type"] == c["type"] && o["status"] == c["status"] && o["reason"] == c["reason"]
+            };
+            if !seen.iter().any(same) {
+                seen.push(c.clone());
+            }
+        }
         self.machines.insert(name.clone(), (available, deleting));
         self.sample();
         if self.sampling {
@@ -423,24 +436,24 @@ async fn workers_scale_roll_and_heal(server: &TestServer) -> anyhow::Result<()> 
     // The watch saw why: the MachineHealthCheck's verdict and the owner remediation request.
     let seen = fleet
         .lock()
-        .last_conditions
+        .conditions_seen
         .get(&victim_name)
         .cloned()
         .unwrap_or_default();
-    let cond = |t: &str| {
-        seen.as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == t))
-            .cloned()
-            .unwrap_or_default()
+    let had = |t: &str, status: &str, reason: Option<&str>| {
+        seen.iter().any(|c| {
+            c["type"] == t && c["status"] == status && reason.is_none_or(|r| c["reason"] == r)
+        })
     };
     ensure!(
-        cond("HealthCheckSucceeded")["status"] == "False"
-            && cond("HealthCheckSucceeded")["reason"] == "UnhealthyNode",
-        "{victim_name} HealthCheckSucceeded: {seen}"
+        had("HealthCheckSucceeded", "False", Some("UnhealthyNode")),
+        "{victim_name} never got HealthCheckSucceeded=False UnhealthyNode: {}",
+        Value::from(seen.clone())
     );
     ensure!(
-        cond("OwnerRemediated").is_object(),
-        "{victim_name} never got OwnerRemediated: {seen}"
+        had("OwnerRemediated", "False", None),
+        "{victim_name} never got OwnerRemediated: {}",
+        Value::from(seen.clone())
     );
     ensure!(
         healed.iter().all(|m| name_of(m) != victim_name),
