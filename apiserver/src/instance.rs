@@ -390,6 +390,8 @@ fn serving_config(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![cert.der().clone(), ca_der], key_der)?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first: a workload cluster's clients (the host's cluster cache) multiplex
+    // every watch over one connection.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -359,11 +359,11 @@ pub(crate) async fn accept_loop(
                 let inner = inner.clone();
                 let acceptor = acceptor.clone();
                 conns.spawn(async move {
-                    let builder = {
-                        let mut b = hyper::server::conn::http1::Builder::new();
-                        b.keep_alive(true);
-                        b
-                    };
+                    // HTTP/1.1, or HTTP/2 when the client starts with its preface (the
+                    // servers that offer `h2` by ALPN: workload clusters' instances).
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
                     match acceptor {
                         None => {
                             let svc = service_fn(move |req| handle(inner.clone(), req, false));

@@ -5,7 +5,8 @@
 //! cluster, the cache builds one [`Connection`] and reuses it for every reconcile of every
 //! plugin until the Cluster or the Secret goes (or the kubeconfig changes):
 //!
-//! - a kube client with its own client-side QPS/burst limiter (defaults 20/30, as Cluster
+//! - a kube client over one HTTP/2 connection ([`h2`]: every watch is a stream of it) with
+//!   its own client-side QPS/burst limiter (defaults 20/30, as Cluster
 //!   API), kube's retries, and the REST metrics under the host label `workload` (one series
 //!   for all workload clusters, not one per cluster);
 //! - one informer ([`KindCache`] fed by [`crate::cache::run_watcher`]) per workload kind any
@@ -24,6 +25,8 @@
 //! [`ClusterCache::on_event`]), which the controllers turn into keys of the affected
 //! primaries.
 
+mod h2;
+
 use crate::cache::{Cache, CacheEvent, CachedObject, Gvk, KindCache, ObjectKey};
 use crate::controller::WorkloadEvents;
 use crate::metrics::Metrics;
@@ -31,7 +34,6 @@ use crate::runtime::bindings::capstan::reconciler::types::Connection as WitConne
 use crate::writer::layers::{MetricsLayer, RateLimitLayer};
 use crate::writer::{KubeWriteApi, Resource, WritePath};
 use base64::Engine;
-use kube::client::ClientBuilder;
 use kube::core::GroupVersionKind;
 use kube::discovery::Scope;
 use parking_lot::{Mutex, RwLock};
@@ -648,7 +650,7 @@ impl ClusterCache {
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
             .await
             .map_err(|e| bad(kube::Error::InferKubeconfig(e)))?;
-        let builder = ClientBuilder::try_from(config)
+        let builder = h2::builder(&config)
             .map_err(bad)?
             .with_layer(&MetricsLayer::new(Arc::clone(&self.metrics), "workload"));
         let client = match RateLimitLayer::new(self.options.qps, self.options.burst) {
