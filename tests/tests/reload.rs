@@ -16,7 +16,7 @@ use capstan::runtime::{Runtime, RuntimeConfig};
 use capstan_tests::host::*;
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
@@ -164,7 +164,11 @@ fn observe_writes(client: &kube::Client, stop: CancellationToken) -> Arc<Mutex<W
     let s = Arc::clone(&seen);
     let api = widgets(client);
     tokio::spawn(async move {
-        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        // With backoff: a watch error (the server busy or gone) must not become a busy loop
+        // that starves the runtime the test's own waits run on.
+        let mut stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
         loop {
             let ev = tokio::select! {
                 _ = stop.cancelled() => return,
