@@ -905,16 +905,24 @@ mod tests {
                 namespaced: true,
             },
         );
-        let grants = Grants::new(&[Permission {
+        let grants = widget_grants(
+            Verbs::PATCH | Verbs::PATCH_STATUS,
+            crate::runtime::Target::Management,
+        );
+        (api, path, grants)
+    }
+
+    /// Grants of `verbs` on the test Widget kind, for `target`.
+    fn widget_grants(verbs: Verbs, target: crate::runtime::Target) -> Grants {
+        Grants::new(&[Permission {
             kind: WitGvk {
                 group: "test.dev".into(),
                 version: "v1".into(),
                 kind: "Widget".into(),
             },
-            verbs: Verbs::PATCH | Verbs::PATCH_STATUS,
-            target: crate::runtime::Target::Management,
-        }]);
-        (api, path, grants)
+            verbs,
+            target,
+        }])
     }
 
     fn outcome(apply: &[Value], status: &[Value]) -> Outcome {
@@ -1132,15 +1140,10 @@ mod tests {
     #[tokio::test]
     async fn entries_go_apply_status_delete_and_gone_objects_are_skipped() {
         let (api, path, _) = setup();
-        let grants = Grants::new(&[Permission {
-            kind: WitGvk {
-                group: "test.dev".into(),
-                version: "v1".into(),
-                kind: "Widget".into(),
-            },
-            verbs: Verbs::PATCH | Verbs::PATCH_STATUS | Verbs::DELETE,
-            target: Target::Management,
-        }]);
+        let grants = widget_grants(
+            Verbs::PATCH | Verbs::PATCH_STATUS | Verbs::DELETE,
+            crate::runtime::Target::Management,
+        );
         let metrics = ControllerMetrics::detached();
         let w = Writer {
             plugin: "p",
@@ -1178,15 +1181,7 @@ mod tests {
         assert_eq!((r.requests, r.skipped), (0, 2));
         assert_eq!(metrics.writes_skipped.get(), before + 2);
         // A workload grant does not open the management cluster.
-        let workload_only = Grants::new(&[Permission {
-            kind: WitGvk {
-                group: "test.dev".into(),
-                version: "v1".into(),
-                kind: "Widget".into(),
-            },
-            verbs: Verbs::PATCH,
-            target: Target::Workload,
-        }]);
+        let workload_only = widget_grants(Verbs::PATCH, crate::runtime::Target::Workload);
         assert!(!workload_only.allows(&Gvk::new("test.dev", "v1", "Widget"), Verb::Patch));
         assert!(
             Grants::for_target(&workload_only_perms(), Target::Workload)
@@ -1210,15 +1205,10 @@ mod tests {
     async fn creations_and_deletions_are_pending_until_the_cache_shows_them() {
         let (_api, path, _) = setup();
         let gvk = Gvk::new("test.dev", "v1", "Widget");
-        let grants = Grants::new(&[Permission {
-            kind: WitGvk {
-                group: "test.dev".into(),
-                version: "v1".into(),
-                kind: "Widget".into(),
-            },
-            verbs: Verbs::CREATE | Verbs::PATCH | Verbs::DELETE,
-            target: crate::runtime::Target::Management,
-        }]);
+        let grants = widget_grants(
+            Verbs::CREATE | Verbs::PATCH | Verbs::DELETE,
+            crate::runtime::Target::Management,
+        );
         let metrics = ControllerMetrics::detached();
         let w = Writer {
             plugin: "p",
