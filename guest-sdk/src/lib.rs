@@ -18,6 +18,7 @@
 
 extern crate self as capstan_sdk;
 
+pub mod arena;
 pub mod capi;
 pub mod conditions;
 mod context;

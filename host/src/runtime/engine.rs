@@ -4,7 +4,17 @@ use super::{RuntimeConfig, RuntimeError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ProfilingStrategy,
+};
+
+/// Set to `1`, the engine writes `/tmp/perf-<pid>.map` naming every guest
+/// function it compiles or loads, so `perf report` (or a script over `perf
+/// script`'s addresses) attributes samples in plugin code compiled in memory
+/// to the plugin's function names. Code mapped from the artifact cache is
+/// named by the artifact's own symbol table instead. Off by default: the map
+/// grows with every load.
+pub const PERF_MAP_ENV: &str = "CAPSTAN_PERF_MAP";
 
 /// Core instances a component may hold: a wit-component Rust guest has its
 /// main module plus shim/fixup modules; interpreters link many more
@@ -51,6 +61,9 @@ pub(crate) fn build(cfg: &RuntimeConfig) -> Result<Engine, RuntimeError> {
         .consume_fuel(cfg.fuel.is_some())
         .memory_init_cow(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if std::env::var_os(PERF_MAP_ENV).is_some_and(|v| v == "1") {
+        config.profiler(ProfilingStrategy::PerfMap);
+    }
     Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
 }
 
