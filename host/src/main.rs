@@ -140,7 +140,14 @@ fn simulate(args: capstan::simulate::SimulateArgs) -> ExitCode {
     }
 }
 
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() -> ExitCode {
+    // Written to dhat-heap.json when dropped, as `main` returns.
+    #[cfg(feature = "dhat-heap")]
+    let _heap_profiler = dhat::Profiler::new_heap();
     let plugin = match Cli::parse().command {
         Command::Run(args) => return run_manager(*args),
         Command::Simulate(args) => return simulate(*args),
