@@ -22,7 +22,7 @@
 //! It is written here rather than taken from a crate because what matters is
 //! the pairing with the host's instance-per-call lifecycle and the fallback to
 //! `System` for everything outside the arena, not the allocator itself (about
-//! thirty lines). A plugin that prefers another allocator builds `capstan-sdk`
+//! fifty lines). A plugin that prefers another allocator builds `capstan-sdk`
 //! with `default-features = false` (no `arena` feature) and declares its own.
 //! The allocator is installed only on `wasm32` without threads; native builds
 //! (tests) keep the platform's allocator.
@@ -38,7 +38,7 @@ pub const ARENA_BYTES: usize = 1 << 20;
 /// A bump allocator over one contiguous region `[base, base + len)`.
 ///
 /// Addresses are plain `usize` so the bookkeeping is testable natively over
-/// any buffer; only [`global`] turns them into pointers.
+/// any range; only the global allocator (on `wasm32`) turns them into pointers.
 #[derive(Debug)]
 pub struct Arena {
     /// Start address; 0 until bound (see [`Self::bind`]).
