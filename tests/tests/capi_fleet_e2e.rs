@@ -26,12 +26,6 @@ const MD: &str = "fleet-md";
 /// Generous for a debug build on a busy 2-core machine; a healthy run needs seconds.
 const STEP: Duration = Duration::from_secs(150);
 
-/// Contract deviations docs/capi.md lists as simplifications, tolerated by the check below
-/// (and printed): the machineset plugin writes CAPI's v1beta1 `MachinesCreated` as a v1beta2
-/// condition (CAPI v1beta2 keeps it only in `status.deprecated.v1beta1.conditions`).
-const DOCUMENTED_DEVIATIONS: &[&str] =
-    &[r#"condition type "MachinesCreated" is not a v1beta2 MachineSet condition"#];
-
 /// The cluster of issue 5 plus worker templates (two DevMachineTemplates: the second is the
 /// rollout's target), a MachineDeployment of 3 with maxSurge 1 / maxUnavailable 0 and a
 /// MachineHealthCheck of its Machines (Node Ready=False for 1 s is unhealthy).
@@ -485,16 +479,7 @@ async fn workers_scale_roll_and_heal(server: &TestServer) -> anyhow::Result<()> 
             "no {k} labelled with the cluster: {kinds:?}"
         );
     }
-    let (documented, violations): (Vec<String>, Vec<String>) =
-        e2e::capi_contract_violations(NAME, &objects)
-            .into_iter()
-            .partition(|v| DOCUMENTED_DEVIATIONS.iter().any(|d| v.contains(d)));
-    if !documented.is_empty() {
-        eprintln!(
-            "documented deviations (docs/capi.md):\n{}",
-            documented.join("\n")
-        );
-    }
+    let violations = e2e::capi_contract_violations(NAME, &objects);
     ensure!(
         violations.is_empty(),
         "CAPI contract violations:\n{}",

@@ -370,7 +370,8 @@ pub mod replica_conditions {
     pub const MACHINES_UP_TO_DATE: &str = "MachinesUpToDate";
     /// MachineSet: unhealthy Machines are being remediated.
     pub const REMEDIATING: &str = "Remediating";
-    /// MachineSet (v1beta1 vocabulary, kept): Machines could be created.
+    /// MachineSet, v1beta1 only (`status.deprecated.v1beta1.conditions`):
+    /// Machines could be created.
     pub const MACHINES_CREATED: &str = "MachinesCreated";
     /// Deletion is in progress.
     pub const DELETING: &str = "Deleting";
@@ -411,8 +412,6 @@ pub mod replica_conditions {
     pub const REMEDIATING_REASON: &str = "Remediating";
     /// Remediating false.
     pub const NOT_REMEDIATING_REASON: &str = "NotRemediating";
-    /// MachinesCreated true.
-    pub const MACHINES_CREATED_REASON: &str = "MachinesCreated";
     /// MachinesCreated false: a template does not exist.
     pub const TEMPLATE_NOT_FOUND_REASON: &str = "TemplateNotFound";
     /// MachinesCreated false: the disable-machine-create annotation is set.

@@ -787,12 +787,20 @@ fn assert_steady_conditions(w: &World) {
         ("MachinesReady", "True", "Ready"),
         ("MachinesUpToDate", "True", "UpToDate"),
         ("Remediating", "False", "NotRemediating"),
-        ("MachinesCreated", "True", "MachinesCreated"),
         ("Deleting", "False", "NotDeleting"),
         ("Paused", "False", "NotPaused"),
     ] {
         assert!(is(&ms, t, s, r), "MachineSet {t}: {:?}", cond(&ms, t));
     }
+    assert!(
+        ms["status"]["deprecated"]["v1beta1"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs
+                .iter()
+                .any(|c| c["type"] == "MachinesCreated" && c["status"] == "True")),
+        "v1beta1 MachinesCreated: {}",
+        ms["status"]
+    );
     for m in w.of_kind("Machine") {
         assert!(
             is(&m, "HealthCheckSucceeded", "True", "HealthCheckSucceeded"),

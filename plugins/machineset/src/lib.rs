@@ -895,13 +895,30 @@ fn set_status(
         ))
     });
     new.push(fleet::remediating(machines));
+    // `MachinesCreated` is v1beta1 vocabulary: it lives in
+    // `status.deprecated.v1beta1.conditions`, not among the v1beta2 conditions
+    // (where earlier Capstan builds wrote it: removed from there on sight).
+    conditions::remove(&mut status.conditions, c::MACHINES_CREATED);
     if !deleting {
-        new.push(match &actions.blocked {
-            Some((reason, why)) => {
-                Condition::new(c::MACHINES_CREATED, FALSE, reason).message(why.clone())
-            }
-            None => Condition::new(c::MACHINES_CREATED, TRUE, c::MACHINES_CREATED_REASON),
-        });
+        let created = match &actions.blocked {
+            Some((reason, why)) => V1beta1Condition {
+                status: FALSE,
+                severity: if *reason == c::TEMPLATE_NOT_FOUND_REASON {
+                    "Error"
+                } else {
+                    "Info"
+                },
+                reason,
+                message: why,
+            },
+            None => V1beta1Condition {
+                status: TRUE,
+                severity: "",
+                reason: "",
+                message: "",
+            },
+        };
+        set_v1beta1_condition(status, c::MACHINES_CREATED, &created, now);
     }
     new.push(if deleting {
         let s = if machines.len() == 1 { "" } else { "s" };
@@ -919,6 +936,68 @@ fn set_status(
         );
     }
     capi_conditions::sort(&mut status.conditions);
+}
+
+/// A Cluster API v1beta1 condition (`api/core/v1beta1`): `severity` is set
+/// only when `status` is False; `reason` and `message` may be empty.
+#[derive(Debug)]
+struct V1beta1Condition<'a> {
+    status: &'a str,
+    severity: &'a str,
+    reason: &'a str,
+    message: &'a str,
+}
+
+/// Sets the v1beta1 condition `type_` in `status.deprecated.v1beta1.conditions`,
+/// keeping every other field there; its `lastTransitionTime` moves only when
+/// its status changes.
+fn set_v1beta1_condition(
+    status: &mut capstan_sdk::capi::cluster::ReplicaStatus,
+    type_: &str,
+    new: &V1beta1Condition<'_>,
+    now: &str,
+) {
+    let mut deprecated = match status.extra.remove("deprecated") {
+        Some(d) if d.is_object() => d,
+        _ => json!({}),
+    };
+    if !deprecated["v1beta1"].is_object() {
+        deprecated["v1beta1"] = json!({});
+    }
+    if !deprecated["v1beta1"]["conditions"].is_array() {
+        deprecated["v1beta1"]["conditions"] = json!([]);
+    }
+    if let Some(list) = deprecated["v1beta1"]["conditions"].as_array_mut() {
+        upsert_v1beta1(list, type_, new, now);
+    }
+    status.extra.insert("deprecated".into(), deprecated);
+}
+
+fn upsert_v1beta1(list: &mut Vec<Value>, type_: &str, new: &V1beta1Condition<'_>, now: &str) {
+    let old = list.iter().position(|c| c["type"] == type_);
+    let since = match old.map(|i| &list[i]) {
+        Some(o) if o["status"] == new.status && o["lastTransitionTime"].is_string() => {
+            o["lastTransitionTime"].clone()
+        }
+        _ => json!(now),
+    };
+    let mut cond = Map::new();
+    cond.insert("type".into(), json!(type_));
+    cond.insert("status".into(), json!(new.status));
+    for (k, v) in [
+        ("severity", new.severity),
+        ("reason", new.reason),
+        ("message", new.message),
+    ] {
+        if !v.is_empty() {
+            cond.insert(k.into(), json!(v));
+        }
+    }
+    cond.insert("lastTransitionTime".into(), since);
+    match old {
+        Some(i) => list[i] = Value::Object(cond),
+        None => list.push(Value::Object(cond)),
+    }
 }
 
 fn write_status(

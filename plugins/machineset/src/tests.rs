@@ -139,6 +139,20 @@ fn cond<'a>(status: &'a Value, t: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("condition {t} in {status}"))
 }
 
+/// A condition of `status.deprecated.v1beta1.conditions`.
+fn v1beta1_cond<'a>(status: &'a Value, t: &str) -> &'a Value {
+    status["deprecated"]["v1beta1"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+        .unwrap_or_else(|| panic!("v1beta1 condition {t} in {status}"))
+}
+
+fn has_v1beta2(status: &Value, t: &str) -> bool {
+    status["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == t))
+}
+
 fn deleted(out: &Outcome) -> Vec<String> {
     out.deletions().iter().map(|r| r.name.clone()).collect()
 }
@@ -261,7 +275,15 @@ fn scale_up_creates_machines_with_clones_labels_and_owner_references() {
         cond(&s, "ScalingUp")["message"],
         "Scaling up from 0 to 3 replicas"
     );
-    assert_eq!(cond(&s, "MachinesCreated")["reason"], "MachinesCreated");
+    assert_eq!(
+        v1beta1_cond(&s, "MachinesCreated"),
+        &json!({"type": "MachinesCreated", "status": "True", "lastTransitionTime": T0}),
+        "v1beta1 shape: no severity, reason or message when True"
+    );
+    assert!(
+        !has_v1beta2(&s, "MachinesCreated"),
+        "MachinesCreated is not a v1beta2 MachineSet condition"
+    );
     assert_eq!(s["replicas"], 0);
     assert_eq!(
         s["selector"],
@@ -346,9 +368,10 @@ fn machines_wait_for_the_control_plane_and_for_templates() {
     assert!(applied(&out, "Machine").is_empty());
     let s = status_of(&out);
     assert_eq!(
-        cond(&s, "MachinesCreated")["reason"],
+        v1beta1_cond(&s, "MachinesCreated")["reason"],
         "WaitingForControlPlaneInitialized"
     );
+    assert_eq!(v1beta1_cond(&s, "MachinesCreated")["severity"], "Info");
     assert_eq!(
         cond(&s, "ScalingUp")["message"],
         "Scaling up from 0 to 2 replicas is blocked because:\n* Waiting for the control plane to be initialized"
@@ -358,9 +381,13 @@ fn machines_wait_for_the_control_plane_and_for_templates() {
     let out = World::new(ms).reconcile(T0);
     assert!(applied(&out, "Machine").is_empty());
     let s = status_of(&out);
-    assert_eq!(cond(&s, "MachinesCreated")["reason"], "TemplateNotFound");
     assert_eq!(
-        cond(&s, "MachinesCreated")["message"],
+        v1beta1_cond(&s, "MachinesCreated")["reason"],
+        "TemplateNotFound"
+    );
+    assert_eq!(v1beta1_cond(&s, "MachinesCreated")["severity"], "Error");
+    assert_eq!(
+        v1beta1_cond(&s, "MachinesCreated")["message"],
         "DevMachineTemplate gone does not exist"
     );
     assert_eq!(
@@ -630,5 +657,51 @@ fn machines_being_deleted_are_not_counted_ready_or_available() {
         ),
         (Some(3), Some(1), Some(1)),
         "only b stays"
+    );
+}
+
+#[test]
+fn machines_created_moves_to_the_v1beta1_conditions_and_keeps_its_transition_time() {
+    // A MachineSet as an older Capstan left it: MachinesCreated among the
+    // v1beta2 conditions, and other v1beta1 fields the plugin must keep.
+    let mut ms = machine_set(1, None);
+    ms["status"] = json!({
+        "conditions": [{"type": "MachinesCreated", "status": "True", "reason": "MachinesCreated",
+            "lastTransitionTime": T0, "observedGeneration": 2}],
+        "deprecated": {"v1beta1": {"fullyLabeledReplicas": 1, "conditions": [
+            {"type": "MachinesCreated", "status": "True", "lastTransitionTime": T0},
+            {"type": "Ready", "status": "True", "lastTransitionTime": T0}]}}
+    });
+    let mut w = World::new(ms);
+    w.machines = vec![machine("a", T0, true)];
+    let s = status_of(&w.reconcile(T1));
+    assert!(
+        !has_v1beta2(&s, "MachinesCreated"),
+        "removed from v1beta2: {s}"
+    );
+    assert_eq!(
+        v1beta1_cond(&s, "MachinesCreated")["lastTransitionTime"],
+        T0,
+        "status unchanged: the transition time stays"
+    );
+    assert_eq!(
+        v1beta1_cond(&s, "Ready")["lastTransitionTime"],
+        T0,
+        "others kept"
+    );
+    assert_eq!(s["deprecated"]["v1beta1"]["fullyLabeledReplicas"], 1);
+
+    // Scaling up is then blocked: the condition turns False, at the new time.
+    let mut ms = w.ms.clone();
+    ms["spec"]["replicas"] = json!(2);
+    ms["spec"]["template"]["spec"]["infrastructureRef"]["name"] = json!("gone");
+    ms["status"] = s;
+    let mut w2 = World::new(ms);
+    w2.machines = w.machines.clone();
+    let s = status_of(&w2.reconcile(T1));
+    let c = v1beta1_cond(&s, "MachinesCreated");
+    assert_eq!(
+        (&c["status"], &c["reason"], &c["lastTransitionTime"]),
+        (&json!("False"), &json!("TemplateNotFound"), &json!(T1))
     );
 }
