@@ -913,6 +913,16 @@ mod tests {
     }
 
     /// Grants of `verbs` on the test Widget kind, for `target`.
+    /// The test plugin `p`'s writer, writing to no observed primary.
+    fn writer<'a>(grants: &'a Grants, metrics: &'a ControllerMetrics) -> Writer<'a> {
+        Writer {
+            plugin: "p",
+            grants,
+            metrics,
+            observed: None,
+        }
+    }
+
     fn widget_grants(verbs: Verbs, target: crate::runtime::Target) -> Grants {
         Grants::new(&[Permission {
             kind: WitGvk {
@@ -945,10 +955,8 @@ mod tests {
         let gvk = Gvk::new("test.dev", "v1", "Widget");
         let key = ObjectKey::new("ns", "w");
         let w = Writer {
-            plugin: "p",
-            grants: &grants,
-            metrics: &metrics,
             observed: Some((&gvk, &key, "10")),
+            ..writer(&grants, &metrics)
         };
         let desired = json!({"apiVersion": "test.dev/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "ns"},
                              "spec": {"a": 2}, "status": {"ok": true}});
@@ -996,12 +1004,7 @@ mod tests {
     async fn overlapping_identical_writes_coalesce_into_one_request() {
         let (api, path, grants) = setup();
         let metrics = ControllerMetrics::detached();
-        let w = Writer {
-            plugin: "p",
-            grants: &grants,
-            metrics: &metrics,
-            observed: None,
-        };
+        let w = writer(&grants, &metrics);
         let desired = json!({"apiVersion": "test.dev/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "ns"}, "spec": {"a": 5}});
         let o = outcome(&[desired], &[]);
         let (a, b) = tokio::join!(path.write(&w, &o), path.write(&w, &o));
@@ -1017,10 +1020,8 @@ mod tests {
         let key = ObjectKey::new("ns", "w");
         // The plugin read rv 9; the object is at 10 by now.
         let w = Writer {
-            plugin: "p",
-            grants: &grants,
-            metrics: &metrics,
             observed: Some((&gvk, &key, "9")),
+            ..writer(&grants, &metrics)
         };
         let desired = json!({"apiVersion": "test.dev/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "ns"}, "spec": {"a": 3}});
         assert!(matches!(
@@ -1098,12 +1099,7 @@ mod tests {
             target: Target::Management,
         }]);
         let metrics = ControllerMetrics::detached();
-        let w = Writer {
-            plugin: "p",
-            grants: &grants,
-            metrics: &metrics,
-            observed: None,
-        };
+        let w = writer(&grants, &metrics);
         let secret = json!({"apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "c1-ca", "namespace": "ns"},
             "type": "cluster.x-k8s.io/secret", "data": {"tls.crt": "Y2E=", "tls.key": "a2V5"}});
@@ -1145,12 +1141,7 @@ mod tests {
             crate::runtime::Target::Management,
         );
         let metrics = ControllerMetrics::detached();
-        let w = Writer {
-            plugin: "p",
-            grants: &grants,
-            metrics: &metrics,
-            observed: None,
-        };
+        let w = writer(&grants, &metrics);
         let desired = json!({"apiVersion": "test.dev/v1", "kind": "Widget",
             "metadata": {"name": "w", "namespace": "ns"}, "spec": {"a": 9}, "status": {"s": 1}});
         let mut o = outcome(
@@ -1210,12 +1201,7 @@ mod tests {
             crate::runtime::Target::Management,
         );
         let metrics = ControllerMetrics::detached();
-        let w = Writer {
-            plugin: "p",
-            grants: &grants,
-            metrics: &metrics,
-            observed: None,
-        };
+        let w = writer(&grants, &metrics);
         let kc = path.cache.kind(&gvk).unwrap();
         let fresh = json!({"apiVersion": "test.dev/v1", "kind": "Widget",
                            "metadata": {"name": "w2", "namespace": "ns"}, "spec": {"a": 2}});

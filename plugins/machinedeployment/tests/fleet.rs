@@ -412,26 +412,14 @@ impl World {
     fn tick(&mut self, check: Check<'_>) {
         self.clock += 10;
         let mut jobs: Vec<Job> = Vec::new();
-        jobs.extend(
-            self.of_kind("MachineDeployment")
-                .iter()
-                .map(|o| Job::Md(name_of(o))),
-        );
-        jobs.extend(
-            self.of_kind("MachineSet")
-                .iter()
-                .map(|o| Job::Ms(name_of(o))),
-        );
-        jobs.extend(
-            self.of_kind("MachineHealthCheck")
-                .iter()
-                .map(|o| Job::Mhc(name_of(o))),
-        );
-        jobs.extend(
-            self.of_kind("Machine")
-                .iter()
-                .map(|o| Job::Machine(name_of(o))),
-        );
+        for (kind, job) in [
+            ("MachineDeployment", Job::Md as fn(String) -> Job),
+            ("MachineSet", Job::Ms),
+            ("MachineHealthCheck", Job::Mhc),
+            ("Machine", Job::Machine),
+        ] {
+            jobs.extend(self.of_kind(kind).iter().map(|o| job(name_of(o))));
+        }
         if let Some(rng) = &mut self.rng {
             for i in (1..jobs.len()).rev() {
                 let j = rng.below(i + 1);
