@@ -238,6 +238,18 @@ pub(crate) fn declared_kinds(
     kinds
 }
 
+/// Give the workload kinds `info` may write an informer in every workload cluster: the
+/// write path diffs against them.
+pub(crate) fn register_written_workload_kinds(
+    cc: &ClusterCache,
+    info: &crate::runtime::bindings::capstan::reconciler::types::PluginInfo,
+) {
+    let mgmt = crate::runtime::Target::Management;
+    for p in info.permissions.iter().filter(|p| p.target != mgmt) {
+        cc.register_kind(&Gvk::from(&p.kind));
+    }
+}
+
 /// Caches, controllers and endpoints of one `capstan run`.
 pub struct Manager {
     client: kube::Client,
@@ -252,8 +264,11 @@ pub struct Manager {
     metrics_listener: Option<TcpListener>,
     health_listener: Option<TcpListener>,
     reloader: Option<crate::reload::Reloader>,
-    cluster_cache: Option<Arc<ClusterCache>>,
-    cluster_cache_metrics: ClusterCacheMetrics,
+    /// Every controller's workload access, so a version that first declares workload
+    /// kinds (a swap, or a plugin added while running) finds it; it connects to
+    /// workload clusters only once a plugin with workload declarations is wired.
+    cluster_cache: Arc<ClusterCache>,
+    uses_workload: bool,
 }
 
 impl std::fmt::Debug for Manager {
@@ -281,6 +296,15 @@ impl Manager {
         let cache = Arc::new(Cache::new());
         let api = Arc::new(KubeWriteApi::new(client.clone()));
         let writes = Arc::new(WritePath::new(api, Arc::clone(&cache), &options.instance));
+        let cluster_cache = ClusterCache::new(
+            Arc::clone(&cache),
+            Arc::clone(&metrics),
+            cluster_cache_metrics,
+            ClusterCacheOptions {
+                instance: options.instance.clone(),
+                ..ClusterCacheOptions::default()
+            },
+        );
         Self {
             client,
             registry,
@@ -294,14 +318,14 @@ impl Manager {
             metrics_listener: None,
             health_listener: None,
             reloader: None,
-            cluster_cache: None,
-            cluster_cache_metrics,
+            cluster_cache,
+            uses_workload: false,
         }
     }
 
     /// The cluster cache, once a plugin with workload declarations was added.
     pub fn cluster_cache(&self) -> Option<&Arc<ClusterCache>> {
-        self.cluster_cache.as_ref()
+        self.uses_workload.then_some(&self.cluster_cache)
     }
 
     /// The metrics registry `/metrics` serves.
@@ -353,28 +377,15 @@ impl Manager {
         let plugin_digest = plugin.digest().map(str::to_string);
         let version = info.version.clone();
         let workload = crate::runtime::validate::uses_workload(info);
-        let mgmt = crate::runtime::Target::Management;
         for gvk in &kinds {
             self.register_kind(&name, gvk).await?;
         }
         let mut options = self.options.controller.clone();
+        options.workload =
+            Arc::clone(&self.cluster_cache) as Arc<dyn crate::controller::WorkloadAccess>;
         if workload {
-            let cc = self.cluster_cache.get_or_insert_with(|| {
-                ClusterCache::new(
-                    Arc::clone(&self.cache),
-                    Arc::clone(&self.metrics),
-                    self.cluster_cache_metrics.clone(),
-                    ClusterCacheOptions {
-                        instance: self.options.instance.clone(),
-                        ..ClusterCacheOptions::default()
-                    },
-                )
-            });
-            // Written kinds need informers too: the write path diffs against them.
-            for p in info.permissions.iter().filter(|p| p.target != mgmt) {
-                cc.register_kind(&Gvk::from(&p.kind));
-            }
-            options.workload = Arc::clone(cc) as Arc<dyn crate::controller::WorkloadAccess>;
+            register_written_workload_kinds(&self.cluster_cache, info);
+            self.uses_workload = true;
         }
         let metrics = Arc::clone(&self.metrics);
         let controller = Controller::new(
@@ -435,8 +446,10 @@ impl Manager {
                 watch_stop.clone(),
             )));
         }
-        if let Some(cc) = &self.cluster_cache {
-            watchers.push(tokio::spawn(Arc::clone(cc).run(watch_stop.clone())));
+        if self.uses_workload {
+            watchers.push(tokio::spawn(
+                Arc::clone(&self.cluster_cache).run(watch_stop.clone()),
+            ));
         }
         let server_stop = CancellationToken::new();
         let mut servers = Vec::new();
@@ -522,7 +535,12 @@ impl Manager {
         let reload = self.reloader.take().filter(|_| started).map(|r| {
             let context = crate::reload::Context {
                 kinds: self.kinds(),
-                controller: self.options.controller.clone(),
+                controller: ControllerOptions {
+                    workload: Arc::clone(&self.cluster_cache)
+                        as Arc<dyn crate::controller::WorkloadAccess>,
+                    ..self.options.controller.clone()
+                },
+                cluster_cache: Arc::clone(&self.cluster_cache),
                 watch_stop: watch_stop.clone(),
             };
             tokio::spawn(r.run(context, self.controllers.clone(), stop.clone()))

@@ -417,6 +417,54 @@ async fn cluster_cache_connects_follows_events_probes_and_tears_down() -> anyhow
         "connection rebuilt for an unrelated Secret change"
     );
 
+    // A plugin loaded or swapped in while running: a listener added now hears the live
+    // connection, and a kind registered now gets an informer on it in place.
+    let late: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let pod_gvk = Gvk::new("", "v1", "Pod");
+    for gvk in [node_gvk(), pod_gvk.clone()] {
+        let (l, kind) = (Arc::clone(&late), gvk.kind.clone());
+        cc.on_event(&gvk, move |_, ev| {
+            if let Some(o) = ev.new.as_ref() {
+                l.lock().push((kind.clone(), o.key.name.clone()));
+            }
+        });
+    }
+    cloud
+        .put_object(
+            "default/c1",
+            &json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "etcd-m1", "namespace": "kube-system"},
+                "spec": {"nodeName": "m1", "containers": [{"name": "etcd", "image": "etcd"}]}})
+            .to_string(),
+        )
+        .map_err(anyhow::Error::msg)?;
+    cc.register_kind(&pod_gvk);
+    eventually(Duration::from_secs(5), || async { conn.synced(&pod_gvk) })
+        .await
+        .context("the kind registered while connected never synced")?;
+    cloud
+        .put_object("default/c1", &node("m3"))
+        .map_err(anyhow::Error::msg)?;
+    eventually(Duration::from_secs(5), || async {
+        let late = late.lock();
+        late.contains(&("Pod".to_string(), "etcd-m1".to_string()))
+            && late.contains(&("Node".to_string(), "m3".to_string()))
+    })
+    .await
+    .with_context(|| format!("late listeners heard only {:?}", late.lock()))?;
+    assert_eq!(
+        Arc::as_ptr(&cc.connection(&key).context("connection")?),
+        before,
+        "a new kind rebuilt the connection"
+    );
+    assert_eq!(
+        cc.kinds(),
+        [node_gvk(), pod_gvk.clone()],
+        "registering twice adds a kind once"
+    );
+    cc.register_kind(&pod_gvk);
+    assert_eq!(cc.kinds().len(), 2);
+
     // A dead workload API server turns the connection unhealthy.
     cloud
         .release_endpoint("default/c1")
@@ -764,6 +812,102 @@ mod controller {
         .context("connection not torn down")?;
         assert!(text_has("capstan_workload_cluster_connects_total 1").await);
         running.shutdown().await?;
+        Ok(())
+    }
+
+    /// A plugin with workload declarations dropped into the plugin folder of a manager
+    /// that started with none: the reloader starts the cluster cache, the plugin's
+    /// snapshots carry the workload Nodes, its workload watch and write work.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_workload_plugin_loaded_while_running_gets_the_cluster_cache() -> anyhow::Result<()> {
+        use capstan::manager::{Manager, ManagerOptions, build_client};
+        use capstan::reload::{ReloadOptions, Reloader};
+        use capstan::runtime::{Runtime, RuntimeConfig};
+
+        let _serial = super::SERIAL.lock().await;
+        let mgmt = capstan_apiserver::Server::builder()
+            .plain_http()
+            .crds_from_dir(capstan_tests::fixture("capi-crds"))
+            .start("127.0.0.1:0")
+            .await?;
+        let client = capstan_tests::host::test_client(&mgmt).await?;
+        let cloud = Arc::new(InMemoryCloud::new(CloudMetrics::default()));
+        let ep = cloud
+            .reserve_endpoint("default/c1")
+            .map_err(anyhow::Error::msg)?;
+        cloud
+            .put_object("default/c1", &node("m1"))
+            .map_err(anyhow::Error::msg)?;
+        let ca = Ca::new("kubernetes");
+        cloud
+            .start_api_server("default/c1", &ca.cert_pem, &ca.key_pem)
+            .map_err(anyhow::Error::msg)?;
+        create_cluster(&client, "c1").await?;
+        let url = format!("https://{}:{}", ep.host, ep.port);
+        create_kubeconfig_secret(&client, "c1", &ca.kubeconfig("c1", &url)).await?;
+
+        let dir = tempfile::tempdir()?;
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::new(&mut registry));
+        let kc = kube::config::Kubeconfig::from_yaml(mgmt.kubeconfig_yaml())?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        let mut manager = Manager::new(
+            build_client(config, Arc::clone(&metrics), 0.0, 0)?,
+            Arc::new(registry),
+            metrics,
+            ManagerOptions::default(),
+        );
+        let reloader = Reloader::new(
+            Runtime::new(RuntimeConfig::default())?,
+            ReloadOptions {
+                debounce: Duration::from_millis(50),
+                ..ReloadOptions::new(dir.path())
+            },
+        );
+        let mut events = reloader.subscribe();
+        manager.watch_plugins(reloader);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(manager.run(stop.clone()));
+
+        std::fs::copy(
+            capstan_tests::host::guest_component("workload-nodes")?,
+            dir.path().join("workload-nodes.wasm"),
+        )?;
+        let loaded = tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .context("the plugin was never loaded")??;
+        assert_eq!(loaded.result, "success", "{loaded:?}");
+        let nodes = |n: &'static str| {
+            let cloud = Arc::clone(&cloud);
+            async move {
+                let key = CloudKey {
+                    api_version: "v1".into(),
+                    kind: "ConfigMap".into(),
+                    namespace: "kube-system".into(),
+                    name: "capstan-nodes".into(),
+                };
+                cloud
+                    .get_object("default/c1", &key)
+                    .ok()
+                    .flatten()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .is_some_and(|v| v["data"]["nodes"] == n)
+            }
+        };
+        eventually(Duration::from_secs(20), || nodes("1"))
+            .await
+            .context("the plugin loaded at run time never wrote to its workload cluster")?;
+        // Its workload watch: a second Node enqueues the Cluster.
+        cloud
+            .put_object("default/c1", &node("m2"))
+            .map_err(anyhow::Error::msg)?;
+        eventually(Duration::from_secs(10), || nodes("2"))
+            .await
+            .context("the workload watch of a plugin loaded at run time was not wired")?;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .context("manager did not stop")???;
         Ok(())
     }
 }

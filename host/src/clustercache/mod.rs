@@ -42,8 +42,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -225,6 +225,8 @@ pub struct Connection {
     writes: Arc<WritePath>,
     state: AtomicU8,
     stop: CancellationToken,
+    /// Kinds with an informer, or one being added (see [`ClusterCache::register_kind`]).
+    watching: Mutex<HashSet<Gvk>>,
 }
 
 impl fmt::Debug for Connection {
@@ -280,12 +282,15 @@ pub struct ClusterCache {
     own: ClusterCacheMetrics,
     kinds: RwLock<Vec<Gvk>>,
     resolved: RwLock<HashMap<Gvk, Resource>>,
-    event_listeners: RwLock<HashMap<Gvk, Vec<EventListener>>>,
+    /// Read at every event, so a listener added later hears live connections too.
+    event_listeners: RwLock<HashMap<Gvk, Arc<Vec<EventListener>>>>,
     state_listeners: RwLock<Vec<StateListener>>,
     connections: RwLock<HashMap<ObjectKey, Arc<Connection>>>,
     connecting: Mutex<HashSet<ObjectKey>>,
     wake_tx: mpsc::UnboundedSender<ObjectKey>,
     wake_rx: Mutex<Option<mpsc::UnboundedReceiver<ObjectKey>>>,
+    /// This cache, for the tasks [`ClusterCache::register_kind`] starts.
+    me: Weak<ClusterCache>,
 }
 
 impl fmt::Debug for ClusterCache {
@@ -312,7 +317,8 @@ impl ClusterCache {
         options: ClusterCacheOptions,
     ) -> Arc<Self> {
         let (wake_tx, wake_rx) = mpsc::unbounded_channel();
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             mgmt,
             options,
             metrics,
@@ -329,13 +335,88 @@ impl ClusterCache {
     }
 
     /// Watch `gvk` in every workload cluster (one informer per cluster, however many
-    /// plugins ask). Call before [`ClusterCache::run`]; connections made earlier do not get
-    /// the new kind until they reconnect.
+    /// plugins ask). A kind registered while connections exist (a plugin loaded or
+    /// swapped in at run time) gets an informer on each of them in place: the
+    /// connection is not rebuilt, and the new informer reports unsynced until it listed.
     pub fn register_kind(&self, gvk: &Gvk) {
-        let mut kinds = self.kinds.write();
-        if !kinds.contains(gvk) {
+        {
+            let mut kinds = self.kinds.write();
+            if kinds.contains(gvk) {
+                return;
+            }
             kinds.push(gvk.clone());
         }
+        let Some(me) = self.me.upgrade() else { return };
+        let live: Vec<Arc<Connection>> = self.connections.read().values().cloned().collect();
+        for conn in live {
+            me.watch_missing_kinds(&conn);
+        }
+    }
+
+    /// Start an informer on `conn` for each registered kind it lacks (off this task:
+    /// resolving a kind may ask the workload API server).
+    fn watch_missing_kinds(self: &Arc<Self>, conn: &Arc<Connection>) {
+        let missing: Vec<Gvk> = {
+            let mut watching = conn.watching.lock();
+            self.kinds()
+                .into_iter()
+                .filter(|k| watching.insert(k.clone()))
+                .collect()
+        };
+        for gvk in missing {
+            let me = Arc::clone(self);
+            let conn = Arc::clone(conn);
+            tokio::spawn(async move {
+                let res = tokio::select! {
+                    _ = conn.stop.cancelled() => return,
+                    r = me.resolve(&conn.client, &conn.cluster, &gvk) => r,
+                };
+                match res {
+                    Ok(res) => me.watch_kind(&conn, &gvk, res),
+                    Err(error) => {
+                        // Not retried here: the next reconnect (kubeconfig change, or the
+                        // Cluster coming back) lists every registered kind again.
+                        conn.watching.lock().remove(&gvk);
+                        tracing::warn!(cluster = %conn.cluster, kind = %gvk, %error, "workload kind registered at run time could not be watched");
+                    }
+                }
+            });
+        }
+    }
+
+    /// The informer of `gvk` on `conn`: its store in the connection's cache, its listeners
+    /// (looked up at every event), its resource in the write path, its watch until the
+    /// connection stops.
+    fn watch_kind(self: &Arc<Self>, conn: &Connection, gvk: &Gvk, res: Resource) {
+        let kc = conn.cache.kind_or_insert(gvk, || {
+            KindCache::new(
+                gvk.clone(),
+                &res.api.plural,
+                res.namespaced,
+                Gauge::default(),
+            )
+        });
+        let me = Arc::downgrade(self);
+        let (key, kind) = (conn.cluster.clone(), gvk.clone());
+        kc.subscribe(move |ev| {
+            let Some(me) = me.upgrade() else { return };
+            let listeners = me.event_listeners.read().get(&kind).cloned();
+            for l in listeners.iter().flat_map(|l| l.iter()) {
+                l(&key, ev);
+            }
+        });
+        conn.writes.add_resource(gvk.clone(), res.clone());
+        tokio::spawn(crate::cache::run_watcher(
+            conn.client.clone(),
+            res.api,
+            kc,
+            conn.stop.clone(),
+        ));
+    }
+
+    /// Whether [`ClusterCache::run`] has started.
+    pub fn running(&self) -> bool {
+        self.wake_rx.lock().is_none()
     }
 
     /// The registered workload kinds.
@@ -345,11 +426,11 @@ impl ClusterCache {
 
     /// Call `f(cluster, event)` on every change of `gvk` in any workload cluster.
     pub fn on_event(&self, gvk: &Gvk, f: impl Fn(&ObjectKey, &CacheEvent) + Send + Sync + 'static) {
-        self.event_listeners
-            .write()
-            .entry(gvk.clone())
-            .or_default()
-            .push(Arc::new(f));
+        let mut all = self.event_listeners.write();
+        let listeners = all.entry(gvk.clone()).or_default();
+        let mut next = Vec::clone(listeners);
+        next.push(Arc::new(f));
+        *listeners = Arc::new(next);
     }
 
     /// Call `f(cluster, state)` whenever a connection is made, lost, turns unhealthy or
@@ -536,6 +617,8 @@ impl ClusterCache {
             .set(self.connections.read().len() as i64);
         self.own.connects.inc();
         tracing::info!(%cluster, "workload cluster connected");
+        // Kinds registered while this connection was being made.
+        self.watch_missing_kinds(&conn);
         let me = Arc::downgrade(self);
         let probe = Arc::clone(&conn);
         tokio::spawn(async move {
@@ -680,43 +763,11 @@ impl ClusterCache {
         ));
         let conn_stop = stop.child_token();
         let kinds = self.kinds();
-        let mut watched = Vec::with_capacity(kinds.len());
+        let mut resolved = Vec::with_capacity(kinds.len());
         for gvk in &kinds {
-            let res = self.resolve(&client, cluster, gvk).await?;
-            let kc = cache.kind_or_insert(gvk, || {
-                KindCache::new(
-                    gvk.clone(),
-                    &res.api.plural,
-                    res.namespaced,
-                    Gauge::default(),
-                )
-            });
-            let listeners = self
-                .event_listeners
-                .read()
-                .get(gvk)
-                .cloned()
-                .unwrap_or_default();
-            if !listeners.is_empty() {
-                let key = cluster.clone();
-                kc.subscribe(move |ev| {
-                    for l in &listeners {
-                        l(&key, ev);
-                    }
-                });
-            }
-            writes.add_resource(gvk.clone(), res.clone());
-            watched.push((res, kc));
+            resolved.push(self.resolve(&client, cluster, gvk).await?);
         }
-        for (res, kc) in watched {
-            tokio::spawn(crate::cache::run_watcher(
-                client.clone(),
-                res.api,
-                kc,
-                conn_stop.clone(),
-            ));
-        }
-        Ok(Arc::new(Connection {
+        let conn = Arc::new(Connection {
             cluster: cluster.clone(),
             digest,
             client,
@@ -724,7 +775,12 @@ impl ClusterCache {
             writes,
             state: AtomicU8::new(ConnectionState::Connected.as_u8()),
             stop: conn_stop,
-        }))
+            watching: Mutex::new(kinds.iter().cloned().collect()),
+        });
+        for (gvk, res) in kinds.iter().zip(resolved) {
+            self.watch_kind(&conn, gvk, res);
+        }
+        Ok(conn)
     }
 }
 
@@ -756,10 +812,11 @@ impl crate::controller::WorkloadAccess for ClusterCache {
 
     fn register(&self, _plugin: &str, kinds: Vec<Gvk>, events: Arc<dyn WorkloadEvents>) {
         for gvk in kinds {
-            self.register_kind(&gvk);
+            // Listen first: a kind new to live connections lists at once.
             let sink = Arc::clone(&events);
             let g = gvk.clone();
             self.on_event(&gvk, move |cluster, ev| sink.event(cluster, &g, ev));
+            self.register_kind(&gvk);
         }
         self.on_state(move |cluster, _| events.connection_changed(cluster));
     }

@@ -198,7 +198,11 @@ pub struct ReloadEvent {
 #[derive(Clone)]
 pub(crate) struct Context {
     pub(crate) kinds: Kinds,
+    /// Options of the controllers it starts (their workload access is `cluster_cache`).
     pub(crate) controller: ControllerOptions,
+    /// The manager's cluster cache; started here if the first plugin with workload
+    /// declarations arrives while running.
+    pub(crate) cluster_cache: Arc<crate::clustercache::ClusterCache>,
     pub(crate) watch_stop: CancellationToken,
 }
 
@@ -636,6 +640,17 @@ impl State {
             return Ok(());
         }
         self.ensure_kinds(file, &plugin).await?;
+        if crate::runtime::validate::uses_workload(info) {
+            // The Secrets and Clusters it reads are cached and synced now (ensure_kinds).
+            let cc = &self.ctx.cluster_cache;
+            crate::manager::register_written_workload_kinds(cc, info);
+            if !cc.running() {
+                // A second start (two loads in a row) returns at once.
+                self.watchers.push(tokio::spawn(
+                    Arc::clone(cc).run(self.ctx.watch_stop.clone()),
+                ));
+            }
+        }
         let version = info.version.clone();
         let metrics = Arc::clone(&self.ctx.kinds.metrics);
         match self.served.get_mut(&name) {
