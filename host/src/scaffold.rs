@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 const WIT: &str = include_str!("../../wit/reconciler.wit");
 /// The Rust toolchain pin (with the wasm32-wasip2 target).
 const RUST_TOOLCHAIN: &str = include_str!("../../rust-toolchain.toml");
+/// How guests are built (Wasm SIMD, inlining): the workspace's own settings.
+const CARGO_CONFIG: &str = include_str!("../../.cargo/config.toml");
 
 /// The guest languages `capstan plugin new` scaffolds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +182,7 @@ fn files(
                 ),
                 ("README.md", r(include_str!("../templates/rust/README.md"))),
                 ("rust-toolchain.toml", RUST_TOOLCHAIN.to_owned()),
+                (".cargo/config.toml", CARGO_CONFIG.to_owned()),
                 (".gitignore", "target/\n".to_owned()),
             ]
         }
@@ -369,6 +372,8 @@ mod tests {
         assert_eq!(lock.matches("\"name\": \"my-plugin\"").count(), 2);
         assert!(!lock.contains("hello-js"));
         assert!(get(Lang::Rust, "Cargo.toml").contains("name = \"my-plugin\""));
+        // Built as this workspace builds its guests.
+        assert!(get(Lang::Rust, ".cargo/config.toml").contains("llvm-args=-inline-threshold"));
         assert!(get(Lang::Rust, "Cargo.toml").contains("path = \"/opt/capstan/guest-sdk\""));
         assert!(get(Lang::Rust, "src/lib.rs").contains("\"my-plugin\""));
     }
