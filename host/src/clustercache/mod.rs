@@ -363,10 +363,16 @@ impl ClusterCache {
                 .filter(|k| watching.insert(k.clone()))
                 .collect()
         };
+        // Live connections exist only while `run` runs on a runtime; a caller off it
+        // leaves the kinds for the next connection.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            conn.watching.lock().retain(|k| !missing.contains(k));
+            return;
+        };
         for gvk in missing {
             let me = Arc::clone(self);
             let conn = Arc::clone(conn);
-            tokio::spawn(async move {
+            rt.spawn(async move {
                 let res = tokio::select! {
                     _ = conn.stop.cancelled() => return,
                     r = me.resolve(&conn.client, &conn.cluster, &gvk) => r,
