@@ -649,18 +649,35 @@ mod controller {
         FakePlugin, empty_outcome, gvk, relation, start_manager, watch, widget_info,
     };
 
-    fn summary_key() -> CloudKey {
-        CloudKey {
+    /// Whether ConfigMap `kube-system/NAME` in workload cluster `default/c1` has
+    /// `data.nodes == n`.
+    async fn nodes_counted(cloud: Arc<InMemoryCloud>, name: &str, n: &str) -> bool {
+        let key = CloudKey {
             api_version: "v1".into(),
             kind: "ConfigMap".into(),
             namespace: "kube-system".into(),
-            name: "capstan-summary".into(),
-        }
+            name: name.into(),
+        };
+        cloud
+            .get_object("default/c1", &key)
+            .ok()
+            .flatten()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["data"]["nodes"] == n)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn workload_relations_watches_and_writes() -> anyhow::Result<()> {
-        let _serial = super::SERIAL.lock().await;
+    /// A management API server with the CAPI CRDs, its client, and the in-memory cloud
+    /// serving workload cluster `default/c1` (one Node, `m1`) under `ca`.
+    struct Setup {
+        mgmt: capstan_apiserver::Server,
+        client: kube::Client,
+        cloud: Arc<InMemoryCloud>,
+        ca: Ca,
+        /// The workload API server's URL.
+        url: String,
+    }
+
+    async fn setup() -> anyhow::Result<Setup> {
         let mgmt = capstan_apiserver::Server::builder()
             .plain_http()
             .crds_from_dir(capstan_tests::fixture("capi-crds"))
@@ -678,6 +695,25 @@ mod controller {
         cloud
             .start_api_server("default/c1", &ca.cert_pem, &ca.key_pem)
             .map_err(anyhow::Error::msg)?;
+        Ok(Setup {
+            mgmt,
+            client,
+            cloud,
+            ca,
+            url: format!("https://{}:{}", ep.host, ep.port),
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workload_relations_watches_and_writes() -> anyhow::Result<()> {
+        let _serial = super::SERIAL.lock().await;
+        let Setup {
+            mgmt,
+            client,
+            cloud,
+            ca,
+            url,
+        } = setup().await?;
 
         let mut info = widget_info("summary");
         info.primary = gvk("cluster.x-k8s.io", "v1beta2", "Cluster");
@@ -726,19 +762,8 @@ mod controller {
 
         // The kubeconfig Secret appears: connect, the connection event enqueues the
         // Cluster, its snapshot carries the workload Node, its write lands.
-        let url = format!("https://{}:{}", ep.host, ep.port);
         create_kubeconfig_secret(&client, "c1", &ca.kubeconfig("c1", &url)).await?;
-        let has = |n: &'static str| {
-            let cloud = Arc::clone(&cloud);
-            async move {
-                cloud
-                    .get_object("default/c1", &summary_key())
-                    .ok()
-                    .flatten()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .is_some_and(|v| v["data"]["nodes"] == n)
-            }
-        };
+        let has = |n: &'static str| nodes_counted(Arc::clone(&cloud), "capstan-summary", n);
         eventually(Duration::from_secs(15), || has("1"))
             .await
             .context("the workload write never landed")?;
@@ -825,25 +850,14 @@ mod controller {
         use capstan::runtime::{Runtime, RuntimeConfig};
 
         let _serial = super::SERIAL.lock().await;
-        let mgmt = capstan_apiserver::Server::builder()
-            .plain_http()
-            .crds_from_dir(capstan_tests::fixture("capi-crds"))
-            .start("127.0.0.1:0")
-            .await?;
-        let client = capstan_tests::host::test_client(&mgmt).await?;
-        let cloud = Arc::new(InMemoryCloud::new(CloudMetrics::default()));
-        let ep = cloud
-            .reserve_endpoint("default/c1")
-            .map_err(anyhow::Error::msg)?;
-        cloud
-            .put_object("default/c1", &node("m1"))
-            .map_err(anyhow::Error::msg)?;
-        let ca = Ca::new("kubernetes");
-        cloud
-            .start_api_server("default/c1", &ca.cert_pem, &ca.key_pem)
-            .map_err(anyhow::Error::msg)?;
+        let Setup {
+            mgmt,
+            client,
+            cloud,
+            ca,
+            url,
+        } = setup().await?;
         create_cluster(&client, "c1").await?;
-        let url = format!("https://{}:{}", ep.host, ep.port);
         create_kubeconfig_secret(&client, "c1", &ca.kubeconfig("c1", &url)).await?;
 
         let dir = tempfile::tempdir()?;
@@ -869,31 +883,18 @@ mod controller {
         let stop = CancellationToken::new();
         let task = tokio::spawn(manager.run(stop.clone()));
 
+        // Atomically, as deployment tooling does: a dotfile, then a rename.
+        let tmp = dir.path().join(".workload-nodes.wasm.tmp");
         std::fs::copy(
             capstan_tests::host::guest_component("workload-nodes")?,
-            dir.path().join("workload-nodes.wasm"),
+            &tmp,
         )?;
+        std::fs::rename(&tmp, dir.path().join("workload-nodes.wasm"))?;
         let loaded = tokio::time::timeout(Duration::from_secs(60), events.recv())
             .await
             .context("the plugin was never loaded")??;
         assert_eq!(loaded.result, "success", "{loaded:?}");
-        let nodes = |n: &'static str| {
-            let cloud = Arc::clone(&cloud);
-            async move {
-                let key = CloudKey {
-                    api_version: "v1".into(),
-                    kind: "ConfigMap".into(),
-                    namespace: "kube-system".into(),
-                    name: "capstan-nodes".into(),
-                };
-                cloud
-                    .get_object("default/c1", &key)
-                    .ok()
-                    .flatten()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .is_some_and(|v| v["data"]["nodes"] == n)
-            }
-        };
+        let nodes = |n: &'static str| nodes_counted(Arc::clone(&cloud), "capstan-nodes", n);
         eventually(Duration::from_secs(20), || nodes("1"))
             .await
             .context("the plugin loaded at run time never wrote to its workload cluster")?;
