@@ -60,8 +60,9 @@ clippy:
 # unit: every test of the workspace, linted as `make clippy` lints it. The test
 # build runs the workspace's crates through clippy-driver (as `cargo clippy` does,
 # but compiling them too), so the dependencies are compiled once: `cargo clippy`
-# type-checks all of them a second time (on 2 cores a cold `make test` spent
-# ~11 min there). Lint errors fail the build. The same targets as `make clippy`.
+# type-checks all of them a second time (a separate clippy step took 18 min of a
+# cold `make test` here, other builds alongside). Lint errors fail the build.
+# The same targets as `make clippy`.
 CLIPPY_DRIVER := $(shell rustup which clippy-driver 2>/dev/null || echo clippy-driver)
 LINTED        := RUSTC_WORKSPACE_WRAPPER=$(CLIPPY_DRIVER) CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 unit:
