@@ -101,7 +101,7 @@ pub struct ManagerOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// Where to serve `/healthz` and `/readyz`; `None` disables.
     pub health_addr: Option<SocketAddr>,
-    /// Defaults for every controller.
+    /// Defaults for every controller (their workload access is the manager's cluster cache).
     pub controller: ControllerOptions,
     /// This manager's identity in Events (`reportingInstance`).
     pub instance: String,
@@ -264,11 +264,11 @@ pub struct Manager {
     metrics_listener: Option<TcpListener>,
     health_listener: Option<TcpListener>,
     reloader: Option<crate::reload::Reloader>,
-    /// Every controller's workload access, so a version that first declares workload
-    /// kinds (a swap, or a plugin added while running) finds it; it connects to
-    /// workload clusters only once a plugin with workload declarations is wired.
+    /// Every controller's workload access (set in `options.controller`), so a version
+    /// that first declares workload kinds (a swap, or a plugin added while running)
+    /// finds it; it connects to workload clusters only once a plugin with workload
+    /// declarations is wired.
     cluster_cache: Arc<ClusterCache>,
-    uses_workload: bool,
 }
 
 impl std::fmt::Debug for Manager {
@@ -286,7 +286,7 @@ impl Manager {
         client: kube::Client,
         mut registry: Arc<Registry>,
         metrics: Arc<Metrics>,
-        options: ManagerOptions,
+        mut options: ManagerOptions,
     ) -> Self {
         // Registered while the registry is still ours alone (it is in `capstan run`).
         let cluster_cache_metrics = match Arc::get_mut(&mut registry) {
@@ -305,6 +305,8 @@ impl Manager {
                 ..ClusterCacheOptions::default()
             },
         );
+        options.controller.workload =
+            Arc::clone(&cluster_cache) as Arc<dyn crate::controller::WorkloadAccess>;
         Self {
             client,
             registry,
@@ -319,13 +321,19 @@ impl Manager {
             health_listener: None,
             reloader: None,
             cluster_cache,
-            uses_workload: false,
         }
     }
 
     /// The cluster cache, once a plugin with workload declarations was added.
     pub fn cluster_cache(&self) -> Option<&Arc<ClusterCache>> {
-        self.uses_workload.then_some(&self.cluster_cache)
+        self.uses_workload().then_some(&self.cluster_cache)
+    }
+
+    /// Whether a plugin added so far declares workload watches, relations or permissions.
+    fn uses_workload(&self) -> bool {
+        self.controllers
+            .iter()
+            .any(|c| crate::runtime::validate::uses_workload(c.plugin().info()))
     }
 
     /// The metrics registry `/metrics` serves.
@@ -380,12 +388,8 @@ impl Manager {
         for gvk in &kinds {
             self.register_kind(&name, gvk).await?;
         }
-        let mut options = self.options.controller.clone();
-        options.workload =
-            Arc::clone(&self.cluster_cache) as Arc<dyn crate::controller::WorkloadAccess>;
         if workload {
             register_written_workload_kinds(&self.cluster_cache, info);
-            self.uses_workload = true;
         }
         let metrics = Arc::clone(&self.metrics);
         let controller = Controller::new(
@@ -393,7 +397,7 @@ impl Manager {
             Arc::clone(&self.cache),
             Arc::clone(&self.writes),
             |n, c| metrics.controller(n, c),
-            options,
+            self.options.controller.clone(),
         )?;
         tracing::info!(controller = %name, concurrency = controller.concurrency(), kinds = kinds.len(), "plugin wired");
         self.metrics.set_plugin_info(
@@ -446,7 +450,7 @@ impl Manager {
                 watch_stop.clone(),
             )));
         }
-        if self.uses_workload {
+        if self.uses_workload() {
             watchers.push(tokio::spawn(
                 Arc::clone(&self.cluster_cache).run(watch_stop.clone()),
             ));
@@ -535,11 +539,7 @@ impl Manager {
         let reload = self.reloader.take().filter(|_| started).map(|r| {
             let context = crate::reload::Context {
                 kinds: self.kinds(),
-                controller: ControllerOptions {
-                    workload: Arc::clone(&self.cluster_cache)
-                        as Arc<dyn crate::controller::WorkloadAccess>,
-                    ..self.options.controller.clone()
-                },
+                controller: self.options.controller.clone(),
                 cluster_cache: Arc::clone(&self.cluster_cache),
                 watch_stop: watch_stop.clone(),
             };
