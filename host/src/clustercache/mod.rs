@@ -273,6 +273,8 @@ impl Connection {
 
 type EventListener = Arc<dyn Fn(&ObjectKey, &CacheEvent) + Send + Sync>;
 type StateListener = Arc<dyn Fn(&ObjectKey, ConnectionState) + Send + Sync>;
+/// The listeners of one kind (replaced whole when one is added, so an event reads one `Arc`).
+type Listeners = RwLock<Arc<Vec<EventListener>>>;
 
 /// Workload-cluster connections for every Cluster with a kubeconfig (see the module docs).
 pub struct ClusterCache {
@@ -282,8 +284,9 @@ pub struct ClusterCache {
     own: ClusterCacheMetrics,
     kinds: RwLock<Vec<Gvk>>,
     resolved: RwLock<HashMap<Gvk, Resource>>,
-    /// Read at every event, so a listener added later hears live connections too.
-    event_listeners: RwLock<HashMap<Gvk, Arc<Vec<EventListener>>>>,
+    /// One slot per kind, shared with every connection's informer of that kind and read
+    /// at every event, so a listener added later hears live connections too.
+    event_listeners: RwLock<HashMap<Gvk, Arc<Listeners>>>,
     state_listeners: RwLock<Vec<StateListener>>,
     connections: RwLock<HashMap<ObjectKey, Arc<Connection>>>,
     connecting: Mutex<HashSet<ObjectKey>>,
@@ -402,12 +405,10 @@ impl ClusterCache {
                 Gauge::default(),
             )
         });
-        let me = Arc::downgrade(self);
-        let (key, kind) = (conn.cluster.clone(), gvk.clone());
+        let (key, slot) = (conn.cluster.clone(), self.listeners(gvk));
         kc.subscribe(move |ev| {
-            let Some(me) = me.upgrade() else { return };
-            let listeners = me.event_listeners.read().get(&kind).cloned();
-            for l in listeners.iter().flat_map(|l| l.iter()) {
+            let listeners = Arc::clone(&slot.read());
+            for l in listeners.iter() {
                 l(&key, ev);
             }
         });
@@ -418,6 +419,11 @@ impl ClusterCache {
             kc,
             conn.stop.clone(),
         ));
+    }
+
+    /// The listener slot of `gvk`, created empty on first use.
+    fn listeners(&self, gvk: &Gvk) -> Arc<Listeners> {
+        Arc::clone(self.event_listeners.write().entry(gvk.clone()).or_default())
     }
 
     /// Whether [`ClusterCache::run`] has started.
@@ -432,9 +438,9 @@ impl ClusterCache {
 
     /// Call `f(cluster, event)` on every change of `gvk` in any workload cluster.
     pub fn on_event(&self, gvk: &Gvk, f: impl Fn(&ObjectKey, &CacheEvent) + Send + Sync + 'static) {
-        let mut all = self.event_listeners.write();
-        let listeners = all.entry(gvk.clone()).or_default();
-        let mut next = Vec::clone(listeners);
+        let slot = self.listeners(gvk);
+        let mut listeners = slot.write();
+        let mut next = Vec::clone(&listeners);
         next.push(Arc::new(f));
         *listeners = Arc::new(next);
     }
