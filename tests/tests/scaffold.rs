@@ -20,9 +20,14 @@ fn build(dir: &Path, steps: &[String], lang: Lang) -> anyhow::Result<()> {
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg(step).current_dir(dir);
         if lang == Lang::Rust {
-            // Share compiled dependencies between runs; a folder of its own
-            // so the build never waits on the workspace's lock.
-            cmd.env("CARGO_TARGET_DIR", target_dir().join("scaffold-rust"));
+            // Build in the workspace's target folder with `make guests`'
+            // release settings, so the dependencies `make guests` compiled
+            // (the bindings generator and its wasm-tools above all) are
+            // reused rather than compiled again for this one project. The
+            // build may wait on the workspace's lock while a build runs.
+            cmd.env("CARGO_TARGET_DIR", target_dir())
+                .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+                .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
         }
         let out = cmd
             .output()
@@ -57,11 +62,9 @@ fn scaffold_builds_and_passes(lang: Lang) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     build(&made.dir, &made.build, lang)?;
     eprintln!("{lang}: built in {:.1} s", started.elapsed().as_secs_f64());
-    // The Rust build wrote under the shared CARGO_TARGET_DIR set above.
+    // The Rust build wrote under the CARGO_TARGET_DIR set above.
     let component = match lang {
-        Lang::Rust => target_dir()
-            .join("scaffold-rust")
-            .join(made.component.strip_prefix("target")?),
+        Lang::Rust => target_dir().join(made.component.strip_prefix("target")?),
         _ => made.dir.join(&made.component),
     };
     ensure!(
