@@ -408,7 +408,7 @@ fn measure(
 /// (instantiation, argument lifting) are slower in the dev profile.
 fn profile() -> &'static str {
     if cfg!(debug_assertions) {
-        "dev-profile host: dependencies, wasmtime and Cranelift at opt-level 1"
+        "dev-profile host: wasmtime and Cranelift at opt-level 1, most other dependencies at 0"
     } else {
         "release host"
     }
