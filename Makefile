@@ -63,23 +63,11 @@ clippy:
 # type-checks all of them a second time (a separate clippy step took 18 min of a
 # cold `make test` here, other builds alongside). Lint errors fail the build.
 # The same targets as `make clippy`.
-#
-# The scaffold tests (tests/tests/scaffold.rs: a new project per language, built
-# with cargo, componentize-py and componentize-js, about two minutes of mostly
-# external tools) run beside the rest of the suite instead of after it; their
-# output follows the suite's. Both keep `--workspace`, so both reuse the test
-# build above (a narrower selection resolves features differently and rebuilds).
 CLIPPY_DRIVER := $(shell rustup which clippy-driver 2>/dev/null || echo clippy-driver)
 LINTED        := RUSTC_WORKSPACE_WRAPPER=$(CLIPPY_DRIVER) CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
-SCAFFOLD_LOG  := $(TARGET_DIR)/scaffold-tests.log
 unit:
 	$(LINTED) $(CARGO) test --workspace --all-targets --no-run
-	@echo "scaffold tests: running beside the suite, output in $(SCAFFOLD_LOG)"
-	@$(LINTED) $(CARGO) test --workspace --test scaffold > $(SCAFFOLD_LOG) 2>&1 & scaffold=$$!; \
-	$(LINTED) $(CARGO) test --workspace -- --skip scaffolded_; suite=$$?; \
-	wait $$scaffold; scaffolds=$$?; \
-	echo "--- scaffold tests ($(SCAFFOLD_LOG)):"; cat $(SCAFFOLD_LOG); \
-	test $$suite -eq 0 && test $$scaffolds -eq 0
+	$(LINTED) $(CARGO) test --workspace
 
 # --- Real control plane (etcd + kube-apiserver, built from Go modules; tests/controlplane/).
 # The binary goes to <cargo target dir>/controlplane/bin/ and is reused while its sources

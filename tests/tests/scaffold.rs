@@ -4,9 +4,6 @@
 //! cargo (wasm32-wasip2), componentize-py from PyPI (via the scaffold's
 //! build.sh, pip cache helps) and componentize-js from the npm registry (npm
 //! ci, npm cache helps). Each takes 30-90 s on the 2-core CI machine.
-//!
-//! `make test` runs this binary beside the rest of the suite and skips tests
-//! named `scaffolded_*` in the suite's run: every test here keeps that prefix.
 
 use anyhow::{Context as _, ensure};
 use capstan::scaffold::{Lang, Options, scaffold};
