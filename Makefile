@@ -44,7 +44,8 @@ tools:
 ## guests: every Rust guest component, release mode (guests need opt-level 3).
 # Guests carry no DWARF: line tables quadruple a component (4 MB instead of
 # 1 MB), and every load hashes and every compile reads all of it. The name
-# section stays, so trap backtraces still name functions.
+# section stays, so trap backtraces still name functions. tests/tests/scaffold.rs
+# builds with the same two settings to reuse these dependencies: keep them in step.
 guests: tools
 	CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=debuginfo \
 		$(CARGO) build --release --target $(GUEST_TARGET) $(addprefix -p ,$(GUESTS))
