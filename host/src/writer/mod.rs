@@ -365,28 +365,28 @@ impl WritePath {
         }
     }
 
-    /// Record our write's response; returns its resourceVersion.
-    fn remember(&self, gvk: &Gvk, key: &ObjectKey, response: Value) -> Option<String> {
+    /// Record our write's response; returns its resourceVersion. `base` is the
+    /// resourceVersion the write was made against ("" for a create): the cache may still
+    /// show it, or an earlier version we superseded, until it sees our write. It is not
+    /// what the cache holds when the response comes back: by then the cache may already
+    /// show our write, or a later change by someone else (a deletion, say), and such a
+    /// version must never be taken for an older one.
+    fn remember(&self, gvk: &Gvk, key: &ObjectKey, base: &str, response: Value) -> Option<String> {
         let after = CachedObject::from_value(response).ok()?;
         let rv = after.resource_version.clone();
-        let cached_rv = self
-            .cache
-            .kind(gvk)
-            .and_then(|k| k.get(key))
-            .map(|c| c.resource_version.clone())
-            .unwrap_or_default();
         let id = (gvk.clone(), key.clone());
         let mut recent = self.recent.lock();
         if recent.len() > 4096 {
             recent.retain(|_, r| r.at.elapsed() < RECENT_TTL);
         }
         let superseded = match recent.remove(&id) {
-            // The cache still lags behind our earlier write: it may hold any of these.
-            Some(mut r) if r.superseded.contains(&cached_rv) => {
-                r.superseded.push(r.after.resource_version.clone());
+            // Written on top of our earlier write, which the cache may not show yet
+            // either: it may hold any of these.
+            Some(mut r) if r.after.resource_version == base => {
+                r.superseded.push(base.to_string());
                 r.superseded
             }
-            _ => vec![cached_rv],
+            _ => vec![base.to_string()],
         };
         recent.insert(
             id,
@@ -551,8 +551,9 @@ impl WritePath {
         }
     }
 
-    /// Send one guarded merge patch, of the object or of its status subresource, and
-    /// remember the response so the next diff of this object starts from it.
+    /// Send one merge patch, of the object or of its status subresource, guarded by
+    /// `base` (the resourceVersion it was computed against), and remember the response
+    /// so the next diff of this object starts from it.
     #[allow(clippy::too_many_arguments)]
     async fn send_patch(
         &self,
@@ -560,10 +561,12 @@ impl WritePath {
         gvk: &Gvk,
         key: &ObjectKey,
         patch: Value,
+        base: &str,
         status: bool,
         guards: &mut Guards,
         report: &mut WriteReport,
     ) -> Result<(), WriteError> {
+        let patch = diff::with_resource_version(patch, base);
         let verb = if status { "patch-status" } else { "patch" };
         let span = tracing::debug_span!("write", verb, kind = %gvk, object = %key);
         let patched = self
@@ -573,7 +576,7 @@ impl WritePath {
             .await
             .map_err(|e| Self::api_error(gvk, key, e))?;
         report.requests += 1;
-        if let Some(rv) = self.remember(gvk, key, patched) {
+        if let Some(rv) = self.remember(gvk, key, base, patched) {
             guards.insert((gvk.clone(), key.clone()), rv);
         }
         Ok(())
@@ -619,7 +622,7 @@ impl WritePath {
                         gvk: gvk.clone(),
                         key: key.clone(),
                     });
-                    if let Some(rv) = self.remember(gvk, key, created) {
+                    if let Some(rv) = self.remember(gvk, key, "", created) {
                         guards.insert(id.clone(), rv);
                     }
                     Ok(())
@@ -634,11 +637,8 @@ impl WritePath {
                     if !w.grants.allows(gvk, Verb::Patch) {
                         return Err(self.refuse(w, Verb::Patch, gvk, key));
                     }
-                    let patch = diff::with_resource_version(
-                        patch,
-                        guard(guards, gvk, key, &current.resource_version),
-                    );
-                    self.send_patch(&res, gvk, key, patch, false, guards, report)
+                    let base = guard(guards, gvk, key, &current.resource_version).to_string();
+                    self.send_patch(&res, gvk, key, patch, &base, false, guards, report)
                         .await
                 }
             }
@@ -673,12 +673,9 @@ impl WritePath {
                 w.metrics.writes_skipped.inc();
                 return Ok(());
             };
-            let patch = diff::with_resource_version(
-                patch,
-                guard(guards, gvk, key, &current.resource_version),
-            );
+            let base = guard(guards, gvk, key, &current.resource_version).to_string();
             match self
-                .send_patch(&res, gvk, key, patch, true, guards, report)
+                .send_patch(&res, gvk, key, patch, &base, true, guards, report)
                 .await
             {
                 // Deleted since the cache saw it: its status no longer matters.
@@ -810,6 +807,10 @@ mod tests {
     struct FakeApi {
         requests: Mutex<Vec<(String, Value)>>,
         objects: Mutex<HashMap<String, Value>>,
+        /// When set, the next patch's result and then this object (somebody else's
+        /// later change) reach this cache before the patch's response returns, as
+        /// watch events can.
+        watch_beats_response: Mutex<Option<(Arc<KindCache>, Value)>>,
     }
 
     impl WriteApi for FakeApi {
@@ -853,7 +854,13 @@ mod tests {
                     .parse()
                     .unwrap();
                 o["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
-                Ok(o.clone())
+                let response = o.clone();
+                if let Some((cache, later)) = self.watch_beats_response.lock().take() {
+                    cache.apply(CachedObject::from_value(response.clone()).unwrap());
+                    cache.apply(CachedObject::from_value(later.clone()).unwrap());
+                    *o = later;
+                }
+                Ok(response)
             })
         }
         fn delete<'a>(
@@ -998,6 +1005,48 @@ mod tests {
             .unwrap();
         assert_eq!((r.requests, r.skipped), (0, 2));
         assert_eq!(metrics.writes_skipped.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_later_change_the_cache_shows_before_our_response_is_not_hidden_by_it() {
+        // Our status patch (rv 10 -> 11), then somebody else's deletion (rv 12), both
+        // reach the cache before our response is handled. The freshest state is the
+        // deletion: our response must not stand in for it (a reconcile of the deleting
+        // object would see it alive, find nothing to do and never come back).
+        let (api, path, grants) = setup();
+        let metrics = ControllerMetrics::detached();
+        let gvk = Gvk::new("test.dev", "v1", "Widget");
+        let key = ObjectKey::new("ns", "w");
+        let mut deleting = widget("12");
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-11-29T07:00:00Z");
+        deleting["status"] = json!({"ok": true});
+        *api.watch_beats_response.lock() = Some((path.cache.kind(&gvk).unwrap(), deleting));
+        let desired = json!({"apiVersion": "test.dev/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "ns"},
+                             "spec": {"a": 1}, "status": {"ok": true}});
+        let r = path
+            .write(&writer(&grants, &metrics), &outcome(&[], &[desired]))
+            .await
+            .unwrap();
+        assert_eq!(r.requests, 1);
+        let fresh = path.freshest(&gvk, &key).unwrap();
+        assert_eq!(fresh.resource_version, "12");
+        assert!(fresh.deleting);
+
+        // While the cache lags, our response does stand in for what it shows.
+        let (_, path, grants) = setup();
+        let r = path
+            .write(
+                &writer(&grants, &metrics),
+                &outcome(
+                    &[],
+                    &[json!({"apiVersion": "test.dev/v1", "kind": "Widget",
+                    "metadata": {"name": "w", "namespace": "ns"}, "status": {"ok": true}})],
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.requests, 1);
+        assert_eq!(path.freshest(&gvk, &key).unwrap().resource_version, "11");
     }
 
     #[tokio::test]
