@@ -78,10 +78,38 @@ pub trait Host {
     fn delete_object(&self, cluster: &str, object: &ObjectRef) -> Result<(), String>;
 }
 
+/// Where a [`Context`]'s calls go.
+///
+/// In a component they go straight to the component's imports, not through a
+/// `dyn Host`: a vtable would reference every import, so every plugin would
+/// link all of them (crypto and cloud included), and each linked import costs
+/// the host work at every instantiation, that is at every reconcile. Called
+/// directly, an import is linked only when the plugin calls it.
+#[derive(Clone, Copy)]
+enum HostRef<'a> {
+    /// The component's own imports (wasm32 only).
+    #[cfg(target_arch = "wasm32")]
+    Imports,
+    /// A host implemented in Rust, e.g. [`crate::testing::FakeHost`].
+    Dyn(&'a dyn Host),
+}
+
+/// Call `Host::$method` on the context's host: statically on the imports,
+/// through the vtable otherwise.
+macro_rules! host_call {
+    ($host:expr, $method:ident($($arg:expr),* $(,)?)) => {
+        match $host {
+            #[cfg(target_arch = "wasm32")]
+            HostRef::Imports => Host::$method(&WasmHost, $($arg),*),
+            HostRef::Dyn(h) => h.$method($($arg),*),
+        }
+    };
+}
+
 /// What a reconcile receives besides its snapshot: logging and the memo.
 #[derive(Clone, Copy)]
 pub struct Context<'a> {
-    host: &'a dyn Host,
+    host: HostRef<'a>,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -93,12 +121,22 @@ impl std::fmt::Debug for Context<'_> {
 impl<'a> Context<'a> {
     /// A context over these host capabilities.
     pub fn new(host: &'a dyn Host) -> Self {
-        Self { host }
+        Self {
+            host: HostRef::Dyn(host),
+        }
+    }
+
+    /// The context of a component's reconcile: the component's imports.
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn imports() -> Context<'static> {
+        Context {
+            host: HostRef::Imports,
+        }
     }
 
     /// Log at `level`.
     pub fn log(&self, level: Level, message: impl AsRef<str>) {
-        self.host.log(level, message.as_ref());
+        host_call!(self.host, log(level, message.as_ref()));
     }
 
     /// Log at debug level.
@@ -118,17 +156,17 @@ impl<'a> Context<'a> {
 
     /// The memo value under `key`, if present (it may have been evicted).
     pub fn memo_get(&self, key: &str) -> Option<Vec<u8>> {
-        self.host.memo_get(key)
+        host_call!(self.host, memo_get(key))
     }
 
     /// Store `value` under `key`.
     pub fn memo_set(&self, key: &str, value: &[u8]) {
-        self.host.memo_set(key, value);
+        host_call!(self.host, memo_set(key, value));
     }
 
     /// Remove `key` from the memo.
     pub fn memo_remove(&self, key: &str) {
-        self.host.memo_remove(key);
+        host_call!(self.host, memo_remove(key));
     }
 
     /// The `crypto` capability (declare it in `describe()`).
@@ -156,7 +194,7 @@ impl<'a> Context<'a> {
 /// transient errors naming the operation.
 #[derive(Clone, Copy)]
 pub struct Crypto<'a> {
-    host: &'a dyn Host,
+    host: HostRef<'a>,
 }
 
 impl std::fmt::Debug for Crypto<'_> {
@@ -172,9 +210,7 @@ fn failed(operation: &str) -> impl FnOnce(String) -> Error + '_ {
 impl Crypto<'_> {
     /// Generate a key pair (expensive: keep the result).
     pub fn generate_key(&self, algorithm: KeyAlgorithm) -> Result<KeyPair, Error> {
-        self.host
-            .generate_key(algorithm)
-            .map_err(failed("generate key"))
+        host_call!(self.host, generate_key(algorithm)).map_err(failed("generate key"))
     }
 
     /// A self-signed certificate (PEM) for `private_key`.
@@ -183,8 +219,7 @@ impl Crypto<'_> {
         private_key: &str,
         request: &CertificateRequest,
     ) -> Result<String, Error> {
-        self.host
-            .self_signed(private_key, request)
+        host_call!(self.host, self_signed(private_key, request))
             .map_err(failed("self-sign certificate"))
     }
 
@@ -196,16 +231,16 @@ impl Crypto<'_> {
         public_key: &str,
         request: &CertificateRequest,
     ) -> Result<String, Error> {
-        self.host
-            .sign(issuer_certificate, issuer_key, public_key, request)
-            .map_err(failed("sign certificate"))
+        host_call!(
+            self.host,
+            sign(issuer_certificate, issuer_key, public_key, request)
+        )
+        .map_err(failed("sign certificate"))
     }
 
     /// A kubeconfig (YAML) with client-certificate authentication.
     pub fn kubeconfig(&self, request: &KubeconfigRequest) -> Result<String, Error> {
-        self.host
-            .kubeconfig(request)
-            .map_err(failed("render kubeconfig"))
+        host_call!(self.host, kubeconfig(request)).map_err(failed("render kubeconfig"))
     }
 }
 
@@ -213,7 +248,7 @@ impl Crypto<'_> {
 /// `cluster` is `namespace/name`. Failures are transient errors.
 #[derive(Clone, Copy)]
 pub struct Cloud<'a> {
-    host: &'a dyn Host,
+    host: HostRef<'a>,
 }
 
 impl std::fmt::Debug for Cloud<'_> {
@@ -225,9 +260,7 @@ impl std::fmt::Debug for Cloud<'_> {
 impl Cloud<'_> {
     /// Reserve (or return) the cluster's API endpoint.
     pub fn reserve_endpoint(&self, cluster: &str) -> Result<Endpoint, Error> {
-        self.host
-            .reserve_endpoint(cluster)
-            .map_err(failed("reserve endpoint"))
+        host_call!(self.host, reserve_endpoint(cluster)).map_err(failed("reserve endpoint"))
     }
 
     /// Serve the cluster's API with a certificate signed by this CA.
@@ -237,49 +270,40 @@ impl Cloud<'_> {
         ca_certificate: &str,
         ca_key: &str,
     ) -> Result<(), Error> {
-        self.host
-            .start_api_server(cluster, ca_certificate, ca_key)
+        host_call!(self.host, start_api_server(cluster, ca_certificate, ca_key))
             .map_err(failed("start api server"))
     }
 
     /// Whether the cluster's API server is serving.
     pub fn api_server_running(&self, cluster: &str) -> bool {
-        self.host.api_server_running(cluster)
+        host_call!(self.host, api_server_running(cluster))
     }
 
     /// Stop serving and free the endpoint, the store and the VMs.
     pub fn release_endpoint(&self, cluster: &str) -> Result<(), Error> {
-        self.host
-            .release_endpoint(cluster)
-            .map_err(failed("release endpoint"))
+        host_call!(self.host, release_endpoint(cluster)).map_err(failed("release endpoint"))
     }
 
     /// Create (or return) a VM.
     pub fn create_vm(&self, cluster: &str, name: &str) -> Result<Vm, Error> {
-        self.host
-            .create_vm(cluster, name)
-            .map_err(failed("create vm"))
+        host_call!(self.host, create_vm(cluster, name)).map_err(failed("create vm"))
     }
 
     /// The VM, if it exists.
     pub fn get_vm(&self, cluster: &str, name: &str) -> Option<Vm> {
-        self.host.get_vm(cluster, name)
+        host_call!(self.host, get_vm(cluster, name))
     }
 
     /// Delete a VM (absent is fine).
     pub fn delete_vm(&self, cluster: &str, name: &str) -> Result<(), Error> {
-        self.host
-            .delete_vm(cluster, name)
-            .map_err(failed("delete vm"))
+        host_call!(self.host, delete_vm(cluster, name)).map_err(failed("delete vm"))
     }
 
     /// Create or replace an object in the workload cluster's store.
     pub fn put_object(&self, cluster: &str, object: &impl serde::Serialize) -> Result<(), Error> {
         let json = serde_json::to_string(object)
             .map_err(|e| Error::terminal(format!("object does not serialize: {e}")))?;
-        self.host
-            .put_object(cluster, &json)
-            .map_err(failed("put workload object"))
+        host_call!(self.host, put_object(cluster, &json)).map_err(failed("put workload object"))
     }
 
     /// An object of the workload cluster's store, parsed.
@@ -288,9 +312,7 @@ impl Cloud<'_> {
         cluster: &str,
         object: &ObjectRef,
     ) -> Result<Option<T>, Error> {
-        let Some(json) = self
-            .host
-            .get_object(cluster, object)
+        let Some(json) = host_call!(self.host, get_object(cluster, object))
             .map_err(failed("get workload object"))?
         else {
             return Ok(None);
@@ -305,13 +327,14 @@ impl Cloud<'_> {
 
     /// Delete an object from the workload cluster's store (absent is fine).
     pub fn delete_object(&self, cluster: &str, object: &ObjectRef) -> Result<(), Error> {
-        self.host
-            .delete_object(cluster, object)
+        host_call!(self.host, delete_object(cluster, object))
             .map_err(failed("delete workload object"))
     }
 }
 
-/// The real host, through the component's imports.
+/// The real host, through the component's imports. Only ever called
+/// statically (see [`HostRef`]): made a `dyn Host`, its vtable would link
+/// every import into every plugin.
 #[cfg(target_arch = "wasm32")]
 pub(crate) struct WasmHost;
 

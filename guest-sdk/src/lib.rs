@@ -162,8 +162,7 @@ pub fn __run<R: Reconciler>(
     bindings::capstan::reconciler::types::Outcome,
     bindings::capstan::reconciler::types::ReconcileError,
 > {
-    let host = context::WasmHost;
-    let ctx = Context::new(&host);
+    let ctx = Context::imports();
     let snapshot = Snapshot::from_wit(snapshot);
     R::reconcile(&ctx, &snapshot)
         .map(Outcome::into_wit)
