@@ -343,7 +343,9 @@ fn main() -> Result<()> {
          - Command: `{command}`\n\
          - Engine: epoch interruption on, fuel off, pooling allocator (keep-resident reset with \
          PAGEMAP_SCAN: {pagemap}), 64 MiB memory cap; guest built at opt-level 3\n\
-         - Wall-clock samples interleaved native/wasm after {WARMUP} warm-up rounds\n\n\
+         - Wall-clock samples interleaved native/wasm after {WARMUP} warm-up rounds; each \
+         timed call ends with one 4 KiB allocation, so it pays glibc's deferred merging of \
+         the blocks it freed (`settle_allocator`)\n\n\
          | measurement (microseconds, wall clock) | p50 | p99 | min | n |\n|---|---|---|---|---|\n\
          {native}{wasm}{load}{cold}\n\
          **Wasm overhead per reconcile (p50 wasm - p50 native): {overhead} us** (target <= 50 us).\n\
