@@ -210,10 +210,13 @@ async fn one_leader_and_a_fast_handover(server: &TestServer) -> anyhow::Result<(
     // pre-created) but never ran.
     labelled(&cms, "first").await?;
     eventually(Duration::from_secs(30), || greeted(&cms, "first")).await?;
-    ensure!(
-        a.reconciles().await?.unwrap_or(0.0) >= 1.0,
-        "leader reconciled"
-    );
+    // The counter moves when the reconcile returns, just after its write
+    // (which the greeting shows) is answered.
+    eventually(Duration::from_secs(10), || async {
+        a.reconciles().await.ok().flatten().unwrap_or(0.0) >= 1.0
+    })
+    .await
+    .with_context(|| format!("the leader's reconcile was not counted:\n{}", a.log()))?;
     ensure!(
         b.reconciles().await? == Some(0.0),
         "the standby reconciled:\n{}",
@@ -244,7 +247,11 @@ async fn one_leader_and_a_fast_handover(server: &TestServer) -> anyhow::Result<(
         "one transition: {lease:?}"
     );
     ensure!(lease.lease_duration_seconds == Some(3));
-    ensure!(b.reconciles().await?.unwrap_or(0.0) >= 1.0);
+    eventually(Duration::from_secs(10), || async {
+        b.reconciles().await.ok().flatten().unwrap_or(0.0) >= 1.0
+    })
+    .await
+    .with_context(|| format!("the new leader's reconcile was not counted:\n{}", b.log()))?;
 
     // A clean shutdown releases the Lease at once.
     b.signal("-TERM")?;
