@@ -6,7 +6,7 @@ GUEST_TARGET := wasm32-wasip2
 TARGET_DIR   := $(or $(CARGO_TARGET_DIR),target)
 GUEST_DIR    := $(TARGET_DIR)/$(GUEST_TARGET)/release
 # Guest crates built to components (cdylib -> .wasm component via wasm-component-ld).
-TEST_GUESTS  := hello-rust guest-cluster-status guest-trap guest-panic guest-loop guest-alloc guest-bad-json guest-big-outcome guest-memo guest-wrong-version host-status host-trap guest-crypto reload-v1 reload-v2 reload-describe-trap workload-nodes
+TEST_GUESTS  := hello-rust guest-cluster-status guest-trap guest-panic guest-loop guest-alloc guest-bad-json guest-big-outcome guest-memo guest-wrong-version guest-wrong-signature host-status host-trap guest-crypto reload-v1 reload-v2 reload-describe-trap workload-nodes
 # The Cluster API plugins; `make capi-plugins` also gathers them in one folder for
 # `capstan run --plugins` and `capstan simulate --plugins`.
 CAPI_PLUGINS := capi-cluster capi-kubeadm-bootstrap capi-kubeadm-control-plane capi-machine capi-infra-devcluster capi-infra-devmachine capi-machinedeployment capi-machineset capi-machinehealthcheck

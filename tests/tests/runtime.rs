@@ -404,6 +404,16 @@ fn files_that_are_not_components_of_this_world_are_refused() -> Result<()> {
         matches!(&err, RuntimeError::Incompatible { found, .. } if found == "capstan:reconciler@0.2.0"),
         "{err}"
     );
+    // The served version, `describe` and `reconcile` exported, but not with
+    // the contract's types: refused at load, naming the export (a reconcile
+    // calls `reconcile` without checking its type again).
+    let err = rt
+        .load_file(guest("guest-wrong-signature")?)
+        .expect_err("wrong signature");
+    assert!(
+        matches!(&err, RuntimeError::WrongWorld { reason, .. } if reason.contains("`reconcile`")),
+        "{err}"
+    );
     Ok(())
 }
 

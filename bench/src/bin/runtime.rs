@@ -387,7 +387,7 @@ fn main() -> Result<()> {
             "store"
         ),
         b_inst = step(
-            "instantiate from InstancePre (pool slot, memory image)",
+            "instantiate from InstancePre (pool slot, memory image; find `reconcile`)",
             "instantiate"
         ),
         b_call = step(

@@ -188,7 +188,7 @@ impl Runtime {
             .map_err(|e| wrong_world(format!("{e:#}")))?;
 
         let label = format!("sha256:{}", &digest[..12]);
-        let info = plugin::describe(&self.inner, &pre, &label).map_err(RuntimeError::Describe)?;
+        let (info, reconcile) = plugin::describe(&self.inner, &pre, &label)?;
         validate::validate_info(&info).map_err(|reason| RuntimeError::InvalidInfo {
             plugin: info.name.clone(),
             reason,
@@ -199,6 +199,7 @@ impl Runtime {
         Ok(Plugin::new(
             self.inner.clone(),
             pre,
+            reconcile,
             info,
             digest,
             wit_version,

@@ -1,19 +1,20 @@
 //! A loaded plugin (component, InstancePre, digest, validated plugin-info) and its calls.
 
-use super::RuntimeInner;
-use super::bindings::ReconcilerPre;
 use super::bindings::capstan::reconciler::types::{
     Capabilities, KeyMapping, Outcome, PluginInfo, ReconcileError, RelationSelector, Snapshot,
     Target, Verbs,
 };
+use super::bindings::{Reconciler, ReconcilerPre};
 use super::capabilities::{CallCaps, MAX_LOG_LINES_PER_CALL, Memo};
 use super::error::CallError;
 use super::hostcalls::{Grants, MAX_CRYPTO_OPS_PER_CALL};
 use super::store::StoreData;
 use super::validate;
+use super::{RuntimeError, RuntimeInner, WIT_VERSION};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wasmtime::component::{ComponentExportIndex, Instance, TypedFunc};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 /// Wall time of each step of one [`Plugin::reconcile`], from
@@ -22,7 +23,8 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 pub struct ReconcileTimings {
     /// A fresh `Store`: WASI context (grants nothing), limits, capabilities.
     pub store: Duration,
-    /// A fresh instance from the `InstancePre` (pool slot, memory image).
+    /// A fresh instance from the `InstancePre` (pool slot, memory image),
+    /// and its `reconcile` export looked up (its type was checked at load).
     pub instantiate: Duration,
     /// The call: snapshot copied in, the guest's reconcile, the outcome
     /// copied out, post-return.
@@ -61,6 +63,8 @@ pub struct Plugin {
 struct PluginInner {
     runtime: Arc<RuntimeInner>,
     pre: ReconcilerPre<StoreData>,
+    /// `reconcile` in instances of `pre`'s component, checked at load.
+    reconcile: ReconcileExport,
     info: PluginInfo,
     name: Arc<str>,
     digest: String,
@@ -78,13 +82,76 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
-/// Run `describe()` on a fresh instance; used by [`super::Runtime::load`]
-/// before the plugin (and its name) exists.
+/// The signature of the guest's `reconcile` export, as the host calls it.
+type ReconcileFn<'a> = TypedFunc<(&'a Snapshot,), (Result<Outcome, ReconcileError>,)>;
+
+/// Where a plugin's `reconcile` export is, with its type checked once at
+/// load rather than on every reconcile.
+///
+/// The bindings wasmtime generates check the exports' types when the
+/// `ReconcilerPre` is made, and `ReconcilerPre::instantiate` checks every
+/// export again on each new instance, `describe` included: with the nested
+/// plugin-info and snapshot types that was ~3 us of every reconcile (the
+/// runtime benchmark's profile), for types that cannot change. They belong
+/// to the component, and every instance of one `InstancePre` has the same
+/// ones (the contract has no resource types, the only types that differ
+/// between instances). So `check` runs once per load, on the instance
+/// `describe()` runs on, and each reconcile only looks the function up.
+#[derive(Clone, Copy)]
+pub(crate) struct ReconcileExport {
+    index: ComponentExportIndex,
+}
+
+impl ReconcileExport {
+    /// Find `reconcile` in `instance`, an instance of `pre`'s component, and
+    /// check that it has the contract's type.
+    fn check(
+        store: &mut Store<StoreData>,
+        pre: &ReconcilerPre<StoreData>,
+        instance: &Instance,
+    ) -> wasmtime::Result<Self> {
+        let index = pre
+            .instance_pre()
+            .component()
+            .get_export_index(None, "reconcile")
+            .ok_or_else(|| wasmtime::format_err!("the component exports no `reconcile`"))?;
+        instance
+            .get_typed_func::<(&Snapshot,), (Result<Outcome, ReconcileError>,)>(&mut *store, index)
+            .map_err(|e| e.context("the `reconcile` export"))?;
+        Ok(Self { index })
+    }
+
+    /// `reconcile` in `instance`, which must be an instance of the component
+    /// this export was checked against (the plugin's own `InstancePre`).
+    fn get<'a>(
+        &self,
+        store: &mut Store<StoreData>,
+        instance: &Instance,
+    ) -> wasmtime::Result<ReconcileFn<'a>> {
+        let func = instance
+            .get_func(&mut *store, self.index)
+            .ok_or_else(|| wasmtime::format_err!("the component exports no `reconcile`"))?;
+        // SAFETY: `check` type-checked this export with these parameter and
+        // result types on an instance of the same component (both come from
+        // the plugin's one `InstancePre`), and a component's export types
+        // are the same in all its instances. The same reasoning as the
+        // `new_unchecked` in wasmtime's generated bindings, which check at
+        // instantiation and call without checking.
+        #[allow(unsafe_code)]
+        let typed = unsafe { ReconcileFn::new_unchecked(func) };
+        Ok(typed)
+    }
+}
+
+/// Check the exports' types on a fresh instance and run `describe()`; used
+/// by [`super::Runtime::load`] before the plugin (and its name) exists.
+/// Exports of other types than the contract's are [`RuntimeError::WrongWorld`];
+/// a failing instantiation or call is [`RuntimeError::Describe`].
 pub(crate) fn describe(
     rt: &Arc<RuntimeInner>,
     pre: &ReconcilerPre<StoreData>,
     label: &str,
-) -> Result<PluginInfo, CallError> {
+) -> Result<(PluginInfo, ReconcileExport), RuntimeError> {
     let label: Arc<str> = label.into();
     let memo = Arc::new(Memo::new(0, 0));
     let mut store = new_store(
@@ -94,11 +161,20 @@ pub(crate) fn describe(
         memo,
         Capabilities::empty(),
     );
-    let inst = pre
+    let instance = pre
+        .instance_pre()
         .instantiate(&mut store)
-        .map_err(|e| classify(rt, &label, &store, e, true))?;
-    inst.call_describe(&mut store)
-        .map_err(|e| classify(rt, &label, &store, e, false))
+        .map_err(|e| RuntimeError::Describe(classify(rt, &label, &store, e, true)))?;
+    let wrong_world = |e: wasmtime::Error| RuntimeError::WrongWorld {
+        reason: format!("{e:#}"),
+        served: WIT_VERSION,
+    };
+    let reconcile = ReconcileExport::check(&mut store, pre, &instance).map_err(wrong_world)?;
+    let bindings = Reconciler::new(&mut store, &instance).map_err(wrong_world)?;
+    let info = bindings
+        .call_describe(&mut store)
+        .map_err(|e| RuntimeError::Describe(classify(rt, &label, &store, e, false)))?;
+    Ok((info, reconcile))
 }
 
 fn new_store(
@@ -205,6 +281,7 @@ impl Plugin {
     pub(crate) fn new(
         runtime: Arc<RuntimeInner>,
         pre: ReconcilerPre<StoreData>,
+        reconcile: ReconcileExport,
         info: PluginInfo,
         digest: String,
         wit_version: String,
@@ -214,6 +291,7 @@ impl Plugin {
             inner: Arc::new(PluginInner {
                 runtime,
                 pre,
+                reconcile,
                 name: info.name.as_str().into(),
                 info,
                 digest,
@@ -304,13 +382,15 @@ impl Plugin {
             p.info.capabilities,
         );
         mark(Step::Store);
-        let inst = p
+        let reconcile = p
             .pre
+            .instance_pre()
             .instantiate(&mut store)
+            .and_then(|instance| p.reconcile.get(&mut store, &instance))
             .map_err(|e| classify(rt, &p.name, &store, e, true))?;
         mark(Step::Instantiate);
-        let result = inst
-            .call_reconcile(&mut store, snapshot)
+        let (result,) = reconcile
+            .call(&mut store, (snapshot,))
             .map_err(|e| classify(rt, &p.name, &store, e, false))?;
         mark(Step::Call);
         // The guest is done: return its slot to the pool (memory reset for

@@ -7,6 +7,7 @@ use crate::watch::selector::{LabelSelector, is_label_key};
 use crate::watch::template::NameTemplate;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 /// Whether `s` is a DNS-1123 label: 1-63 of `[a-z0-9-]`, alphanumeric at
@@ -214,21 +215,27 @@ pub fn permits_in(
     })
 }
 
+// Borrowed where the JSON text has no escapes (the usual case), so checking
+// an outcome allocates nothing per object.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Identity {
-    api_version: String,
-    kind: String,
-    metadata: Meta,
+struct Identity<'a> {
+    #[serde(borrow)]
+    api_version: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    metadata: Meta<'a>,
     #[serde(default)]
     status: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
-struct Meta {
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
+struct Meta<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(default, borrow)]
+    namespace: Option<Cow<'a, str>>,
 }
 
 fn check_object(field: &str, i: usize, text: &str, need_status: bool) -> Result<(), String> {
@@ -284,9 +291,11 @@ pub fn outcome_size(o: &Outcome) -> usize {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct TypeOnly {
-    api_version: String,
-    kind: String,
+struct TypeOnly<'a> {
+    #[serde(borrow)]
+    api_version: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
 }
 
 /// A workload entry's kind must be covered by a workload permission with one of `verbs`.
